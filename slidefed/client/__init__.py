@@ -1,0 +1,1 @@
+"""The site side: slides, features, patient bags, DP training, the ClientApp."""

@@ -1,0 +1,252 @@
+"""The site's ClientApp: DP training and held-out evaluation on the Message API."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+
+from slidefed.client.egress import check_egress
+from slidefed.client.privacy import charge_round
+from slidefed.client.site import Site, config_hash
+from slidefed.client.train import batches_per_epoch, evaluate, train_dp
+from slidefed.common.arrays import specs_of, update_nbytes, update_sha256
+from slidefed.common.config import RunConfig, parse_run_config
+from slidefed.common.errors import PolicyViolation, SlidefedError
+from slidefed.common.model import build_model, feature_dim
+
+logger = logging.getLogger(__name__)
+
+app = ClientApp()
+
+# Error codes in replies (Flower reserves small codes).
+REFUSED = 4001
+FAILED = 4002
+BLOCKED = 4003
+
+
+def _round_seed(run: RunConfig, site: str, server_round: int) -> int:
+    digest = hashlib.sha256(f"{run.seed}:{site}:{server_round}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _config(msg: Message, key: str, default: float) -> float:
+    """A numeric value of the instruction's ConfigRecord."""
+    for record in msg.content.config_records.values():
+        value = record.get(key)
+        if isinstance(value, int | float):
+            return float(value)
+    return default
+
+
+def _error(msg: Message, code: int, reason: str) -> Message:
+    return Message(Error(code=code, reason=reason), reply_to=msg)
+
+
+def _load_model(run: RunConfig, site: Site, msg: Message) -> torch.nn.Module:
+    model = build_model(run.task, feature_dim(run.encoder), seed=run.seed)
+    arrays = next(iter(msg.content.array_records.values()))
+    model.load_state_dict(arrays.to_torch_state_dict())
+    return model
+
+
+def _check_policy(run: RunConfig, site: Site) -> None:
+    policy = site.config.policy
+    if run.task not in policy.allowed_tasks:
+        raise PolicyViolation(
+            f"task {run.task!r} is not allowed by this site's policy "
+            f"(allowed_tasks={list(policy.allowed_tasks)})"
+        )
+    if run.encoder != site.config.features.encoder:
+        raise PolicyViolation(
+            f"the run uses encoder {run.encoder!r} but this site prepares features "
+            f"with {site.config.features.encoder!r} (features.encoder in site.toml)"
+        )
+    if run.max_grad_norm > policy.max_grad_norm:
+        raise PolicyViolation(
+            f"max-grad-norm={run.max_grad_norm} exceeds the site's max_grad_norm "
+            f"{policy.max_grad_norm}; lower it in the run config"
+        )
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One local DP round; refuses rounds that break the site policy."""
+    try:
+        run = parse_run_config(dict(context.run_config))
+        site = Site.from_node(context.node_config, run)
+    except SlidefedError as exc:
+        return _error(msg, FAILED, str(exc))
+    server_round = int(_config(msg, "server-round", 0))
+    try:
+        return _train(msg, context, run, site, server_round)
+    except PolicyViolation as exc:
+        site.audit.append(
+            "round_refused", run_id=context.run_id, round=server_round, reason=str(exc)
+        )
+        return _error(msg, REFUSED, f"site {site.config.site.name} refused: {exc}")
+    except SlidefedError as exc:
+        site.audit.append(
+            "round_failed", run_id=context.run_id, round=server_round, reason=str(exc)
+        )
+        return _error(msg, FAILED, str(exc))
+
+
+def _train(
+    msg: Message, context: Context, run: RunConfig, site: Site, server_round: int
+) -> Message:
+    torch.set_num_threads(1)
+    _check_policy(run, site)
+    bags, fingerprint = site.bags(run)
+    train_bags = [b for b in bags if b.split == "train"]
+    if not train_bags:
+        raise PolicyViolation("no training patients with features at this site")
+    if server_round == 1:
+        site.audit.append(
+            "run_joined",
+            run_id=context.run_id,
+            round=server_round,
+            config_hash=config_hash(run),
+            dataset=fingerprint,
+        )
+    n_batches = batches_per_epoch(len(train_bags), run.batch_size)
+    policy = site.config.policy
+    delta = policy.delta_for(len(train_bags))
+    if run.target_delta > 0:
+        delta = min(delta, run.target_delta)
+    charge = charge_round(
+        site.ledger,
+        run_id=context.run_id,
+        server_round=server_round,
+        planned_rounds=run.num_server_rounds,
+        sample_rate=1.0 / n_batches,
+        steps=n_batches * run.local_epochs,
+        target_epsilon=run.target_epsilon,
+        max_epsilon=policy.max_epsilon,
+        min_noise_multiplier=policy.min_noise_multiplier,
+        delta=delta,
+        unit="patient",
+    )
+    site.audit.append(
+        "round_charged",
+        run_id=context.run_id,
+        round=server_round,
+        **charge.model_dump(exclude={"run_id", "round"}),
+    )
+    model = _load_model(run, site, msg)
+    start = time.perf_counter()
+    result = train_dp(
+        model,
+        train_bags,
+        epochs=run.local_epochs,
+        batch_size=run.batch_size,
+        lr=run.lr,
+        noise_multiplier=charge.noise_multiplier,
+        max_grad_norm=run.max_grad_norm,
+        delta=charge.delta,
+        seed=_round_seed(run, site.config.site.name, server_round),
+        proximal_mu=_config(msg, "proximal-mu", 0.0),
+    )
+    if (
+        result.steps != charge.steps
+        or abs(result.sample_rate - charge.sample_rate) > 1e-12
+    ):
+        raise SlidefedError(
+            f"trained {result.steps} steps at q={result.sample_rate} but charged "
+            f"{charge.steps} at q={charge.sample_rate}; update withheld"
+        )
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    metrics: dict[str, Any] = {
+        "num-examples": len(train_bags),
+        "train_loss": result.loss,
+        "epsilon": charge.epsilon_after,
+        "epsilon_round": charge.epsilon_round,
+        "delta": charge.delta,
+        "noise_multiplier": charge.noise_multiplier,
+        "train_seconds": time.perf_counter() - start,
+    }
+    expected = specs_of(state)
+    problem = check_egress(state, metrics, expected)
+    if problem:
+        site.audit.append(
+            "egress_blocked", run_id=context.run_id, round=server_round, reason=problem
+        )
+        return _error(msg, BLOCKED, f"egress guard blocked the reply: {problem}")
+    site.audit.append(
+        "update_released",
+        run_id=context.run_id,
+        round=server_round,
+        arrays=[s.model_dump() for s in expected],
+        bytes=update_nbytes(state),
+        sha256=update_sha256(state),
+        metrics=metrics,
+    )
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(
+                {k: Array(np.ascontiguousarray(v)) for k, v in state.items()}
+            ),
+            "metrics": MetricRecord(metrics),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_handler(msg: Message, context: Context) -> Message:
+    """Held-out metrics, released only for enough patients."""
+    try:
+        run = parse_run_config(dict(context.run_config))
+        site = Site.from_node(context.node_config, run)
+        torch.set_num_threads(1)
+        server_round = int(_config(msg, "server-round", 0))
+        bags, _ = site.bags(run)
+        test = [b for b in bags if b.split == "test"]
+        minimum = site.config.policy.min_eval_patients
+        if len(test) < minimum:
+            site.audit.append(
+                "metric_withheld",
+                run_id=context.run_id,
+                round=server_round,
+                reason=f"{len(test)} held-out patients < policy minimum {minimum}",
+            )
+            return _error(
+                msg,
+                REFUSED,
+                f"metrics withheld: {len(test)} held-out patients is below the "
+                f"site's min_eval_patients={minimum}",
+            )
+        result = evaluate(_load_model(run, site, msg), test)
+    except SlidefedError as exc:
+        return _error(msg, FAILED, str(exc))
+    metrics: dict[str, Any] = {
+        "num-examples": result.n_samples,
+        "eval_loss": result.loss,
+        "accuracy": result.accuracy,
+    }
+    if np.isfinite(result.auc):
+        metrics["auc"] = result.auc
+    problem = check_egress(None, metrics, None)
+    if problem:
+        return _error(msg, BLOCKED, f"egress guard blocked the reply: {problem}")
+    site.audit.append(
+        "metrics_released", run_id=context.run_id, round=server_round, metrics=metrics
+    )
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+__all__ = ["app"]

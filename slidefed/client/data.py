@@ -1,0 +1,172 @@
+"""The site manifest and patient bags: one training sample is one patient."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from slidefed.common.errors import ManifestError
+
+REQUIRED_COLUMNS = ("slide", "patient_id", "label", "split")
+
+
+class ManifestRow(BaseModel):
+    """One slide of the manifest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    slide: str = Field(min_length=1)
+    patient_id: str = Field(min_length=1)
+    label: int = Field(ge=0)
+    split: Literal["train", "test"]
+
+
+class Manifest(BaseModel):
+    """A validated manifest and the rows it had to reject."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path
+    sha256: str
+    rows: list[ManifestRow]
+    rejected: list[tuple[int, str]]
+
+    @property
+    def n_patients(self) -> int:
+        """Distinct patients among the accepted rows."""
+        return len({r.patient_id for r in self.rows})
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and validate the manifest CSV.
+
+    Bad rows are rejected one by one with a reason (line, message); a patient
+    whose slides carry different labels or splits is rejected whole.
+
+    Raises
+    ------
+    ManifestError
+        If the file is missing, has no header with the required columns, or no
+        usable row remains.
+    """
+    if not path.is_file():
+        raise ManifestError(
+            f"{path}: manifest not found; set site.manifest in site.toml"
+        )
+    raw = path.read_bytes()
+    text = raw.decode("utf-8-sig", errors="replace")
+    reader = csv.DictReader(text.splitlines())
+    missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ManifestError(
+            f"{path}: missing column(s) {', '.join(missing)}; the header must be "
+            f"{','.join(REQUIRED_COLUMNS)}"
+        )
+    rows: list[tuple[int, ManifestRow]] = []
+    rejected: list[tuple[int, str]] = []
+    seen: set[str] = set()
+    for line, rec in enumerate(reader, start=2):
+        try:
+            row = ManifestRow.model_validate(
+                {k: (rec.get(k) or "").strip() for k in REQUIRED_COLUMNS}
+            )
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            rejected.append((line, f"{err['loc'][0]}: {err['msg']}"))
+            continue
+        if row.slide in seen:
+            rejected.append((line, f"duplicate slide {row.slide}"))
+            continue
+        seen.add(row.slide)
+        rows.append((line, row))
+    rows, conflicts = _drop_conflicting_patients(rows)
+    rejected.extend(conflicts)
+    if not rows:
+        raise ManifestError(f"{path}: no usable row; fix the rows listed above")
+    return Manifest(
+        path=path,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        rows=[r for _, r in rows],
+        rejected=rejected,
+    )
+
+
+def _drop_conflicting_patients(
+    rows: list[tuple[int, ManifestRow]],
+) -> tuple[list[tuple[int, ManifestRow]], list[tuple[int, str]]]:
+    by_patient: dict[str, list[tuple[int, ManifestRow]]] = defaultdict(list)
+    for item in rows:
+        by_patient[item[1].patient_id].append(item)
+    kept: list[tuple[int, ManifestRow]] = []
+    rejected: list[tuple[int, str]] = []
+    for items in by_patient.values():
+        labels = {r.label for _, r in items}
+        splits = {r.split for _, r in items}
+        if len(labels) > 1 or len(splits) > 1:
+            what = "labels" if len(labels) > 1 else "splits"
+            rejected.extend(
+                (line, f"patient has conflicting {what} across slides")
+                for line, _ in items
+            )
+        else:
+            kept.extend(items)
+    kept.sort(key=lambda item: item[0])
+    return kept, rejected
+
+
+class PatientBag(BaseModel):
+    """All tile features of one patient (the privacy unit)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    patient_id: str
+    label: int
+    split: Literal["train", "test"]
+    features: NDArray[np.float32]
+
+
+def build_bags(
+    rows: Sequence[ManifestRow],
+    features: dict[str, NDArray[np.float32]],
+    *,
+    bag_size: int,
+    seed: int,
+) -> list[PatientBag]:
+    """Group slide features by patient and subsample each bag to ``bag_size``.
+
+    Slides without features (skipped in preparation, or no tissue) are left out;
+    a patient without any tile is left out.
+    """
+    grouped: dict[str, list[ManifestRow]] = defaultdict(list)
+    for row in rows:
+        grouped[row.patient_id].append(row)
+    bags: list[PatientBag] = []
+    for pid in sorted(grouped):
+        parts = [features[r.slide] for r in grouped[pid] if r.slide in features]
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            continue
+        feats = np.concatenate(parts)
+        if len(feats) > bag_size:
+            # Seeded per patient so that a bag does not depend on the others.
+            digest = hashlib.sha256(f"{seed}:{pid}".encode()).digest()
+            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+            feats = feats[np.sort(rng.choice(len(feats), bag_size, replace=False))]
+        first = grouped[pid][0]
+        bags.append(
+            PatientBag(
+                patient_id=pid, label=first.label, split=first.split, features=feats
+            )
+        )
+    return bags
+
+
+__all__ = ["Manifest", "ManifestRow", "PatientBag", "build_bags", "load_manifest"]

@@ -1,0 +1,319 @@
+"""The site's privacy ledger, accountant and policy enforcement.
+
+The ledger holds the whole DP history of the site's dataset: every round of every
+run, with its noise multiplier, sample rate and steps. Epsilon is always computed
+by composing that whole history with the RDP accountant of Opacus, so the spend
+survives restarts, new runs and new containers. A round is charged (written
+atomically to disk) before training starts, so a crash can only over-count.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+from pydantic import BaseModel, ConfigDict, Field
+
+from slidefed.common.errors import PrivacyBudgetExhausted
+
+Unit = Literal["patient", "slide", "tile"]
+Step = tuple[float, float, int]  # (noise multiplier, sample rate, steps)
+
+_ALPHAS: list[float] = [float(a) for a in RDPAccountant.DEFAULT_ALPHAS]
+# A coarser grid for calibration: a minimum over fewer orders is an upper bound,
+# so noise calibrated on it never overshoots the target.
+_CAL_ALPHAS = [
+    1.25,
+    1.5,
+    1.75,
+    2,
+    2.5,
+    3,
+    3.5,
+    4,
+    5,
+    6,
+    7,
+    8,
+    10,
+    12,
+    16,
+    20,
+    24,
+    32,
+    48,
+    64,
+]
+_MAX_SIGMA = 1e4
+
+
+class LedgerRound(BaseModel):
+    """One charged round."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_id: int
+    round: int
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    epsilon_after: float
+    time: str
+
+
+class LedgerRun(BaseModel):
+    """The privacy plan of one run on this dataset."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_id: int
+    started: str
+    target_epsilon: float
+    planned_rounds: int
+    steps_per_round: int
+    sample_rate: float
+    noise_multiplier: float
+    epsilon_before: float
+
+
+class Ledger(BaseModel):
+    """Everything the accountant needs, schema-versioned."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    unit: Unit = "patient"
+    accountant: Literal["rdp"] = "rdp"
+    delta: float | None = Field(default=None, gt=0, lt=1)
+    runs: list[LedgerRun] = []
+    rounds: list[LedgerRound] = []
+
+    def history(self) -> list[Step]:
+        """The DP history of every charged round."""
+        return [(r.noise_multiplier, r.sample_rate, r.steps) for r in self.rounds]
+
+    def run(self, run_id: int) -> LedgerRun | None:
+        """The plan of ``run_id``, if it started here."""
+        return next((r for r in self.runs if r.run_id == run_id), None)
+
+
+def epsilon(history: Sequence[Step], delta: float, *, fine: bool = True) -> float:
+    """Epsilon of the composition of ``history`` at ``delta`` (RDP)."""
+    if not history:
+        return 0.0
+    alphas = _ALPHAS if fine else [float(a) for a in _CAL_ALPHAS]
+    rdp = None
+    for sigma, q, steps in history:
+        part = compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=alphas)
+        rdp = part if rdp is None else rdp + part
+    eps, _ = get_privacy_spent(orders=alphas, rdp=rdp, delta=delta)
+    return float(eps)
+
+
+def calibrate_noise(
+    prior: Sequence[Step],
+    *,
+    sample_rate: float,
+    steps: int,
+    target_epsilon: float,
+    delta: float,
+) -> float:
+    """Smallest noise multiplier (to 1e-3) such that prior + plan stays within target.
+
+    Raises
+    ------
+    PrivacyBudgetExhausted
+        If no noise multiplier up to 1e4 fits.
+    """
+
+    def fits(sigma: float) -> bool:
+        plan = [*prior, (sigma, sample_rate, steps)]
+        return epsilon(plan, delta, fine=False) <= target_epsilon
+
+    hi = 1.0
+    while not fits(hi):
+        hi *= 2
+        if hi > _MAX_SIGMA:
+            raise PrivacyBudgetExhausted(
+                f"no noise multiplier reaches epsilon <= {target_epsilon:.3g} for "
+                f"{steps} steps at sample rate {sample_rate:.3g}; raise the run's "
+                "target-epsilon or lower num-server-rounds/local-epochs"
+            )
+    lo = 0.0
+    while hi - lo > 1e-3:
+        mid = (lo + hi) / 2
+        if mid > 0 and fits(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+class PrivacyLedger:
+    """The ledger file, read and written under a lock, replaced atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def load(self) -> Ledger:
+        """The ledger on disk, or an empty one."""
+        if not self.path.is_file():
+            return Ledger()
+        return Ledger.model_validate_json(self.path.read_text(encoding="utf-8"))
+
+    @contextmanager
+    def locked(self) -> Iterator[Ledger]:
+        """Hold the ledger lock; changes to the yielded ledger are saved on exit."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        with lock_path.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            ledger = self.load()
+            yield ledger
+            self._save(ledger)
+
+    def _save(self, ledger: Ledger) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(ledger.model_dump(mode="json"), indent=1))
+                fh.flush()
+                os.fsync(fh.fileno())
+            Path(tmp).replace(self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def now() -> str:
+    """UTC time in ISO-8601."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Charge(BaseModel):
+    """What one round costs and what it brings the total to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_id: int
+    round: int
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    delta: float
+    unit: Unit
+    epsilon_round: float
+    epsilon_before: float
+    epsilon_after: float
+    epsilon_max: float
+
+
+def charge_round(
+    ledger_file: PrivacyLedger,
+    *,
+    run_id: int,
+    server_round: int,
+    planned_rounds: int,
+    sample_rate: float,
+    steps: int,
+    target_epsilon: float,
+    max_epsilon: float,
+    min_noise_multiplier: float,
+    delta: float,
+    unit: Unit,
+) -> Charge:
+    """Plan (first round of a run) and charge one round before it trains.
+
+    Raises
+    ------
+    PrivacyBudgetExhausted
+        If the round would take the dataset past ``max_epsilon``; nothing is
+        charged then.
+    """
+    with ledger_file.locked() as ledger:
+        if ledger.delta is None:
+            ledger.delta = delta
+        delta = min(delta, ledger.delta)
+        ledger.unit = unit
+        history = ledger.history()
+        before = epsilon(history, delta)
+        plan = ledger.run(run_id)
+        if plan is None:
+            if before >= max_epsilon:
+                raise PrivacyBudgetExhausted(
+                    f"site budget spent: epsilon {before:.3f} of max_epsilon "
+                    f"{max_epsilon:.3f} (policy in site.toml); no more training on "
+                    "this dataset"
+                )
+            goal = min(before + target_epsilon, max_epsilon)
+            sigma = calibrate_noise(
+                history,
+                sample_rate=sample_rate,
+                steps=steps * planned_rounds,
+                target_epsilon=goal,
+                delta=delta,
+            )
+            plan = LedgerRun(
+                run_id=run_id,
+                started=now(),
+                target_epsilon=target_epsilon,
+                planned_rounds=planned_rounds,
+                steps_per_round=steps,
+                sample_rate=sample_rate,
+                noise_multiplier=max(sigma, min_noise_multiplier),
+                epsilon_before=before,
+            )
+            ledger.runs.append(plan)
+        sigma = plan.noise_multiplier
+        after = epsilon([*history, (sigma, sample_rate, steps)], delta)
+        if after > max_epsilon + 1e-9:
+            raise PrivacyBudgetExhausted(
+                f"round {server_round} would bring epsilon to {after:.3f}, over the "
+                f"site's max_epsilon {max_epsilon:.3f} (policy in site.toml); round "
+                "refused"
+            )
+        ledger.rounds.append(
+            LedgerRound(
+                run_id=run_id,
+                round=server_round,
+                noise_multiplier=sigma,
+                sample_rate=sample_rate,
+                steps=steps,
+                epsilon_after=after,
+                time=now(),
+            )
+        )
+    return Charge(
+        run_id=run_id,
+        round=server_round,
+        noise_multiplier=sigma,
+        sample_rate=sample_rate,
+        steps=steps,
+        delta=delta,
+        unit=unit,
+        epsilon_round=epsilon([(sigma, sample_rate, steps)], delta),
+        epsilon_before=before,
+        epsilon_after=after,
+        epsilon_max=max_epsilon,
+    )
+
+
+__all__ = [
+    "Charge",
+    "Ledger",
+    "LedgerRound",
+    "LedgerRun",
+    "PrivacyLedger",
+    "calibrate_noise",
+    "charge_round",
+    "epsilon",
+]

@@ -1,0 +1,84 @@
+"""A site at run time: its config, data, ledger and audit log, for one message."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from slidefed.client.data import PatientBag, build_bags
+from slidefed.client.prepare import load_site_features
+from slidefed.client.privacy import PrivacyLedger
+from slidefed.common.audit import AuditLog
+from slidefed.common.config import RunConfig, SiteConfig, load_site_config
+from slidefed.common.crypto import generate_audit_key, load_audit_key
+from slidefed.common.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def site_config_path(node_config: Mapping[str, Any], run: RunConfig) -> Path:
+    """Where this node's site.toml is: node config, else the simulated federation."""
+    if "site-config" in node_config:
+        return Path(str(node_config["site-config"]))
+    sites = run.site_configs()
+    if "partition-id" in node_config and sites:
+        pid = int(node_config["partition-id"])
+        if pid < len(sites):
+            return sites[pid]
+    raise ConfigError(
+        "this node has no site config; start the SuperNode with "
+        "--node-config 'site-config=\"/path/site.toml\"'"
+    )
+
+
+def ensure_audit_key(config: SiteConfig) -> None:
+    """Create the site's audit key if it has none yet."""
+    if not config.audit_key_path.is_file():
+        config.audit_key_path.parent.mkdir(parents=True, exist_ok=True)
+        generate_audit_key(config.audit_key_path)
+
+
+class Site:
+    """Everything one message handler needs about the site."""
+
+    def __init__(self, config: SiteConfig) -> None:
+        self.config = config
+        self.ledger = PrivacyLedger(config.ledger_path)
+        self.audit = AuditLog(
+            config.audit_path,
+            key=load_audit_key(config.audit_key_path),
+            actor="site",
+            actor_name=config.site.name,
+        )
+
+    @classmethod
+    def from_node(cls, node_config: Mapping[str, Any], run: RunConfig) -> Site:
+        """The site of this node."""
+        return cls(load_site_config(site_config_path(node_config, run)))
+
+    def bags(self, run: RunConfig) -> tuple[list[PatientBag], dict[str, Any]]:
+        """Patient bags (features cached on disk) and the dataset fingerprint."""
+        manifest, feats = load_site_features(self.config)
+        bag_size = min(run.bag_size, self.config.policy.max_bag_size)
+        bags = build_bags(manifest.rows, feats, bag_size=bag_size, seed=run.seed)
+        fingerprint = {
+            "manifest_sha256": manifest.sha256,
+            "slides": len(manifest.rows),
+            "slides_with_features": len(feats),
+            "patients": len(bags),
+            "train_patients": sum(b.split == "train" for b in bags),
+            "test_patients": sum(b.split == "test" for b in bags),
+        }
+        return bags, fingerprint
+
+
+def config_hash(run: RunConfig) -> str:
+    """SHA-256 of the run config, for the audit trail."""
+    blob = run.model_dump_json(by_alias=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+__all__ = ["Site", "config_hash", "ensure_audit_key", "site_config_path"]

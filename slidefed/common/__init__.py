@@ -1,0 +1,1 @@
+"""Code shared by the site (client) and the coordinator (server)."""

@@ -1,0 +1,82 @@
+"""Error hierarchy of slidefed.
+
+::
+
+    SlidefedError
+     ├── ConfigError (ValueError)         exit 2: bad config or bad CLI input
+     ├── ManifestError (ValueError)       exit 2: the site manifest is invalid
+     ├── SlideReadError (ValueError)      exit 2: a slide cannot be read
+     ├── PolicyViolation                  exit 3: a request breaks the site policy
+     │    └── PrivacyBudgetExhausted      exit 3: a round would exceed the budget
+     ├── AuditError                       exit 4: audit log missing or unusable
+     └── FederationError                  exit 5: a federated run failed
+
+Only the CLI turns these into exit codes (``exit_code`` on each class).
+"""
+
+from __future__ import annotations
+
+
+class SlidefedError(Exception):
+    """Base class of every error that slidefed raises on purpose."""
+
+    exit_code: int = 1
+
+
+class ConfigError(SlidefedError, ValueError):
+    """A configuration value breaks a rule; the message names the key and the fix."""
+
+    exit_code = 2
+
+
+class ManifestError(SlidefedError, ValueError):
+    """The site manifest is invalid as a whole."""
+
+    exit_code = 2
+
+
+class SlideReadError(SlidefedError, ValueError):
+    """A slide file cannot be opened or read; the message names file and reason."""
+
+    exit_code = 2
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class PolicyViolation(SlidefedError):
+    """A request from a run breaks the site policy."""
+
+    exit_code = 3
+
+
+class PrivacyBudgetExhausted(PolicyViolation):
+    """Training this round would spend more privacy than the site allows."""
+
+    exit_code = 3
+
+
+class AuditError(SlidefedError):
+    """The audit log cannot be written or read."""
+
+    exit_code = 4
+
+
+class FederationError(SlidefedError):
+    """A federated run did not complete."""
+
+    exit_code = 5
+
+
+__all__ = [
+    "AuditError",
+    "ConfigError",
+    "FederationError",
+    "ManifestError",
+    "PolicyViolation",
+    "PrivacyBudgetExhausted",
+    "SlideReadError",
+    "SlidefedError",
+]

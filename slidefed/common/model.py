@@ -1,0 +1,66 @@
+"""Models shared by sites and the coordinator: gated-attention MIL (ABMIL)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ABMIL(nn.Module):
+    """Gated attention multiple-instance learning (Ilse et al., 2018).
+
+    Input ``x`` is (B, N, D) tile features padded to the batch maximum, ``mask``
+    (B, N) marks the real tiles. Every trainable layer keeps the batch dimension
+    so that Opacus computes one gradient per bag, i.e. per patient.
+    """
+
+    def __init__(
+        self, in_dim: int, *, hidden: int = 64, attention: int = 32, n_classes: int = 2
+    ) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.embed = nn.Linear(in_dim, hidden)
+        self.att_v = nn.Linear(hidden, attention)
+        self.att_u = nn.Linear(hidden, attention)
+        self.att_w = nn.Linear(attention, 1)
+        self.head = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, n_classes)."""
+        h = F.relu(self.embed(self.norm(x)))
+        gate = torch.tanh(self.att_v(h)) * torch.sigmoid(self.att_u(h))
+        scores = self.att_w(gate).squeeze(-1)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=1)
+        pooled = torch.bmm(weights.unsqueeze(1), h).squeeze(1)
+        return self.head(pooled)  # type: ignore[no-any-return]
+
+
+# Feature length of each registered encoder; sites and the coordinator agree on it.
+ENCODER_DIMS: dict[str, int] = {"hed": 24}
+
+
+def feature_dim(encoder: str) -> int:
+    """Feature length of ``encoder``."""
+    try:
+        return ENCODER_DIMS[encoder]
+    except KeyError:
+        msg = f"encoder={encoder!r} is unknown; use one of {sorted(ENCODER_DIMS)}"
+        raise ValueError(msg) from None
+
+
+def build_model(task: str, in_dim: int, *, seed: int) -> nn.Module:
+    """The model of ``task`` with seeded initial weights."""
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        if task == "abmil":
+            return ABMIL(in_dim)
+        msg = f"task={task!r} has no model; use 'abmil'"
+        raise ValueError(msg)
+    finally:
+        torch.random.set_rng_state(gen_state)
+
+
+__all__ = ["ABMIL", "ENCODER_DIMS", "build_model", "feature_dim"]

@@ -1,0 +1,1 @@
+"""The coordinator side: the ServerApp, aggregation, checkpoints and metrics."""

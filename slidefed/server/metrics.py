@@ -1,0 +1,88 @@
+"""Per-round metrics: JSON lines, a PNG plot, and a readable progress line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class MetricsLog:
+    """``metrics.jsonl`` and ``metrics.png`` in the run folder."""
+
+    def __init__(self, run_dir: Path, *, resume: bool = False) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            self.path.write_text("")
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Rows written so far."""
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Add one round and redraw the plot."""
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, sort_keys=True) + "\n")
+        self.plot()
+
+    def plot(self) -> None:
+        """Redraw ``metrics.png`` from all rows."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = self.rows()
+        if not rows:
+            return
+        rounds = [r["round"] for r in rows]
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+        series = [
+            ("train_loss", "train loss"),
+            ("eval_loss", "held-out loss"),
+        ]
+        for key, label in series:
+            axes[0].plot(
+                rounds, [_num(r.get(key)) for r in rows], marker="o", label=label
+            )
+        axes[0].set_title("loss")
+        axes[0].legend()
+        for key in ("auc", "accuracy"):
+            axes[1].plot(
+                rounds, [_num(r.get(key)) for r in rows], marker="o", label=key
+            )
+        axes[1].set_ylim(0, 1.02)
+        axes[1].set_title("held-out patients (weighted by patients)")
+        axes[1].legend()
+        sites = sorted({s for r in rows for s in r.get("epsilon_per_site", {})})
+        for site in sites:
+            axes[2].plot(
+                rounds,
+                [_num(r.get("epsilon_per_site", {}).get(site)) for r in rows],
+                marker="o",
+                label=site,
+            )
+        axes[2].set_title("cumulative epsilon per site")
+        if sites:
+            axes[2].legend(fontsize="small")
+        for ax in axes:
+            ax.set_xlabel("round")
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(self.run_dir / "metrics.png", dpi=100)
+        plt.close(fig)
+
+
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+__all__ = ["MetricsLog"]
