@@ -373,12 +373,31 @@ def simulate(
 @audit_app.command("verify")
 def audit_verify(
     logs: Annotated[list[Path], typer.Argument(help="Audit logs (audit.jsonl).")],
+    keys: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of trusted *.pub audit keys (default: the key beside each log)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check hash chains and signatures; exit 1 naming the first bad record."""
     from slidefed.common.audit import verify_log
+    from slidefed.common.crypto import key_id, load_public_key
 
-    results = [verify_log(p) for p in logs]
+    trusted = None
+    if keys is not None:
+        if not keys.is_dir():
+            raise ConfigError(f"--keys {keys} is not a folder of *.pub files")
+        trusted = {
+            key_id(k): k for k in map(load_public_key, sorted(keys.glob("*.pub")))
+        }
+    for path in logs:
+        if not path.is_file():
+            raise ConfigError(
+                f"{path}: no such audit log; pass the path of audit.jsonl"
+            )
+    results = [verify_log(p, public_keys=trusted) for p in logs]
     if as_json:
         print(json.dumps([r.model_dump() for r in results], indent=2))
     else:
@@ -395,7 +414,7 @@ def audit_verify(
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: one line and exit 2 for bad input, never a traceback."""
     try:
-        app(args=list(argv) if argv is not None else None, standalone_mode=False)
+        rc = app(args=list(argv) if argv is not None else None, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError:
         return 0
     except click.UsageError as exc:
@@ -413,7 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    # Without standalone mode, click returns the code of typer.Exit.
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

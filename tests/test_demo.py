@@ -1,0 +1,67 @@
+"""The walking federation, end to end through the installed command."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _slidefed() -> list[str]:
+    exe = shutil.which("slidefed", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "slidefed.cli"]
+
+
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr")}
+    proc = subprocess.run(
+        [*_slidefed(), "demo", "--sites", "2", "--rounds", "2", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    assert "Held-out patients" in proc.stdout
+
+    rows = [
+        json.loads(x) for x in (out / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["round"] for r in rows] == [1, 2]
+    assert all("auc" in r for r in rows)
+    assert rows[-1]["sites_trained"] == 2
+    assert rows[-1]["auc"] >= 0.8
+    assert (out / "run" / "metrics.png").stat().st_size > 1000
+    assert (out / "run" / "final.safetensors").is_file()
+
+    for name in ("hospital-a", "hospital-b"):
+        site = out / "sites" / name
+        assert (site / "site.toml").is_file()
+        assert (site / "manifest.csv").is_file()
+        assert list((site / "slides").glob("*.tif"))
+        assert list((site / "state" / "cache").glob("*.npz"))
+        log = site / "audit" / "audit.jsonl"
+        events = [json.loads(x)["event"] for x in log.read_text().splitlines()]
+        assert events.count("round_charged") == 2
+        assert events.count("update_released") == 2
+        charged = [
+            json.loads(x)["data"]
+            for x in log.read_text().splitlines()
+            if json.loads(x)["event"] == "round_charged"
+        ]
+        assert charged[-1]["unit"] == "patient"
+        assert 0 < charged[0]["epsilon_after"] < charged[1]["epsilon_after"] <= 8.0
+        verify = subprocess.run(
+            [*_slidefed(), "audit", "verify", str(log)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert verify.returncode == 0, verify.stdout + verify.stderr
