@@ -59,7 +59,9 @@ def _setup_logging(verbose: bool) -> None:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console()
+    console = Console()
+    # Logs and CI capture output at 80 columns; the summary table needs more.
+    return console if console.is_terminal else Console(width=120)
 
 
 # --------------------------------------------------------------------------- demo
@@ -108,11 +110,13 @@ def _demo_synth(console: Any, d: Any, plan: Any) -> None:
     from rich.progress import Progress
 
     with Progress(console=console, transient=False) as progress:
-        task = progress.add_task("Synthesising slides", total=len(plan))
+        task = progress.add_task("Synthesising slides", total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
         d.synthesise(
-            plan,
-            workers=max(1, min(d.cpu_count(), len(plan))),
-            on_done=lambda name, n: progress.advance(task),
+            plan, workers=max(1, min(d.cpu_count(), len(plan))), on_progress=update
         )
 
 

@@ -86,8 +86,11 @@ def plan_sites(out: Path, n_sites: int, seed: int) -> list[DemoSite]:
     return sites
 
 
-def _synth_one(site: DemoSite) -> int:
+def _synth_one(site: DemoSite, events: Any) -> int:
     from slidefed.common.synth import synth_site
+
+    def report(done: int, total: int) -> None:
+        events.put((site.name, done, total))
 
     result = synth_site(
         site.root,
@@ -96,18 +99,44 @@ def _synth_one(site: DemoSite) -> int:
         tumour_fraction=site.tumour_fraction,
         width=SLIDE_SIZE[0],
         height=SLIDE_SIZE[1],
+        progress=report,
     )
     return result.n_slides
 
 
 def synthesise(
-    sites: list[DemoSite], *, workers: int, on_done: Callable[[str, int], None]
+    sites: list[DemoSite],
+    *,
+    workers: int,
+    on_progress: Callable[[int, int], None],
 ) -> None:
-    """Write the synthetic slides and site configs of every site."""
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        for site, n in zip(sites, pool.map(_synth_one, sites), strict=True):
-            write_site_config(site)
-            on_done(site.name, n)
+    """Write the synthetic slides and site configs of every site.
+
+    ``on_progress(done, total)`` counts slides over all sites; the total grows as
+    each site learns how many slides its patients have.
+    """
+    import multiprocessing
+    import queue
+
+    with multiprocessing.Manager() as manager:
+        events = manager.Queue()
+        state: dict[str, tuple[int, int]] = {}
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(_synth_one, site, events) for site in sites]
+            while not all(f.done() for f in futures) or not events.empty():
+                try:
+                    name, done, total = events.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                state[name] = (done, total)
+                on_progress(
+                    sum(d for d, _ in state.values()),
+                    sum(t for _, t in state.values()),
+                )
+            for fut in futures:
+                fut.result()
+    for site in sites:
+        write_site_config(site)
 
 
 def write_site_config(site: DemoSite) -> SiteConfig:

@@ -68,12 +68,15 @@ class MetricsLog:
                 rounds,
                 [_num(r.get("epsilon_per_site", {}).get(site)) for r in rows],
                 marker="o",
-                label=site,
+                label=f"node …{site[-6:]}",
             )
         axes[2].set_title("cumulative epsilon per site")
         if sites:
             axes[2].legend(fontsize="small")
+        from matplotlib.ticker import MaxNLocator
+
         for ax in axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("round")
             ax.grid(alpha=0.3)
         fig.tight_layout()
