@@ -297,7 +297,7 @@ def site_budget(config: ConfigOpt, as_json: JsonOpt = False) -> None:
     cfg = load_site_config(config)
     ledger = PrivacyLedger(cfg.ledger_path).load()
     delta = ledger.delta or cfg.policy.delta_for(1)
-    spent = epsilon(ledger.history(), delta)
+    spent = epsilon(ledger.history(), delta, accountant=ledger.accountant)
     runs = []
     for plan in ledger.runs:
         rounds = [r for r in ledger.rounds if r.run_id == plan.run_id]

@@ -112,6 +112,7 @@ def _train(
     torch.set_num_threads(1)
     _check_policy(run, site)
     bags, fingerprint = site.bags(run)
+    unit = fingerprint["unit"]
     train_bags = [b for b in bags if b.split == "train"]
     if not train_bags:
         raise PolicyViolation("no training patients with features at this site")
@@ -139,7 +140,8 @@ def _train(
         max_epsilon=policy.max_epsilon,
         min_noise_multiplier=policy.min_noise_multiplier,
         delta=delta,
-        unit="patient",
+        unit=unit,
+        accountant=policy.accountant,
     )
     site.audit.append(
         "round_charged",
@@ -160,6 +162,7 @@ def _train(
         delta=charge.delta,
         seed=_round_seed(run, site.config.site.name, server_round),
         proximal_mu=_config(msg, "proximal-mu", 0.0),
+        secure_rng=policy.secure_rng,
     )
     if (
         result.steps != charge.steps

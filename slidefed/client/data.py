@@ -36,6 +36,7 @@ class Manifest(BaseModel):
 
     path: Path
     sha256: str
+    unit: Literal["patient", "slide"] = "patient"
     rows: list[ManifestRow]
     rejected: list[tuple[int, str]]
 
@@ -64,7 +65,17 @@ def load_manifest(path: Path) -> Manifest:
     raw = path.read_bytes()
     text = raw.decode("utf-8-sig", errors="replace")
     reader = csv.DictReader(text.splitlines())
-    missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+    columns = list(reader.fieldnames or [])
+    # Without patient ids each slide is its own sample: the privacy unit falls
+    # back to the slide, and every record says so.
+    unit: Literal["patient", "slide"] = (
+        "patient" if "patient_id" in columns else "slide"
+    )
+    missing = [
+        c
+        for c in REQUIRED_COLUMNS
+        if c not in columns and not (c == "patient_id" and unit == "slide")
+    ]
     if missing:
         raise ManifestError(
             f"{path}: missing column(s) {', '.join(missing)}; the header must be "
@@ -75,9 +86,10 @@ def load_manifest(path: Path) -> Manifest:
     seen: set[str] = set()
     for line, rec in enumerate(reader, start=2):
         try:
-            row = ManifestRow.model_validate(
-                {k: (rec.get(k) or "").strip() for k in REQUIRED_COLUMNS}
-            )
+            values = {k: (rec.get(k) or "").strip() for k in REQUIRED_COLUMNS}
+            if unit == "slide":
+                values["patient_id"] = values["slide"]
+            row = ManifestRow.model_validate(values)
         except ValidationError as exc:
             err = exc.errors()[0]
             rejected.append((line, f"{err['loc'][0]}: {err['msg']}"))
@@ -94,6 +106,7 @@ def load_manifest(path: Path) -> Manifest:
     return Manifest(
         path=path,
         sha256=hashlib.sha256(raw).hexdigest(),
+        unit=unit,
         rows=[r for _, r in rows],
         rejected=rejected,
     )

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from slidefed.common.errors import PrivacyBudgetExhausted
 
 Unit = Literal["patient", "slide", "tile"]
+AccountantName = Literal["rdp", "prv"]
 Step = tuple[float, float, int]  # (noise multiplier, sample rate, steps)
 
 _ALPHAS: list[float] = [float(a) for a in RDPAccountant.DEFAULT_ALPHAS]
@@ -92,7 +93,7 @@ class Ledger(BaseModel):
 
     schema_version: Literal[1] = 1
     unit: Unit = "patient"
-    accountant: Literal["rdp"] = "rdp"
+    accountant: AccountantName = "rdp"
     delta: float | None = Field(default=None, gt=0, lt=1)
     runs: list[LedgerRun] = []
     rounds: list[LedgerRound] = []
@@ -106,10 +107,26 @@ class Ledger(BaseModel):
         return next((r for r in self.runs if r.run_id == run_id), None)
 
 
-def epsilon(history: Sequence[Step], delta: float, *, fine: bool = True) -> float:
-    """Epsilon of the composition of ``history`` at ``delta`` (RDP)."""
+def epsilon(
+    history: Sequence[Step],
+    delta: float,
+    *,
+    accountant: AccountantName = "rdp",
+    fine: bool = True,
+) -> float:
+    """Epsilon of the composition of ``history`` at ``delta``.
+
+    ``rdp`` is Opacus's Renyi accountant (conservative, fast); ``prv`` is its
+    privacy-random-variable accountant (tighter, an upper bound within 0.01).
+    """
     if not history:
         return 0.0
+    if accountant == "prv":
+        from opacus.accountants import PRVAccountant
+
+        prv = PRVAccountant()
+        prv.history = [(float(s), float(q), int(n)) for s, q, n in history]
+        return float(prv.get_epsilon(delta))
     alphas = _ALPHAS if fine else [float(a) for a in _CAL_ALPHAS]
     rdp = None
     for sigma, q, steps in history:
@@ -126,6 +143,7 @@ def calibrate_noise(
     steps: int,
     target_epsilon: float,
     delta: float,
+    accountant: AccountantName = "rdp",
 ) -> float:
     """Smallest noise multiplier (to 1e-3) such that prior + plan stays within target.
 
@@ -137,7 +155,7 @@ def calibrate_noise(
 
     def fits(sigma: float) -> bool:
         plan = [*prior, (sigma, sample_rate, steps)]
-        return epsilon(plan, delta, fine=False) <= target_epsilon
+        return epsilon(plan, delta, accountant=accountant, fine=False) <= target_epsilon
 
     hi = 1.0
     while not fits(hi):
@@ -211,6 +229,7 @@ class Charge(BaseModel):
     steps: int
     delta: float
     unit: Unit
+    accountant: AccountantName
     epsilon_round: float
     epsilon_before: float
     epsilon_after: float
@@ -230,37 +249,51 @@ def charge_round(
     min_noise_multiplier: float,
     delta: float,
     unit: Unit,
+    accountant: AccountantName = "rdp",
 ) -> Charge:
     """Plan (first round of a run) and charge one round before it trains.
+
+    A run is granted its target epsilon, capped at the site maximum, or refused
+    up front: a site never hands a run less budget than it planned for, since
+    that would silently train with far more noise than the researcher designed.
 
     Raises
     ------
     PrivacyBudgetExhausted
-        If the round would take the dataset past ``max_epsilon``; nothing is
-        charged then.
+        If the run's budget is not available, or the round would take the
+        dataset past ``max_epsilon``; nothing is charged then.
     """
     with ledger_file.locked() as ledger:
         if ledger.delta is None:
             ledger.delta = delta
         delta = min(delta, ledger.delta)
         ledger.unit = unit
+        ledger.accountant = accountant
         history = ledger.history()
-        before = epsilon(history, delta)
+        before = epsilon(history, delta, accountant=accountant)
         plan = ledger.run(run_id)
         if plan is None:
-            if before >= max_epsilon:
+            remaining = max_epsilon - before
+            wanted = min(target_epsilon, max_epsilon)
+            if remaining <= 1e-9:
                 raise PrivacyBudgetExhausted(
                     f"site budget spent: epsilon {before:.3f} of max_epsilon "
                     f"{max_epsilon:.3f} (policy in site.toml); no more training on "
                     "this dataset"
                 )
-            goal = min(before + target_epsilon, max_epsilon)
+            if remaining + 1e-9 < wanted:
+                raise PrivacyBudgetExhausted(
+                    f"run asks for epsilon {target_epsilon:.3g} but only "
+                    f"{remaining:.3f} of the site's max_epsilon {max_epsilon:.3g} "
+                    f"remains; lower target-epsilon to at most {remaining:.3f}"
+                )
             sigma = calibrate_noise(
                 history,
                 sample_rate=sample_rate,
                 steps=steps * planned_rounds,
-                target_epsilon=goal,
+                target_epsilon=before + wanted,
                 delta=delta,
+                accountant=accountant,
             )
             plan = LedgerRun(
                 run_id=run_id,
@@ -274,7 +307,9 @@ def charge_round(
             )
             ledger.runs.append(plan)
         sigma = plan.noise_multiplier
-        after = epsilon([*history, (sigma, sample_rate, steps)], delta)
+        after = epsilon(
+            [*history, (sigma, sample_rate, steps)], delta, accountant=accountant
+        )
         if after > max_epsilon + 1e-9:
             raise PrivacyBudgetExhausted(
                 f"round {server_round} would bring epsilon to {after:.3f}, over the "
@@ -300,7 +335,10 @@ def charge_round(
         steps=steps,
         delta=delta,
         unit=unit,
-        epsilon_round=epsilon([(sigma, sample_rate, steps)], delta),
+        accountant=accountant,
+        epsilon_round=epsilon(
+            [(sigma, sample_rate, steps)], delta, accountant=accountant
+        ),
         epsilon_before=before,
         epsilon_after=after,
         epsilon_max=max_epsilon,

@@ -79,6 +79,7 @@ class Site:
         bag_size = min(run.bag_size, self.config.policy.max_bag_size)
         bags = build_bags(manifest.rows, feats, bag_size=bag_size, seed=run.seed)
         fingerprint = {
+            "unit": manifest.unit,
             "manifest_sha256": manifest.sha256,
             "slides": len(manifest.rows),
             "slides_with_features": len(feats),

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from slidefed.client.data import PatientBag
+from slidefed.common.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +83,15 @@ def train_dp(
     delta: float,
     seed: int,
     proximal_mu: float = 0.0,
+    secure_rng: bool = False,
 ) -> TrainResult:
-    """Train ``model`` in place with DP-SGD, one sample per patient."""
+    """Train ``model`` in place with DP-SGD, one sample per patient.
+
+    Raises
+    ------
+    ConfigError
+        If ``secure_rng`` is asked for and Opacus cannot provide it.
+    """
     from opacus import PrivacyEngine
 
     torch.manual_seed(seed)
@@ -97,7 +105,14 @@ def train_dp(
     global_params = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    engine = PrivacyEngine(accountant="rdp")
+    try:
+        engine = PrivacyEngine(accountant="rdp", secure_mode=secure_rng)
+    except ImportError as exc:
+        raise ConfigError(
+            "policy.secure_rng = true needs Opacus's cryptographically secure RNG "
+            f"(torchcsprng), which is not installed here ({exc}); install it or set "
+            "secure_rng = false in site.toml"
+        ) from exc
     with warnings.catch_warnings():
         # Opacus warns that its secure RNG is off; the site policy decides that.
         warnings.simplefilter("ignore")

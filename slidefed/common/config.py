@@ -66,6 +66,8 @@ class SitePolicy(BaseModel):
     allowed_tasks: tuple[str, ...] = ("abmil",)
     min_eval_patients: int = Field(default=5, ge=1)
     max_bag_size: int = Field(default=2048, ge=1)
+    accountant: Literal["rdp", "prv"] = "rdp"
+    secure_rng: bool = False
 
     def delta_for(self, n_patients: int) -> float:
         """Return the delta in force for a dataset of ``n_patients`` samples."""

@@ -38,9 +38,16 @@ def test_manifest_rejects_bad_rows_and_keeps_the_rest(tmp_path: Path) -> None:
 
 
 def test_manifest_missing_column(tmp_path: Path) -> None:
-    path = _write(tmp_path, "slide,patient,label,split\na,b,0,train\n")
-    with pytest.raises(ManifestError, match=r"missing column.*patient_id"):
+    path = _write(tmp_path, "slide,patient_id,diagnosis,split\na,b,0,train\n")
+    with pytest.raises(ManifestError, match=r"missing column.*label"):
         load_manifest(path)
+
+
+def test_manifest_without_patient_ids_falls_back_to_slide_unit(tmp_path: Path) -> None:
+    path = _write(tmp_path, "slide,label,split\na.tif,0,train\nb.tif,1,test\n")
+    manifest = load_manifest(path)
+    assert manifest.unit == "slide"
+    assert [r.patient_id for r in manifest.rows] == ["a.tif", "b.tif"]
 
 
 def test_manifest_without_usable_rows(tmp_path: Path) -> None:

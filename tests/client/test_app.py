@@ -1,0 +1,118 @@
+"""The ClientApp called directly with Messages (no runtime)."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    Metadata,
+    RecordDict,
+)
+
+from slidefed.client.app import REFUSED, app
+from slidefed.client.site import ensure_audit_key
+from slidefed.common.config import RunConfig, load_site_config
+from slidefed.common.model import build_model, feature_dim
+from slidefed.common.synth import SynthSite
+
+
+def _message(kind: str, server_round: int) -> Message:
+    model = build_model("abmil", feature_dim("hed"), seed=0)
+    arrays = ArrayRecord({k: Array(v.numpy()) for k, v in model.state_dict().items()})
+    meta = Metadata(
+        run_id=42,
+        message_id=f"{kind}-{server_round}",
+        src_node_id=1,
+        dst_node_id=7,
+        reply_to_message_id="",
+        group_id=str(server_round),
+        created_at=time.time(),
+        ttl=600.0,
+        message_type=kind,
+    )
+    content = RecordDict(
+        {"arrays": arrays, "config": ConfigRecord({"server-round": server_round})}
+    )
+    return Message(content=content, metadata=meta)  # type: ignore[call-overload,no-any-return]
+
+
+def _context(site_toml: Path, **run: object) -> Context:
+    config = RunConfig(**run).model_dump(by_alias=True)
+    return Context(
+        run_id=42,
+        node_id=7,
+        node_config={"site-config": str(site_toml)},
+        state=RecordDict(),
+        run_config=config,
+    )
+
+
+@pytest.fixture
+def site_toml(small_site: SynthSite, tmp_path: Path) -> Path:
+    # A private copy of the site config with its own state, ledger and audit log.
+    path = tmp_path / "site.toml"
+    path.write_text(
+        f'[site]\nname = "app-test"\nmanifest = "{small_site.manifest}"\n'
+        f'slides_root = "{small_site.root}"\n[policy]\nmin_eval_patients = 5\n'
+        "max_epsilon = 3.0\n"
+    )
+    ensure_audit_key(load_site_config(path))
+    return path
+
+
+def _events(site_toml: Path) -> list[dict[str, object]]:
+    log = load_site_config(site_toml).audit_path
+    return [json.loads(x) for x in log.read_text().splitlines()]
+
+
+def test_train_releases_only_model_arrays_and_charges_first(site_toml: Path) -> None:
+    reply = app(_message("train", 1), _context(site_toml, target_epsilon=2.0))
+    assert not reply.has_error(), reply.error
+    metrics = reply.content.metric_records["metrics"]
+    assert set(metrics) <= {
+        "num-examples",
+        "train_loss",
+        "epsilon",
+        "epsilon_round",
+        "delta",
+        "noise_multiplier",
+        "train_seconds",
+    }
+    assert 0 < float(metrics["epsilon"]) <= 2.0  # type: ignore[arg-type]
+    names = list(reply.content.array_records["arrays"])
+    assert names == list(build_model("abmil", 24, seed=0).state_dict())
+    events = [e["event"] for e in _events(site_toml)]
+    assert events.index("round_charged") < events.index("update_released")
+
+
+def test_round_breaking_policy_is_refused_and_audited(site_toml: Path) -> None:
+    reply = app(_message("train", 1), _context(site_toml, max_grad_norm=50.0))
+    assert reply.has_error()
+    assert reply.error.code == REFUSED
+    assert "max_grad_norm" in str(reply.error.reason)
+    assert _events(site_toml)[-1]["event"] == "round_refused"
+
+
+def test_run_over_budget_is_refused(site_toml: Path) -> None:
+    first = app(_message("train", 1), _context(site_toml, target_epsilon=2.9))
+    assert not first.has_error()
+    ctx = _context(site_toml, target_epsilon=2.0)
+    ctx.run_id = 43
+    reply = app(_message("train", 1), ctx)
+    assert reply.has_error()
+    assert "lower target-epsilon" in str(reply.error.reason)
+
+
+def test_evaluation_below_minimum_patients_releases_no_metric(site_toml: Path) -> None:
+    # The 10-patient site holds 4 test patients, below the policy's minimum of 5.
+    reply = app(_message("evaluate", 1), _context(site_toml))
+    assert reply.has_error()
+    assert "min_eval_patients=5" in str(reply.error.reason)
+    assert not reply.has_content()
+    assert _events(site_toml)[-1]["event"] == "metric_withheld"
