@@ -109,7 +109,8 @@ def test_second_run_that_fits_continues_the_composition(tmp_path: Path) -> None:
         except PrivacyBudgetExhausted as exc:
             refused = str(exc)
             break
-    assert refused is not None and "over the site's max_epsilon" in refused
+    assert refused is not None
+    assert "over the site's max_epsilon" in refused
     assert epsilon(PrivacyLedger(path).load().history(), 1e-4) <= 6.0
 
 
