@@ -13,6 +13,9 @@ from typing import Annotated, Any
 import click
 import typer
 
+from slidefed.audit_cli import audit_app
+from slidefed.bench.cli import bench_app
+from slidefed.client.cli import site_app, slide_app
 from slidefed.common.errors import ConfigError, SlidefedError
 
 logger = logging.getLogger("slidefed")
@@ -28,19 +31,11 @@ app = typer.Typer(
 synth_app = typer.Typer(
     help="Synthetic data.", no_args_is_help=True, rich_markup_mode=None
 )
-slide_app = typer.Typer(
-    help="Look at slide files.", no_args_is_help=True, rich_markup_mode=None
-)
-site_app = typer.Typer(
-    help="Run a hospital site.", no_args_is_help=True, rich_markup_mode=None
-)
-audit_app = typer.Typer(
-    help="Verify and read audit logs.", no_args_is_help=True, rich_markup_mode=None
-)
 app.add_typer(synth_app, name="synth")
 app.add_typer(slide_app, name="slide")
 app.add_typer(site_app, name="site")
 app.add_typer(audit_app, name="audit")
+app.add_typer(bench_app, name="bench")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Path of site.toml.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -194,147 +189,6 @@ def synth_site_cmd(
     )
 
 
-# -------------------------------------------------------------------------- slide
-@slide_app.command("inspect")
-def slide_inspect(
-    paths: Annotated[list[Path], typer.Argument(help="Slide files.")],
-    as_json: JsonOpt = False,
-) -> None:
-    """Format, vendor, levels, mpp and tile size of each slide."""
-    from slidefed.client.slides import open_slide
-
-    failed = 0
-    for path in paths:
-        try:
-            with open_slide(path) as slide:
-                info = slide.info()
-        except SlidefedError as exc:
-            failed += 1
-            print(f"error: {exc}", file=sys.stderr)
-            continue
-        if as_json:
-            print(info.model_dump_json())
-        else:
-            mpp = f"{info.mpp:.4f}" if info.mpp else "unknown"
-            print(
-                f"{info.path}: {info.format}, vendor {info.vendor}, mpp {mpp}, "
-                f"tile {info.tile_size or 'none'}"
-            )
-            for i, lv in enumerate(info.levels):
-                print(
-                    f"  level {i}: {lv.width} x {lv.height}, downsample {lv.downsample}"
-                )
-    if failed:
-        raise typer.Exit(2)
-
-
-# --------------------------------------------------------------------------- site
-@site_app.command("init")
-def site_init(
-    folder: Annotated[Path, typer.Argument(help="Site folder to create.")],
-    name: Annotated[str, typer.Option(help="Site name.")] = "site",
-) -> None:
-    """Create site.toml with safe defaults and the site's audit key."""
-    from slidefed.client.site import ensure_audit_key
-    from slidefed.common.config import SiteConfig, SiteSection, dump_site_config
-
-    target = folder / "site.toml"
-    if target.exists():
-        raise ConfigError(f"{target} exists; edit it, or choose another folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    config = SiteConfig(site=SiteSection(name=name), base_dir=folder.resolve())
-    target.write_text(dump_site_config(config))
-    ensure_audit_key(config)
-    print(
-        f"wrote {target}; put manifest.csv next to it, then run "
-        f"'slidefed site prepare --config {target}'"
-    )
-
-
-@site_app.command("prepare")
-def site_prepare(
-    config: ConfigOpt,
-    workers: Annotated[int, typer.Option(help="Worker processes (0: auto).")] = 0,
-    as_json: JsonOpt = False,
-) -> None:
-    """Tissue, tiles and features of every slide in the manifest (cached)."""
-    from rich.progress import Progress
-
-    from slidefed.client.data import load_manifest
-    from slidefed.client.prepare import prepare_site
-    from slidefed.common.config import load_site_config
-
-    cfg = load_site_config(config)
-    total = len(load_manifest(cfg.manifest_path).rows)
-    with Progress(disable=as_json) as progress:
-        task = progress.add_task("Preparing slides", total=total)
-        report = prepare_site(
-            cfg, workers=workers or None, progress=lambda _o: progress.advance(task)
-        )
-    if as_json:
-        print(report.model_dump_json(indent=2))
-    else:
-        for s in report.slides:
-            if s.status == "skipped":
-                print(f"skipped {s.slide}: {s.reason}")
-        for line, reason in report.rejected_rows:
-            print(f"manifest line {line} rejected: {reason}")
-        tiles = sum(s.tiles for s in report.usable)
-        print(
-            f"{len(report.usable)} of {len(report.slides)} slides ready, {tiles} tiles, "
-            f"{report.seconds:.1f} s; report in {cfg.state_dir / 'prepare-report.json'}"
-        )
-    if not report.usable:
-        raise ConfigError("no usable slide at this site; fix the slides listed above")
-
-
-@site_app.command("budget")
-def site_budget(config: ConfigOpt, as_json: JsonOpt = False) -> None:
-    """Privacy spent and remaining, per run and in total."""
-    from slidefed.client.privacy import PrivacyLedger, epsilon
-    from slidefed.common.config import load_site_config
-
-    cfg = load_site_config(config)
-    ledger = PrivacyLedger(cfg.ledger_path).load()
-    delta = ledger.delta or cfg.policy.delta_for(1)
-    spent = epsilon(ledger.history(), delta, accountant=ledger.accountant)
-    runs = []
-    for plan in ledger.runs:
-        rounds = [r for r in ledger.rounds if r.run_id == plan.run_id]
-        runs.append(
-            {
-                "run_id": plan.run_id,
-                "rounds": len(rounds),
-                "noise_multiplier": plan.noise_multiplier,
-                "epsilon_before": plan.epsilon_before,
-                "epsilon_after": rounds[-1].epsilon_after
-                if rounds
-                else plan.epsilon_before,
-            }
-        )
-    result = {
-        "site": cfg.site.name,
-        "unit": ledger.unit,
-        "delta": delta,
-        "epsilon_spent": spent,
-        "epsilon_max": cfg.policy.max_epsilon,
-        "epsilon_remaining": max(cfg.policy.max_epsilon - spent, 0.0),
-        "runs": runs,
-    }
-    if as_json:
-        print(json.dumps(result, indent=2))
-        return
-    print(
-        f"{cfg.site.name}: epsilon {spent:.3f} of {cfg.policy.max_epsilon:.3f} spent "
-        f"(delta {delta:.2e}, unit {ledger.unit}); {result['epsilon_remaining']:.3f} left"
-    )
-    for r in runs:
-        print(
-            f"  run {r['run_id']}: {r['rounds']} rounds, sigma {r['noise_multiplier']:.3f}, "
-            f"epsilon {r['epsilon_before']:.3f} -> {r['epsilon_after']:.3f}"
-        )
-
-
 # ----------------------------------------------------------------------- simulate
 @app.command()
 def simulate(
@@ -371,47 +225,6 @@ def simulate(
     )
     run_simulation(run, n_sites=len(paths), verbose=verbose)
     print(f"run finished: {out / 'metrics.jsonl'}, {out / 'final.safetensors'}")
-
-
-# -------------------------------------------------------------------------- audit
-@audit_app.command("verify")
-def audit_verify(
-    logs: Annotated[list[Path], typer.Argument(help="Audit logs (audit.jsonl).")],
-    keys: Annotated[
-        Path | None,
-        typer.Option(
-            help="Folder of trusted *.pub audit keys (default: the key beside each log)."
-        ),
-    ] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Check hash chains and signatures; exit 1 naming the first bad record."""
-    from slidefed.common.audit import verify_log
-    from slidefed.common.crypto import key_id, load_public_key
-
-    trusted = None
-    if keys is not None:
-        if not keys.is_dir():
-            raise ConfigError(f"--keys {keys} is not a folder of *.pub files")
-        trusted = {
-            key_id(k): k for k in map(load_public_key, sorted(keys.glob("*.pub")))
-        }
-    for path in logs:
-        if not path.is_file():
-            raise ConfigError(
-                f"{path}: no such audit log; pass the path of audit.jsonl"
-            )
-    results = [verify_log(p, public_keys=trusted) for p in logs]
-    if as_json:
-        print(json.dumps([r.model_dump() for r in results], indent=2))
-    else:
-        for r in results:
-            if r.ok:
-                print(f"{r.path}: OK, {r.records} records")
-            for pr in r.problems[:1]:
-                print(f"{r.path}:{pr.line}: {pr.kind}: {pr.message}")
-    if not all(r.ok for r in results):
-        raise typer.Exit(1)
 
 
 # --------------------------------------------------------------------------- main

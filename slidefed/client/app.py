@@ -163,6 +163,7 @@ def _train(
         seed=_round_seed(run, site.config.site.name, server_round),
         proximal_mu=_config(msg, "proximal-mu", 0.0),
         secure_rng=policy.secure_rng,
+        grad_sample_mode=run.grad_sample_mode,
     )
     if (
         result.steps != charge.steps

@@ -6,6 +6,7 @@ import logging
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from slidefed.common.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 Item = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+GradSampleMode = Literal["ew", "hooks"]
 
 
 class BagDataset(Dataset[Item]):
@@ -84,8 +86,15 @@ def train_dp(
     seed: int,
     proximal_mu: float = 0.0,
     secure_rng: bool = False,
+    grad_sample_mode: GradSampleMode = "ew",
 ) -> TrainResult:
     """Train ``model`` in place with DP-SGD, one sample per patient.
+
+    ``grad_sample_mode`` ``ew`` (torch expanded weights) computes each patient's
+    gradient inside autograd and costs about 1.2x a plain step for ABMIL; ``hooks``
+    computes them in extra backward hooks (about 1.6-1.9x). Both give the same
+    per-patient gradients. ``ew`` cannot run a batch of zero patients, which
+    Poisson sampling produces, so such a step is taken as a noise-only step.
 
     Raises
     ------
@@ -123,7 +132,7 @@ def train_dp(
             noise_multiplier=noise_multiplier,
             max_grad_norm=max_grad_norm,
             poisson_sampling=True,
-            grad_sample_mode="hooks",
+            grad_sample_mode=grad_sample_mode,
         )
     private.train()
     total, steps = 0.0, 0
@@ -131,6 +140,10 @@ def train_dp(
         for x, mask, y in dp_data:
             # Never skip an empty Poisson batch: the step adds noise and is counted.
             dp_opt.zero_grad()
+            if len(y) == 0 and grad_sample_mode == "ew":
+                _empty_step(model, dp_opt)
+                steps += 1
+                continue
             logits = private(x, mask)
             loss = (
                 F.cross_entropy(logits, y, reduction="sum") / dp_opt.expected_batch_size
@@ -157,6 +170,14 @@ def train_dp(
         n_samples=len(bags),
         opacus_epsilon=eps,
     )
+
+
+def _empty_step(model: nn.Module, optimizer: Any) -> None:
+    """A noise-only DP step for a batch of no patients (expanded-weights mode)."""
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad_sample = torch.zeros(0, *p.shape)  # type: ignore[attr-defined]
+    optimizer.step()
 
 
 def auc_score(labels: NDArray[np.int64], scores: NDArray[np.float64]) -> float:

@@ -206,6 +206,7 @@ class RunConfig(BaseModel):
     target_epsilon: float = Field(default=8.0, gt=0.0)
     target_delta: float = Field(default=0.0, ge=0.0, lt=1.0)
     max_grad_norm: float = Field(default=1.0, gt=0.0)
+    grad_sample_mode: Literal["ew", "hooks"] = "ew"
     strategy: Strategy = "fedavg"
     bag_size: int = Field(default=256, ge=1)
     seed: int = 0

@@ -116,3 +116,27 @@ def test_auc_matches_pairwise_definition(pairs: list[tuple[int, float]]) -> None
         return
     wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
     assert got == pytest.approx(wins / (len(pos) * len(neg)))
+
+
+def test_expanded_weights_and_hooks_train_the_same_model() -> None:
+    models = []
+    for mode in ("ew", "hooks"):
+        torch.manual_seed(0)
+        model = ABMIL(8, hidden=16, attention=8)
+        # Few patients and batch 1: Poisson sampling draws empty batches too.
+        result = train_dp(
+            model,
+            _bags(3),
+            epochs=6,
+            batch_size=1,
+            lr=0.01,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            delta=1e-3,
+            seed=4,
+            grad_sample_mode=mode,
+        )
+        assert result.steps == 18
+        models.append(model.state_dict())
+    for key in models[0]:
+        torch.testing.assert_close(models[0][key], models[1][key], atol=1e-5, rtol=1e-4)
