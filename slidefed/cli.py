@@ -15,8 +15,10 @@ import typer
 
 from slidefed.audit_cli import audit_app
 from slidefed.bench.cli import bench_app
-from slidefed.client.cli import site_app, slide_app
+from slidefed.client.cli import slide_app
+from slidefed.client.node_cli import site_app
 from slidefed.common.errors import ConfigError, SlidefedError
+from slidefed.server.cli import server_app
 
 logger = logging.getLogger("slidefed")
 
@@ -34,6 +36,7 @@ synth_app = typer.Typer(
 app.add_typer(synth_app, name="synth")
 app.add_typer(slide_app, name="slide")
 app.add_typer(site_app, name="site")
+app.add_typer(server_app, name="server")
 app.add_typer(audit_app, name="audit")
 app.add_typer(bench_app, name="bench")
 
