@@ -201,13 +201,27 @@ def simulate(
     rounds: Annotated[int, typer.Option(help="Federated rounds.")],
     out: Annotated[Path, typer.Option(help="Run folder.")],
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue after the last checkpoint.")
+    ] = False,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="fedavg, fedprox, fedadam, fedmedian, fedtrimmedavg or krum."
+        ),
+    ] = "fedavg",
     target_epsilon: Annotated[
         float, typer.Option(help="Epsilon this run may spend per site.")
     ] = 8.0,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 4,
+    lr: Annotated[float, typer.Option(help="Local learning rate.")] = 0.03,
+    wire_dtype: Annotated[
+        str, typer.Option(help="float32 or float16 on the wire.")
+    ] = "float32",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a federation of local site folders on Flower's simulation engine."""
-    from slidefed.common.config import RunConfig
+    from slidefed.common.config import parse_run_config
     from slidefed.simulation import run_simulation
 
     paths = [p / "site.toml" if p.is_dir() else p for p in sites]
@@ -216,15 +230,31 @@ def simulate(
             raise ConfigError(
                 f"--sites {p}: no site.toml there; run 'slidefed site init'"
             )
+    out = out.resolve()
+    if not resume and (out / "checkpoints").is_dir():
+        raise ConfigError(
+            f"--out {out} already holds a run; pass --resume to continue it or "
+            "choose a new folder"
+        )
+    if resume and not (out / "checkpoints").is_dir():
+        raise ConfigError(f"--resume: {out} holds no checkpoint to resume from")
     _setup_logging(verbose)
     out.mkdir(parents=True, exist_ok=True)
-    run = RunConfig(
-        num_server_rounds=rounds,
-        seed=seed,
-        target_epsilon=target_epsilon,
-        min_sites=len(paths),
-        run_dir=str(out.resolve()),
-        sim_sites=",".join(str(p.resolve()) for p in paths),
+    run = parse_run_config(
+        {
+            "num-server-rounds": rounds,
+            "seed": seed,
+            "strategy": strategy,
+            "target-epsilon": target_epsilon,
+            "local-epochs": local_epochs,
+            "lr": lr,
+            "wire-dtype": wire_dtype,
+            "resume": resume,
+            "min-sites": len(paths),
+            "run-dir": str(out),
+            "run-name": f"sim:{out}",
+            "sim-sites": ",".join(str(p.resolve()) for p in paths),
+        }
     )
     run_simulation(run, n_sites=len(paths), verbose=verbose)
     print(f"run finished: {out / 'metrics.jsonl'}, {out / 'final.safetensors'}")

@@ -168,6 +168,7 @@ def demo_run_config(
         seed=seed,
         min_sites=len(sites),
         run_dir=str(out / "run"),
+        run_name=f"demo:{out / 'run'}",
         sim_sites=",".join(str(s.config_path) for s in sites),
     )
 

@@ -75,6 +75,7 @@ def run_simulation(
     cpus_per_site: float = 1.0,
     total_cpus: int | None = None,
     verbose: bool = False,
+    client_app_attr: str = "slidefed.client.app:app",
 ) -> None:
     """Run ``run`` over ``n_sites`` simulated sites; returns when the run ends.
 
@@ -131,7 +132,7 @@ def run_simulation(
             num_supernodes=n_sites,
             exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
             server_app_attr="slidefed.server.app:app",
-            client_app_attr="slidefed.client.app:app",
+            client_app_attr=client_app_attr,
             backend_name="ray",
             backend_config=backend_config,
             app_dir=str(app_dir),

@@ -20,8 +20,8 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from slidefed.client.egress import check_egress
-from slidefed.client.privacy import charge_round
+from slidefed.client.egress import check_egress, egress_guard_mod
+from slidefed.client.privacy import charge_round, stable_run_id
 from slidefed.client.site import Site, config_hash
 from slidefed.client.train import batches_per_epoch, evaluate, train_dp
 from slidefed.common.arrays import specs_of, update_nbytes, update_sha256
@@ -31,7 +31,7 @@ from slidefed.common.model import build_model, feature_dim
 
 logger = logging.getLogger(__name__)
 
-app = ClientApp()
+app = ClientApp(mods=[egress_guard_mod])
 
 # Error codes in replies (Flower reserves small codes).
 REFUSED = 4001
@@ -53,6 +53,15 @@ def _config(msg: Message, key: str, default: float) -> float:
     return default
 
 
+def _config_text(msg: Message, key: str) -> str:
+    """A string value of the instruction's ConfigRecord, or ''."""
+    for record in msg.content.config_records.values():
+        value = record.get(key)
+        if isinstance(value, str):
+            return value
+    return ""
+
+
 def _error(msg: Message, code: int, reason: str) -> Message:
     return Message(Error(code=code, reason=reason), reply_to=msg)
 
@@ -62,6 +71,17 @@ def _load_model(run: RunConfig, site: Site, msg: Message) -> torch.nn.Module:
     arrays = next(iter(msg.content.array_records.values()))
     model.load_state_dict(arrays.to_torch_state_dict())
     return model
+
+
+def _input_key(
+    incoming: ArrayRecord, fingerprint: dict[str, Any], run: RunConfig
+) -> str:
+    """What makes a round's release reproducible: model in, data, run config."""
+    digest = hashlib.sha256()
+    digest.update(update_sha256({k: v.numpy() for k, v in incoming.items()}).encode())
+    digest.update(str(fingerprint["manifest_sha256"]).encode())
+    digest.update(config_hash(run).encode())
+    return digest.hexdigest()
 
 
 def _check_policy(run: RunConfig, site: Site) -> None:
@@ -129,9 +149,11 @@ def _train(
     delta = policy.delta_for(len(train_bags))
     if run.target_delta > 0:
         delta = min(delta, run.target_delta)
+    ledger_run = stable_run_id(run.run_name) if run.run_name else context.run_id
+    incoming = next(iter(msg.content.array_records.values()))
     charge = charge_round(
         site.ledger,
-        run_id=context.run_id,
+        run_id=ledger_run,
         server_round=server_round,
         planned_rounds=run.num_server_rounds,
         sample_rate=1.0 / n_batches,
@@ -142,9 +164,10 @@ def _train(
         delta=delta,
         unit=unit,
         accountant=policy.accountant,
+        input_sha256=_input_key(incoming, fingerprint, run),
     )
     site.audit.append(
-        "round_charged",
+        "round_replayed" if charge.replay else "round_charged",
         run_id=context.run_id,
         round=server_round,
         **charge.model_dump(exclude={"run_id", "round"}),
@@ -174,6 +197,8 @@ def _train(
             f"{charge.steps} at q={charge.sample_rate}; update withheld"
         )
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    if _config_text(msg, "wire-dtype") == "float16":
+        state = {k: v.astype(np.float16) for k, v in state.items()}
     metrics: dict[str, Any] = {
         "num-examples": len(train_bags),
         "train_loss": result.loss,

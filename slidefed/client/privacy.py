@@ -69,6 +69,7 @@ class LedgerRound(BaseModel):
     steps: int
     epsilon_after: float
     time: str
+    input_sha256: str = ""
 
 
 class LedgerRun(BaseModel):
@@ -234,6 +235,7 @@ class Charge(BaseModel):
     epsilon_before: float
     epsilon_after: float
     epsilon_max: float
+    replay: bool = False
 
 
 def charge_round(
@@ -250,12 +252,17 @@ def charge_round(
     delta: float,
     unit: Unit,
     accountant: AccountantName = "rdp",
+    input_sha256: str = "",
 ) -> Charge:
     """Plan (first round of a run) and charge one round before it trains.
 
     A run is granted its target epsilon, capped at the site maximum, or refused
     up front: a site never hands a run less budget than it planned for, since
     that would silently train with far more noise than the researcher designed.
+
+    A round asked again with the same global model (``input_sha256``), after a
+    crash or a coordinator restart, is a replay: training is seeded by run, site
+    and round, so it releases the very same update, and it is not charged twice.
 
     Raises
     ------
@@ -270,6 +277,21 @@ def charge_round(
         ledger.unit = unit
         ledger.accountant = accountant
         history = ledger.history()
+        replayed = next(
+            (
+                r
+                for r in ledger.rounds
+                if input_sha256
+                and r.run_id == run_id
+                and r.round == server_round
+                and r.input_sha256 == input_sha256
+            ),
+            None,
+        )
+        if replayed is not None:
+            return _replay_charge(
+                replayed, ledger, delta, unit, accountant, max_epsilon
+            )
         before = epsilon(history, delta, accountant=accountant)
         plan = ledger.run(run_id)
         if plan is None:
@@ -325,6 +347,7 @@ def charge_round(
                 steps=steps,
                 epsilon_after=after,
                 time=now(),
+                input_sha256=input_sha256,
             )
         )
     return Charge(
@@ -345,6 +368,41 @@ def charge_round(
     )
 
 
+def _replay_charge(
+    replayed: LedgerRound,
+    ledger: Ledger,
+    delta: float,
+    unit: Unit,
+    accountant: AccountantName,
+    max_epsilon: float,
+) -> Charge:
+    history = ledger.history()
+    spent = epsilon(history, delta, accountant=accountant)
+    step = (replayed.noise_multiplier, replayed.sample_rate, replayed.steps)
+    return Charge(
+        run_id=replayed.run_id,
+        round=replayed.round,
+        noise_multiplier=replayed.noise_multiplier,
+        sample_rate=replayed.sample_rate,
+        steps=replayed.steps,
+        delta=delta,
+        unit=unit,
+        accountant=accountant,
+        epsilon_round=epsilon([step], delta, accountant=accountant),
+        epsilon_before=spent,
+        epsilon_after=spent,
+        epsilon_max=max_epsilon,
+        replay=True,
+    )
+
+
+def stable_run_id(run_name: str) -> int:
+    """A ledger run id that survives coordinator restarts (from the run name)."""
+    import hashlib
+
+    return int(hashlib.sha256(run_name.encode()).hexdigest()[:15], 16)
+
+
 __all__ = [
     "Charge",
     "Ledger",
@@ -354,4 +412,5 @@ __all__ = [
     "calibrate_noise",
     "charge_round",
     "epsilon",
+    "stable_run_id",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -92,8 +91,7 @@ class Site:
 
 def config_hash(run: RunConfig) -> str:
     """SHA-256 of the run config, for the audit trail."""
-    blob = run.model_dump_json(by_alias=True).encode()
-    return hashlib.sha256(blob).hexdigest()
+    return run.identity_hash()
 
 
 __all__ = ["Site", "config_hash", "ensure_audit_key", "site_config_path"]

@@ -52,6 +52,8 @@ def validate_update(
     if names != want:
         extra = sorted(set(names) - set(want))
         missing = sorted(set(want) - set(names))
+        if not extra and not missing:
+            return "arrays are in another order than the model's"
         return f"array names differ (extra {extra}, missing {missing})"
     for spec in expected:
         arr = np.asarray(arrays[spec.name])

@@ -15,7 +15,14 @@ append, so that cutting records off the end shows. (An attacker who kept an old 
 file can still roll back the log together with it; only a copy of the head held
 elsewhere, for example by the coordinator, rules that out.)
 
-:func:`verify_log` reports every broken rule with its line and one of the kinds of
+:func:`verify_log` authenticates every record by a trusted key: by the signed head
+when the hash chain from the record to the line the head names is intact (the head's
+signature covers that whole chain, so it vouches for every byte of it), and by the
+record's own signature otherwise (no head, a head that lags, a broken chain, a record
+under another key), or always with ``every_signature=True``. The internals live in
+:mod:`slidefed.common._audit_verify`.
+
+It reports every broken rule with its line and one of the kinds of
 :data:`ProblemKind`. Signature failures are labelled from the chain's evidence:
 ``edited`` when the next record (or the head) was chained to other bytes than the
 line holds now, ``forged`` when nothing shows the line changed after it was chained
@@ -36,10 +43,9 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -69,7 +75,11 @@ ProblemKind = Literal[
     "forged",
     "unknown_key",
     "malformed",
+    "unmatched_update",
+    "over_budget",
 ]
+"""What a :class:`Problem` reports. The last two come from the cross-check of
+:mod:`slidefed.common.audit_check`, never from :func:`verify_log`."""
 
 _HEX64 = r"^[0-9a-f]{64}$"
 _KEY_ID = r"^[0-9a-f]{16}$"
@@ -672,7 +682,10 @@ def read_records(path: Path) -> list[AuditRecord]:
 
 
 def verify_log(
-    path: Path, *, public_keys: Mapping[str, Ed25519PublicKey] | None = None
+    path: Path,
+    *,
+    public_keys: Mapping[str, Ed25519PublicKey] | None = None,
+    every_signature: bool = False,
 ) -> VerifyResult:
     """Check a log's records, signatures, chain and head file.
 
@@ -684,6 +697,11 @@ def verify_log(
         Trusted keys by :func:`slidefed.common.crypto.key_id`. When None, the key in
         ``audit_key.pub`` next to the log is trusted if that file exists, and every
         record is reported as ``unknown_key`` otherwise.
+    every_signature : bool
+        Check each record's own signature even where the signed head already
+        vouches for the record through the hash chain (see the module docstring).
+        Slower, and it finds nothing more unless the key holder itself wrote a
+        record with a bad signature.
 
     Returns
     -------
@@ -698,21 +716,65 @@ def verify_log(
     ConfigError
         If ``audit_key.pub`` next to the log is not an Ed25519 public key.
     """
+    result, _ = verify_and_read(
+        path, public_keys=public_keys, every_signature=every_signature
+    )
+    return result
+
+
+def verify_and_read(
+    path: Path,
+    *,
+    public_keys: Mapping[str, Ed25519PublicKey] | None = None,
+    every_signature: bool = False,
+) -> tuple[VerifyResult, list[NumberedRecord]]:
+    """Verify a log like :func:`verify_log` and return its records too.
+
+    Reading and verifying in one pass spares callers that need both (the
+    cross-check, the HTML report) a second parse of a large log.
+
+    Parameters
+    ----------
+    path : Path
+        The log file; its head file is ``<path>.head``.
+    public_keys : Mapping[str, Ed25519PublicKey], optional
+        Trusted keys, as for :func:`verify_log`.
+    every_signature : bool
+        As for :func:`verify_log`.
+
+    Returns
+    -------
+    tuple[VerifyResult, list[NumberedRecord]]
+        The result of :func:`verify_log`, and every line that parsed as a record
+        with its 1-based line number, in file order, including records that
+        failed a check (look them up in ``problems`` by line).
+
+    Raises
+    ------
+    AuditError
+        If the log file is missing or unreadable.
+    ConfigError
+        If ``audit_key.pub`` next to the log is not an Ed25519 public key.
+    """
+    from slidefed.common._audit_verify import verify_data
+
     data = _read_log_bytes(path)
     keys = _trusted_keys(path, public_keys)
-    lines = [
-        _Line.parse(number, raw, torn)
-        for number, (raw, torn) in enumerate(_split_lines(data), 1)
-    ]
-    head_state = _load_head_for_verify(head_path(path))
-    verifier = _Verifier(lines, keys, head_state, explicit_keys=public_keys is not None)
-    problems = verifier.run()
-    return VerifyResult(
-        ok=not problems,
-        path=str(path),
-        records=sum(line.record is not None for line in lines),
-        problems=problems,
+    result, records = verify_data(
+        path,
+        data,
+        keys,
+        explicit_keys=public_keys is not None,
+        every_signature=every_signature,
     )
+    return result, [NumberedRecord(line, record) for line, record in records]
+
+
+class NumberedRecord(NamedTuple):
+    """A record and the 1-based line of the log it was read from."""
+
+    line: int
+    record: AuditRecord
 
 
 def _trusted_keys(
@@ -727,326 +789,6 @@ def _trusted_keys(
     return {compute_key_id(key): key}
 
 
-@dataclass(frozen=True)
-class _Line:
-    """One line of a log under verification."""
-
-    number: int
-    raw: bytes
-    hash: str
-    torn: bool
-    record: AuditRecord | None
-    error: str
-
-    @classmethod
-    def parse(cls, number: int, raw: bytes, torn: bool) -> _Line:
-        record: AuditRecord | None = None
-        error = ""
-        if not torn:
-            try:
-                record = _parse_line(raw)
-            except ValueError as exc:
-                error = _reason(exc)
-        return cls(number, raw, line_hash(raw), torn, record, error)
-
-
-@dataclass(frozen=True)
-class _HeadState:
-    """The head file as the verifier sees it: missing, unreadable, or parsed."""
-
-    path: Path
-    head: AuditHead | None
-    error: str
-
-
-def _load_head_for_verify(path: Path) -> _HeadState:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return _HeadState(path, None, "")
-    except OSError as exc:
-        return _HeadState(path, None, f"cannot be read: {exc.strerror}")
-    try:
-        return _HeadState(path, _parse_head(raw), "")
-    except ValueError as exc:
-        return _HeadState(path, None, f"is not a valid head file ({_reason(exc)})")
-
-
-_LineStatus = Literal["ok", "bad", "inserted", "resync"]
-
-
-class _Verifier:
-    """Walk the lines once, keeping the chain position, and collect problems."""
-
-    def __init__(
-        self,
-        lines: list[_Line],
-        keys: Mapping[str, Ed25519PublicKey],
-        head: _HeadState,
-        *,
-        explicit_keys: bool,
-    ) -> None:
-        self.lines = lines
-        self.keys = keys
-        self.head = head
-        self.explicit_keys = explicit_keys
-        self.problems: list[Problem] = []
-        self.flagged: set[int] = set()
-        # Chain position: the seq, line hash (None: not trustworthy) and line number
-        # of the last record accepted into the chain.
-        self.prev_seq = -1
-        self.prev_hash: str | None = GENESIS_HASH
-        self.prev_line = 0
-        self.chain: dict[int, _Line] = {}
-        self.seen_hash: dict[str, int] = {}
-        self.seen_seq: dict[int, int] = {}
-        self.seq_lines: dict[int, list[int]] = {}
-        for line in lines:
-            if line.record is not None:
-                self.seq_lines.setdefault(line.record.seq, []).append(line.number)
-
-    def report(self, line: int, kind: ProblemKind, message: str) -> None:
-        self.problems.append(Problem(line=line, kind=kind, message=message))
-        self.flagged.add(line)
-
-    def run(self) -> list[Problem]:
-        for index, line in enumerate(self.lines):
-            status = self._check_line(index)
-            if status == "ok" and line.record is not None:
-                status = self._check_chain(line, line.record)
-            if status == "bad":
-                self.prev_seq += 1
-                self.prev_hash = None
-                self.prev_line = line.number
-            elif status in ("ok", "resync") and line.record is not None:
-                self._accept(line, line.record)
-            if line.record is not None:
-                self.seen_hash.setdefault(line.hash, line.number)
-                self.seen_seq.setdefault(line.record.seq, line.number)
-        self._check_head()
-        return sorted(self.problems, key=lambda problem: problem.line)
-
-    def _accept(self, line: _Line, record: AuditRecord) -> None:
-        self.prev_seq = record.seq
-        self.prev_hash = line.hash
-        self.prev_line = line.number
-        self.chain[record.seq] = line
-
-    def _check_line(self, index: int) -> _LineStatus:
-        """Check one line on its own: parse, canonical form, key, signature."""
-        line = self.lines[index]
-        if line.torn:
-            self.report(
-                line.number,
-                "torn",
-                "the last line has no newline at its end: it was "
-                "cut short (a crash while writing, or the file was truncated)",
-            )
-            return "bad"
-        record = line.record
-        if record is None:
-            self.report(line.number, "malformed", f"not an audit record ({line.error})")
-            return "bad"
-        if line.raw != record.to_line():
-            self.report(
-                line.number,
-                "edited",
-                "the line is not in the canonical form it was "
-                "written in: its bytes were changed after signing",
-            )
-            return "bad"
-        key = self.keys.get(record.key_id)
-        if key is None:
-            self.report(line.number, "unknown_key", self._unknown_key_message(record))
-            return "ok"  # unverifiable, but its place in the chain still counts
-        if _signature_valid(key, record.signature, record.signing_payload()):
-            return "ok"
-        return self._bad_signature(index, record)
-
-    def _unknown_key_message(self, record: AuditRecord) -> str:
-        where = (
-            "is not among the given public keys"
-            if self.explicit_keys
-            else f"is not trusted: no {DEFAULT_PUBLIC_KEY_NAME} with that key is next "
-            "to the log; pass the writer's audit public key"
-        )
-        return (
-            f"record seq {record.seq} is signed by key {record.key_id}, which {where}"
-        )
-
-    def _bad_signature(self, index: int, record: AuditRecord) -> _LineStatus:
-        """Label a known-key signature failure ``edited`` or ``forged`` (see module)."""
-        line = self.lines[index]
-        seq = record.seq
-        before = self.lines[index - 1].hash if index > 0 else GENESIS_HASH
-        nxt = self.lines[index + 1].record if index + 1 < len(self.lines) else None
-        if nxt is not None and nxt.prev_hash == before != line.hash:
-            self.report(
-                line.number,
-                "forged",
-                f"record seq {seq} has an invalid signature and "
-                "is not part of the chain (the next record follows the line before "
-                "it): it was inserted",
-            )
-            return "inserted"
-        head = self.head.head
-        if nxt is not None:
-            as_chained = nxt.prev_hash == line.hash
-        else:
-            as_chained = head is not None and head.hash == line.hash
-        if as_chained:
-            self.report(
-                line.number,
-                "forged",
-                f"record seq {seq} has an invalid signature "
-                "although the chain vouches for the line as it is: it was forged",
-            )
-        else:
-            self.report(
-                line.number,
-                "edited",
-                f"record seq {seq} does not match its signature: "
-                "its content was changed after it was written",
-            )
-        return "bad"
-
-    def _check_chain(self, line: _Line, record: AuditRecord) -> _LineStatus:
-        """Check a line's place: seq after the previous one and chained to it."""
-        if record.seq == self.prev_seq + 1 and self.prev_hash in (
-            None,
-            record.prev_hash,
-        ):
-            return "ok"
-        if line.hash in self.seen_hash:
-            self.report(
-                line.number,
-                "duplicated",
-                f"record seq {record.seq} is a copy of line "
-                f"{self.seen_hash[line.hash]}",
-            )
-            return "inserted"
-        if record.seq <= self.prev_seq:
-            self._report_backwards(line, record)
-            return "inserted"
-        if record.seq > self.prev_seq + 1:
-            self._report_gap(line, record)
-            return "resync"
-        if self.prev_line == 0:
-            self.report(
-                line.number,
-                "edited",
-                "the first record does not start the chain "
-                "(its prev_hash is not the genesis hash)",
-            )
-        elif self.prev_line not in self.flagged:
-            self.report(
-                self.prev_line,
-                "edited",
-                f"record seq {self.prev_seq} is not the record "
-                f"that line {line.number} was chained to: it was replaced",
-            )
-        return "resync"
-
-    def _report_backwards(self, line: _Line, record: AuditRecord) -> None:
-        first = self.seen_seq.get(record.seq)
-        if first is not None:
-            self.report(
-                line.number,
-                "duplicated",
-                f"a second, different record with seq "
-                f"{record.seq} (the first is at line {first})",
-            )
-        else:
-            self.report(
-                line.number,
-                "reordered",
-                f"record seq {record.seq} is out of place: it "
-                f"belongs before line {self.prev_line} (seq {self.prev_seq})",
-            )
-
-    def _report_gap(self, line: _Line, record: AuditRecord) -> None:
-        first, last = self.prev_seq + 1, record.seq - 1
-        span = f"seq {first}" if first == last else f"seq {first}..{last}"
-        later = sorted(
-            number
-            for seq in range(first, last + 1)
-            for number in self.seq_lines.get(seq, [])
-            if number > line.number
-        )
-        if later:
-            self.report(
-                line.number,
-                "reordered",
-                f"record seq {record.seq} comes before "
-                f"{span}, which is further down (line {later[0]}): lines were moved",
-            )
-        else:
-            count = last - first + 1
-            self.report(
-                line.number,
-                "deleted",
-                f"{span} missing before record seq {record.seq}:"
-                f" {count} record(s) were deleted",
-            )
-
-    def _check_head(self) -> None:
-        """Check the head file against the chain: truncation of the tail shows here."""
-        state = self.head
-        end = len(self.lines) + 1
-        if state.error:
-            self.report(end, "malformed", f"{state.path} {state.error}")
-            return
-        head = state.head
-        if head is None:
-            if self.lines:
-                self.report(
-                    end,
-                    "truncated",
-                    f"{state.path} is missing, so records cut off the "
-                    "end of the log cannot be detected",
-                )
-            return
-        anchor = self.chain.get(head.seq)
-        anchor_line = anchor.number if anchor is not None else end
-        key = self.keys.get(head.key_id)
-        if key is None:
-            self.report(
-                anchor_line,
-                "unknown_key",
-                f"{state.path} is signed by key {head.key_id}, which is not trusted",
-            )
-        elif not _signature_valid(key, head.signature, head.signing_payload()):
-            self.report(anchor_line, "forged", f"{state.path} has an invalid signature")
-            return
-        self._compare_head(head, anchor)
-
-    def _compare_head(self, head: AuditHead, anchor: _Line | None) -> None:
-        path = self.head.path
-        if anchor is not None:
-            if anchor.hash != head.hash and anchor.number not in self.flagged:
-                self.report(
-                    anchor.number,
-                    "edited",
-                    f"record seq {head.seq} is not the one that {path} vouches for",
-                )
-            return
-        last_seq = max(self.chain, default=-1)
-        if head.seq <= last_seq:
-            return  # that record is missing from the chain and was reported already
-        last_line = self.chain[last_seq].number if self.chain else 0
-        missing_line = last_line + 1
-        torn = bool(self.lines) and self.lines[-1].torn
-        if missing_line in self.flagged and not torn:
-            return
-        self.report(
-            missing_line,
-            "truncated",
-            f"{path} says the log ends with record seq "
-            f"{head.seq}, but the last intact record is seq {last_seq}: "
-            f"{head.seq - last_seq} record(s) were cut off the end",
-        )
-
-
 __all__ = [
     "DEFAULT_PUBLIC_KEY_NAME",
     "GENESIS_HASH",
@@ -1054,6 +796,7 @@ __all__ = [
     "AuditHead",
     "AuditLog",
     "AuditRecord",
+    "NumberedRecord",
     "Problem",
     "ProblemKind",
     "VerifyResult",
@@ -1061,5 +804,6 @@ __all__ = [
     "head_path",
     "line_hash",
     "read_records",
+    "verify_and_read",
     "verify_log",
 ]

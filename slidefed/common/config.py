@@ -208,11 +208,31 @@ class RunConfig(BaseModel):
     max_grad_norm: float = Field(default=1.0, gt=0.0)
     grad_sample_mode: Literal["ew", "hooks"] = "ew"
     strategy: Strategy = "fedavg"
+    proximal_mu: float = Field(default=0.01, ge=0.0)
+    server_lr: float = Field(default=0.01, gt=0.0)
+    trimmed_beta: float = Field(default=0.2, ge=0.0, lt=0.5)
+    krum_malicious: int = Field(default=0, ge=0)
+    max_update_norm: float = Field(default=0.0, ge=0.0)
+    wire_dtype: Literal["float32", "float16"] = "float32"
+    round_timeout: float = Field(default=3600.0, gt=0.0)
+    connect_timeout: float = Field(default=600.0, gt=0.0)
+    resume: bool = False
+    run_name: str = ""
     bag_size: int = Field(default=256, ge=1)
     seed: int = 0
     min_sites: int = Field(default=1, ge=1)
     run_dir: str = ""
     sim_sites: str = ""
+
+    def identity_hash(self) -> str:
+        """SHA-256 of what defines the run (not where it writes or how it restarts)."""
+        import hashlib
+        import json
+
+        data = self.model_dump(
+            by_alias=True, exclude={"resume", "run_dir", "sim_sites"}
+        )
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def site_configs(self) -> list[Path]:
         """Site config paths of a simulated federation, in partition order."""

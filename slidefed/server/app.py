@@ -1,212 +1,201 @@
-"""The coordinator's ServerApp: FedAvg with reply validation, metrics and model."""
+"""The coordinator's ServerApp: validated aggregation, checkpoints, metrics, audit."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
 
-from slidefed.common.arrays import ArraySpec, specs_of, validate_update
+from slidefed.common.arrays import specs_of
+from slidefed.common.audit import AuditLog
 from slidefed.common.config import RunConfig, parse_run_config
+from slidefed.common.crypto import generate_audit_key, load_audit_key, public_key_path
+from slidefed.common.errors import FederationError
 from slidefed.common.model import build_model, feature_dim
-from slidefed.server.metrics import MetricsLog
+from slidefed.server.checkpoints import CheckpointManifest, Checkpoints
+from slidefed.server.metrics import MetricsLog, write_model_card
+from slidefed.server.strategy import (
+    WEIGHT_KEY,
+    SlidefedFedAvg,
+    ValidatingMixin,
+    build_strategy,
+    load_strategy_state,
+    strategy_state,
+    weighted_metrics,
+)
 
 logger = logging.getLogger(__name__)
 
 app = ServerApp()
 
-WEIGHT_KEY = "num-examples"
 
-
-def _metrics(content: RecordDict) -> MetricRecord:
-    return next(iter(content.metric_records.values()))
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def weighted_metrics(contents: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Weighted mean of each metric over the replies that carry it."""
-    sums: dict[str, float] = {}
-    weights: dict[str, float] = {}
-    total = 0
-    for content in contents:
-        record = _metrics(content)
-        w = _number(record.get(weight_key)) or 0.0
-        total += int(w)
-        for key, value in record.items():
-            number = _number(value)
-            if key == weight_key or number is None:
-                continue
-            sums[key] = sums.get(key, 0.0) + w * number
-            weights[key] = weights.get(key, 0.0) + w
-    out: dict[str, int | float | list[int] | list[float]] = {
-        k: sums[k] / weights[k] for k in sums if weights[k] > 0
-    }
-    out[weight_key] = total
-    return MetricRecord(out)
-
-
-class SlidefedFedAvg(FedAvg):
-    """FedAvg that validates every reply and keeps per-site round details."""
-
-    def __init__(self, *, expected: list[ArraySpec], **kwargs: Any) -> None:
-        super().__init__(
-            weighted_by_key=WEIGHT_KEY,
-            train_metrics_aggr_fn=weighted_metrics,
-            evaluate_metrics_aggr_fn=weighted_metrics,
-            **kwargs,
-        )
-        self.expected = expected
-        self.round_info: dict[int, dict[str, Any]] = {}
-
-    def _info(self, server_round: int) -> dict[str, Any]:
-        return self.round_info.setdefault(
-            server_round,
-            {"epsilon_per_site": {}, "errors": [], "rejected": [], "bytes_in": 0},
-        )
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Drop error and invalid replies, then average the rest."""
-        info = self._info(server_round)
-        valid: list[Message] = []
-        for msg in replies:
-            node = str(msg.metadata.src_node_id)
-            if msg.has_error():
-                info["errors"].append({"node": node, "reason": msg.error.reason})
-                logger.warning(
-                    "round %s: node %s replied with an error: %s",
-                    server_round,
-                    node,
-                    msg.error.reason,
-                )
-                continue
-            problem = self._check(msg)
-            if problem:
-                info["rejected"].append({"node": node, "reason": problem})
-                logger.warning(
-                    "round %s: update of node %s rejected: %s",
-                    server_round,
-                    node,
-                    problem,
-                )
-                continue
-            eps = _number(_metrics(msg.content).get("epsilon"))
-            info["epsilon_per_site"][node] = eps
-            arrays = next(iter(msg.content.array_records.values()))
-            info["bytes_in"] += sum(a.numpy().nbytes for a in arrays.values())
-            valid.append(msg)
-        info["sites_trained"] = len(valid)
-        if not valid:
-            return None, None
-        aggregated: tuple[ArrayRecord | None, MetricRecord | None]
-        aggregated = super().aggregate_train(server_round, valid)
-        if aggregated[1] is not None:
-            info["train"] = dict(aggregated[1])
-        return aggregated
-
-    def _check(self, msg: Message) -> str | None:
-        content = msg.content
-        if len(content.array_records) != 1 or len(content.metric_records) != 1:
-            return "reply must hold exactly one ArrayRecord and one MetricRecord"
-        arrays = next(iter(content.array_records.values()))
-        metrics = next(iter(content.metric_records.values()))
-        weight = metrics.get(WEIGHT_KEY)
-        if not isinstance(weight, int) or weight <= 0:
-            return f"{WEIGHT_KEY} missing or not a positive integer"
-        named = {k: v.numpy() for k, v in arrays.items()}
-        return validate_update(named, self.expected)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """Aggregate the held-out metrics of the sites that released them."""
-        info = self._info(server_round)
-        valid = []
-        for msg in replies:
-            if msg.has_error():
-                info["errors"].append(
-                    {"node": str(msg.metadata.src_node_id), "reason": msg.error.reason}
-                )
-            else:
-                valid.append(msg)
-        info["sites_evaluated"] = len(valid)
-        if not valid:
-            return None
-        metrics: MetricRecord | None = super().aggregate_evaluate(server_round, valid)
-        if metrics is not None:
-            info["eval"] = dict(metrics)
-        return metrics
-
-
-def _run_dir(run: RunConfig, context: Context) -> Path:
+def run_dir_of(run: RunConfig, context: Context) -> Path:
+    """Absolute run folder (the ServerApp may run from an installed FAB)."""
     if run.run_dir:
         return Path(run.run_dir)
     return Path.cwd() / f"slidefed-run-{context.run_id}"
 
 
+def config_hash(run: RunConfig) -> str:
+    """SHA-256 of the run config without the keys that only say where or resume."""
+    return run.identity_hash()
+
+
+def resume_hash(run: RunConfig) -> str:
+    """Like :func:`config_hash`, but a resumed run may ask for more rounds."""
+    return run.model_copy(update={"num_server_rounds": 1}).identity_hash()
+
+
+def server_audit(run_dir: Path) -> AuditLog:
+    """The server's audit log in ``RUN/audit`` (its key in ``RUN/keys``)."""
+    key_path = run_dir / "keys" / "server_audit_key"
+    if not key_path.is_file():
+        generate_audit_key(key_path)
+    beside = run_dir / "audit" / "audit_key.pub"
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    if not beside.is_file():
+        beside.write_bytes(public_key_path(key_path).read_bytes())
+    return AuditLog(
+        run_dir / "audit" / "server-audit.jsonl",
+        key=load_audit_key(key_path),
+        actor="server",
+        actor_name="coordinator",
+    )
+
+
+def wait_for_sites(grid: Grid, needed: int, timeout: float) -> None:
+    """Wait until ``needed`` sites are connected, or fail with a clear message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        connected = len(list(grid.get_node_ids()))
+        if connected >= needed:
+            return
+        if time.monotonic() > deadline:
+            raise FederationError(
+                f"only {connected} of {needed} sites connected after {timeout:.0f} s; "
+                "check that the sites' nodes are started and registered, or lower "
+                "min-sites / raise connect-timeout in the run config"
+            )
+        time.sleep(1.0)
+
+
+def _row(
+    strategy: ValidatingMixin, server_round: int, seconds: float
+) -> dict[str, Any]:
+    info = dict(strategy.round_info.get(server_round, {}))
+    row: dict[str, Any] = {"round": server_round, "seconds": round(seconds, 2)}
+    train_m = info.pop("train", {})
+    row["train_patients"] = int(train_m.get(WEIGHT_KEY, 0))
+    if "train_loss" in train_m:
+        row["train_loss"] = train_m["train_loss"]
+    eval_m = info.pop("eval", {})
+    row["eval_patients"] = int(eval_m.pop(WEIGHT_KEY, 0))
+    row.update(eval_m)
+    row.update(info)
+    local = row.get("train_seconds_max", 0.0)
+    aggregate = row.get("aggregate_seconds", 0.0)
+    row["time_split"] = {
+        "local_training": round(local, 3),
+        "aggregation": round(aggregate, 3),
+        "transfer_and_other": round(max(seconds - local - aggregate, 0.0), 3),
+    }
+    return row
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run the federated rounds and write metrics and the final model."""
+    """Run the federated rounds; checkpoint, log and audit each one."""
     from safetensors.numpy import save_file
 
     run = parse_run_config(dict(context.run_config))
-    run_dir = _run_dir(run, context)
+    run_dir = run_dir_of(run, context)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    audit = server_audit(run_dir)
+    checkpoints = Checkpoints(run_dir)
     model = build_model(run.task, feature_dim(run.encoder), seed=run.seed)
-    initial = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    strategy = SlidefedFedAvg(
-        expected=specs_of(initial),
-        min_train_nodes=run.min_sites,
-        min_evaluate_nodes=run.min_sites,
-        min_available_nodes=run.min_sites,
-    )
+    arrays = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    offset, state, rows = 0, {}, []
+    if run.resume and (last := checkpoints.latest()) is not None:
+        if last.manifest.resume_hash not in ("", resume_hash(run)):
+            raise FederationError(
+                f"{checkpoints.folder}: the checkpoint was made with another run "
+                "config; resume with the same config, or start a new run-dir"
+            )
+        if set(last.arrays) != set(arrays):
+            raise FederationError(
+                f"{checkpoints.folder}: the checkpoint holds other arrays than the "
+                f"{run.task} model; start a new run-dir"
+            )
+        # safetensors returns names sorted; keep the model's own order.
+        offset, state, rows = last.manifest.round, last.state, last.manifest.metrics
+        arrays = {k: last.arrays[k] for k in arrays}
+        logger.info("resuming after round %d from %s", offset, checkpoints.folder)
     metrics_log = MetricsLog(run_dir)
-    started = time.perf_counter()
-    round_start = [started]
+    # After a resume the log holds exactly the checkpointed rounds: rounds that ran
+    # after the last checkpoint are run again.
+    for row in rows:
+        metrics_log.append(row)
+    audit.append(
+        "run_started" if not offset else "run_resumed",
+        run_id=context.run_id,
+        round=offset,
+        config_hash=config_hash(run),
+        strategy=run.strategy,
+        rounds=run.num_server_rounds,
+    )
+    remaining = run.num_server_rounds - offset
+    strategy = build_strategy(
+        run,
+        expected=specs_of(arrays),
+        audit=audit,
+        run_id=context.run_id,
+        round_offset=offset,
+    )
+    assert isinstance(strategy, ValidatingMixin)  # noqa: S101 - for the type checker
+    load_strategy_state(strategy, state)
+    clock = [time.perf_counter()]
 
-    def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+    def after_round(
+        server_round: int, global_arrays: ArrayRecord
+    ) -> MetricRecord | None:
         if server_round == 0:
             return None
+        absolute = server_round + offset
         now = time.perf_counter()
-        info = dict(strategy.round_info.get(server_round, {}))
-        row: dict[str, Any] = {
-            "round": server_round,
-            "seconds": round(now - round_start[0], 2),
-        }
-        round_start[0] = now
-        train_m = info.pop("train", {})
-        row["train_patients"] = int(train_m.get(WEIGHT_KEY, 0))
-        if "train_loss" in train_m:
-            row["train_loss"] = train_m["train_loss"]
-        eval_m = info.pop("eval", {})
-        row["eval_patients"] = int(eval_m.pop(WEIGHT_KEY, 0))
-        row.update(eval_m)
-        row.update(info)
+        row = _row(strategy, absolute, now - clock[0])
+        clock[0] = now
         metrics_log.append(row)
+        checkpoints.save(
+            CheckpointManifest(
+                round=absolute,
+                config_hash=config_hash(run),
+                resume_hash=resume_hash(run),
+                run_name=run.run_name,
+                strategy=run.strategy,
+                metrics=metrics_log.rows(),
+            ),
+            {k: v.numpy() for k, v in global_arrays.items()},
+            strategy_state(strategy),
+        )
+        audit.append(
+            "round_completed",
+            run_id=context.run_id,
+            round=absolute,
+            sites_trained=row.get("sites_trained", 0),
+            sites_evaluated=row.get("sites_evaluated", 0),
+            rejected=len(row.get("rejected", [])),
+            errors=len(row.get("errors", [])),
+        )
         logger.info(
             "round %d/%d: train loss %.4f, held-out loss %.4f, accuracy %.3f, AUC %.3f",
-            server_round,
+            absolute,
             run.num_server_rounds,
             float(row.get("train_loss", np.nan)),
             float(row.get("eval_loss", np.nan)),
@@ -215,35 +204,52 @@ def main(grid: Grid, context: Context) -> None:
         )
         return None
 
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}),
-        num_rounds=run.num_server_rounds,
-        train_config=ConfigRecord({}),
-        evaluate_config=ConfigRecord({}),
-        evaluate_fn=after_round,
-    )
-    final = {k: np.ascontiguousarray(v.numpy()) for k, v in result.arrays.items()}
-    run_dir.mkdir(parents=True, exist_ok=True)
+    final = arrays
+    if remaining > 0:
+        wait_for_sites(grid, run.min_sites, run.connect_timeout)
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(
+                {k: Array(np.asarray(v)) for k, v in arrays.items()}
+            ),
+            num_rounds=remaining,
+            timeout=run.round_timeout,
+            train_config=ConfigRecord({"wire-dtype": run.wire_dtype}),
+            evaluate_config=ConfigRecord({}),
+            evaluate_fn=after_round,
+        )
+        final = {k: np.ascontiguousarray(v.numpy()) for k, v in result.arrays.items()}
     save_file(
-        final,
+        {k: np.ascontiguousarray(v) for k, v in final.items()},
         str(run_dir / "final.safetensors"),
         metadata={
             "task": run.task,
             "encoder": run.encoder,
             "rounds": str(run.num_server_rounds),
+            "config_hash": config_hash(run),
         },
+    )
+    write_model_card(
+        run_dir, run=run, rows=metrics_log.rows(), config_hash=config_hash(run)
     )
     (run_dir / "run.json").write_text(
         json.dumps(
             {
                 "run_config": run.model_dump(by_alias=True),
                 "run_id": context.run_id,
-                "seconds": round(time.perf_counter() - started, 2),
+                "config_hash": config_hash(run),
             },
             indent=2,
         )
     )
+    audit.append(
+        "run_finished",
+        run_id=context.run_id,
+        round=run.num_server_rounds,
+        final_sha256=hashlib.sha256(
+            b"".join(np.ascontiguousarray(v).tobytes() for v in final.values())
+        ).hexdigest(),
+    )
 
 
-__all__ = ["SlidefedFedAvg", "app", "main", "weighted_metrics"]
+__all__ = ["SlidefedFedAvg", "app", "config_hash", "main", "weighted_metrics"]

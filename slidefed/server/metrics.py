@@ -88,4 +88,51 @@ def _num(value: Any) -> float:
     return float(value) if isinstance(value, int | float) else math.nan
 
 
-__all__ = ["MetricsLog"]
+__all__ = ["MetricsLog", "write_model_card"]
+
+
+def write_model_card(
+    run_dir: Path, *, run: Any, rows: list[dict[str, Any]], config_hash: str
+) -> Path:
+    """``model-card.md`` next to ``final.safetensors``, from the same rows."""
+    last = rows[-1] if rows else {}
+    eps = last.get("epsilon_per_site", {})
+    lines = [
+        "# Model card",
+        "",
+        f"- task: {run.task} (encoder {run.encoder})",
+        f"- strategy: {run.strategy}, rounds: {run.num_server_rounds}, "
+        f"local epochs: {run.local_epochs}",
+        f"- privacy: DP-SGD per patient, target epsilon {run.target_epsilon} per site "
+        "(each site's own ledger and policy decide the delta and the cap)",
+        f"- sites in the last round: {last.get('sites_trained', 0)}",
+        f"- config sha256: {config_hash}",
+        "",
+        "## Epsilon spent per site (cumulative, after the last round)",
+        "",
+        "| site (node id) | epsilon |",
+        "|---|---|",
+        *[
+            f"| {node} | {value:.3f} |"
+            for node, value in sorted(eps.items())
+            if value is not None
+        ],
+        "",
+        "## Held-out metrics per round (weighted by patients)",
+        "",
+        "| round | train loss | held-out loss | accuracy | AUC | patients |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['round']} | {_fmt(r.get('train_loss'))} | {_fmt(r.get('eval_loss'))} "
+            f"| {_fmt(r.get('accuracy'))} | {_fmt(r.get('auc'))} "
+            f"| {r.get('eval_patients', 0)} |"
+        )
+    path = run_dir / "model-card.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else "-"

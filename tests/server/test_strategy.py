@@ -13,7 +13,14 @@ from flwr.app import (
 )
 
 from slidefed.common.arrays import specs_of
-from slidefed.server.app import SlidefedFedAvg, weighted_metrics
+from slidefed.common.config import RunConfig
+from slidefed.server.strategy import (
+    ValidatingMixin,
+    build_strategy,
+    load_strategy_state,
+    strategy_state,
+    weighted_metrics,
+)
 
 EXPECTED = {"w": np.ones((2, 3), np.float32), "b": np.zeros(3, np.float32)}
 
@@ -44,13 +51,15 @@ def _reply(
     return Message(content=content, metadata=meta)  # type: ignore[call-overload,no-any-return]
 
 
-def _strategy() -> SlidefedFedAvg:
-    return SlidefedFedAvg(
+def _strategy(name: str = "fedavg", **run: object) -> ValidatingMixin:
+    strategy = build_strategy(
+        RunConfig(strategy=name, **run),
         expected=specs_of(EXPECTED),
-        min_train_nodes=1,
-        min_evaluate_nodes=1,
-        min_available_nodes=1,
+        audit=None,
+        run_id=1,
     )
+    assert isinstance(strategy, ValidatingMixin)
+    return strategy
 
 
 def test_weighted_metrics_skip_missing_keys() -> None:
@@ -97,3 +106,53 @@ def test_no_valid_reply_keeps_the_model() -> None:
     arrays, metrics = strategy.aggregate_train(2, [_reply(1, None, {}, error="down")])
     assert arrays is None
     assert metrics is None
+
+
+@pytest.mark.parametrize(
+    "name", ["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"]
+)
+def test_every_strategy_aggregates_identical_updates_to_themselves(name: str) -> None:
+    strategy = _strategy(name)
+    same = {k: v + 0.5 for k, v in EXPECTED.items()}
+    strategy.current_global = {k: v.copy() for k, v in EXPECTED.items()}
+    if hasattr(strategy, "current_arrays"):
+        strategy.current_arrays = {k: v.copy() for k, v in EXPECTED.items()}
+    replies = [_reply(n, same, {"num-examples": 4}) for n in (1, 2, 3, 4, 5)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    if name == "fedadam":
+        # A server optimiser step moves towards the average, not onto it.
+        moved = arrays["w"].numpy() - EXPECTED["w"]
+        assert np.all(moved > 0)
+    else:
+        np.testing.assert_allclose(arrays["w"].numpy(), same["w"], rtol=1e-6)
+
+
+def test_update_norm_bound_rejects_large_updates() -> None:
+    strategy = _strategy(max_update_norm=1.0)
+    strategy.current_global = {k: v.copy() for k, v in EXPECTED.items()}
+    far = {k: v + 10.0 for k, v in EXPECTED.items()}
+    near = {k: v + 0.01 for k, v in EXPECTED.items()}
+    arrays, _ = strategy.aggregate_train(
+        1, [_reply(1, far, {"num-examples": 3}), _reply(2, near, {"num-examples": 3})]
+    )
+    assert arrays is not None
+    assert "max-update-norm" in strategy.round_info[1]["rejected"][0]["reason"]
+
+
+def test_float16_updates_are_aggregated_in_float32() -> None:
+    strategy = _strategy()
+    half = {k: (v * 2).astype(np.float16) for k, v in EXPECTED.items()}
+    arrays, _ = strategy.aggregate_train(1, [_reply(1, half, {"num-examples": 3})])
+    assert arrays is not None
+    assert arrays["w"].numpy().dtype == np.float32
+
+
+def test_fedadam_state_round_trips() -> None:
+    strategy = _strategy("fedadam")
+    strategy.m_t = {"w": np.ones((2, 3))}  # type: ignore[attr-defined]
+    strategy.v_t = {"w": np.full((2, 3), 2.0)}  # type: ignore[attr-defined]
+    state = strategy_state(strategy)
+    fresh = _strategy("fedadam")
+    load_strategy_state(fresh, state)
+    np.testing.assert_array_equal(fresh.v_t["w"], np.full((2, 3), 2.0))  # type: ignore[attr-defined]

@@ -1,0 +1,247 @@
+"""The coordinator's configuration, ``server.toml``.
+
+Written by ``slidefed server init`` and extended by ``slidefed server register-site``;
+relative paths are resolved against the file's folder.
+
+::
+
+    [server]
+    name = "coordinator"
+    host = "0.0.0.0"                    # where flower-superlink listens
+    port = 8000
+    public_address = "superlink.example.org:8000"   # what sites dial
+    control_address = "127.0.0.1:8000"  # what the coordinator's own flwr CLI dials
+
+    [tls]
+    ca_cert = "pki/ca.crt"              # give this file to every site
+    ca_key = "pki/ca.key"               # never leaves the coordinator
+    cert = "pki/superlink.crt"
+    key = "pki/superlink.key"
+
+    [state]
+    database = "state/superlink.db"
+    audit_key = "state/keys/audit_key"
+    flwr_home = "state/flwr"            # FLWR_HOME of the coordinator's flwr CLI
+    superlink_home = "state/superlink"  # FLWR_HOME of flower-superlink
+
+    [[sites]]
+    name = "hospital-a"
+    public_key = "ecdsa-sha2-nistp384 AAAA..."
+    node_id = 123456789
+    registered_at = "2026-11-30T10:00:00+00:00"
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from slidefed.common.errors import ConfigError
+
+CONNECTION = "slidefed"
+"""Name of the coordinator's connection in its ``$FLWR_HOME/config.toml``."""
+
+
+class ServerSection(BaseModel):
+    """Where the SuperLink listens and how it is reached."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(default="coordinator", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    public_address: str = "localhost:8000"
+    control_address: str = "127.0.0.1:8000"
+
+
+class TlsSection(BaseModel):
+    """The federation's CA and the SuperLink's certificate."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_cert: Path = Path("pki/ca.crt")
+    ca_key: Path = Path("pki/ca.key")
+    cert: Path = Path("pki/superlink.crt")
+    key: Path = Path("pki/superlink.key")
+
+
+class StateSection(BaseModel):
+    """Files the coordinator keeps between restarts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    database: Path = Path("state/superlink.db")
+    audit_key: Path = Path("state/keys/audit_key")
+    flwr_home: Path = Path("state/flwr")
+    superlink_home: Path = Path("state/superlink")
+
+
+class RegisteredSite(BaseModel):
+    """A site whose SuperNode key the SuperLink accepts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    public_key: str = Field(pattern=r"^ecdsa-sha2-nistp384 [A-Za-z0-9+/=]+$")
+    node_id: int | None = None
+    registered_at: str = ""
+
+
+class ServerConfig(BaseModel):
+    """The whole ``server.toml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    server: ServerSection = ServerSection()
+    tls: TlsSection = TlsSection()
+    state: StateSection = StateSection()
+    sites: tuple[RegisteredSite, ...] = ()
+    base_dir: Path = Path()
+
+    def resolve(self, path: Path) -> Path:
+        """Resolve a path of the config against the config's folder.
+
+        Parameters
+        ----------
+        path : Path
+            Path as written in the file.
+
+        Returns
+        -------
+        Path
+            Absolute path.
+        """
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    def site(self, name: str) -> RegisteredSite | None:
+        """The registered site called ``name``, if any.
+
+        Parameters
+        ----------
+        name : str
+            Site name.
+
+        Returns
+        -------
+        RegisteredSite or None
+            The entry.
+        """
+        return next((s for s in self.sites if s.name == name), None)
+
+
+def load_server_config(path: Path) -> ServerConfig:
+    """Read and validate ``server.toml``.
+
+    Parameters
+    ----------
+    path : Path
+        The file.
+
+    Returns
+    -------
+    ServerConfig
+        The config, ``base_dir`` set to the file's folder.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, is not TOML, or a value breaks a rule.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: server config not found; create it with "
+            "'slidefed server init DIR' or pass --config PATH"
+        )
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from exc
+    raw["base_dir"] = str(path.parent.resolve())
+    try:
+        return ServerConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise ConfigError(
+            f"{path}: {key} is invalid: {err['msg']}; fix {key} and run again"
+        ) from exc
+
+
+def dump_server_config(config: ServerConfig) -> str:
+    """Render a server config as TOML (the inverse of :func:`load_server_config`).
+
+    Parameters
+    ----------
+    config : ServerConfig
+        The config.
+
+    Returns
+    -------
+    str
+        TOML text.
+    """
+    data = config.model_dump(mode="json", exclude={"base_dir", "sites"})
+    lines: list[str] = []
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
+        lines.append("")
+    for site in config.sites:
+        lines.append("[[sites]]")
+        for key, value in site.model_dump(mode="json").items():
+            if value is not None:
+                lines.append(f"{key} = {_toml(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save_server_config(config: ServerConfig, path: Path) -> None:
+    """Write ``server.toml`` atomically (a reader never sees half a file).
+
+    Parameters
+    ----------
+    config : ServerConfig
+        The config.
+    path : Path
+        Destination.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".server.toml.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(dump_server_config(config))
+            handle.flush()
+            os.fsync(handle.fileno())
+        Path(tmp).chmod(0o644)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+__all__ = [
+    "CONNECTION",
+    "RegisteredSite",
+    "ServerConfig",
+    "ServerSection",
+    "StateSection",
+    "TlsSection",
+    "dump_server_config",
+    "load_server_config",
+    "save_server_config",
+]
