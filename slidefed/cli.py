@@ -260,6 +260,39 @@ def simulate(
     print(f"run finished: {out / 'metrics.jsonl'}, {out / 'final.safetensors'}")
 
 
+@app.command()
+def launch(
+    connection: Annotated[
+        str, typer.Argument(help="Flower connection (see 'flwr config ls').")
+    ],
+    app_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--app", help="App folder (default: one made for the installed slidefed)."
+        ),
+    ] = None,
+    run_config: Annotated[
+        str,
+        typer.Option(
+            help="Overrides, e.g. \"num-server-rounds=5 run-dir='/runs/r1'\"."
+        ),
+    ] = "",
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the run.")
+    ] = 86400.0,
+) -> None:
+    """Start a run on a real federation and exit non-zero unless it completes."""
+    import tempfile
+
+    from slidefed.launch import launch as do_launch
+    from slidefed.simulation import write_app_dir
+
+    _setup_logging(False)
+    folder = app_dir or write_app_dir(Path(tempfile.mkdtemp(prefix="slidefed-app-")))
+    run_id = do_launch(folder, connection, run_config=run_config, timeout=timeout)
+    print(f"run {run_id} completed")
+
+
 # --------------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: one line and exit 2 for bad input, never a traceback."""
