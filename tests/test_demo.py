@@ -65,3 +65,32 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
             check=False,
         )
         assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_demo_tiles_on_real_patches(tmp_path: Path, shared_data: Path) -> None:
+    out = tmp_path / "tiles-demo"
+    proc = subprocess.run(
+        [
+            *_slidefed(),
+            "demo",
+            "--data",
+            "tiles",
+            "--rounds",
+            "2",
+            "--out",
+            str(out),
+            "--tiles-dir",
+            str(shared_data / "patches"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FLWR_HOME": str(tmp_path / "flwr")},
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    result = json.loads((out / "run" / "tiles-results.json").read_text())
+    assert set(result["federated"]) >= {"accuracy", "macro_f1", "class_accuracy"}
+    assert result["centralised"]["test_tiles"] > 0
+    assert all(0 < eps <= 8.0 for eps in result["epsilon"].values())
+    assert "unknown label 'BACK'" in proc.stdout + proc.stderr

@@ -59,3 +59,67 @@ def bench_dp(
             print(
                 f"epsilon {row['epsilon']}: AUC {row['auc']}, accuracy {row['accuracy']}"
             )
+
+
+@bench_app.command("tiling")
+def bench_tiling(
+    as_json: JsonOpt = False,
+    reps: Annotated[int, typer.Option(help="Interleaved repetitions.")] = 7,
+    size: Annotated[
+        int, typer.Option(help="Side (px) of the single-process slides.")
+    ] = 4096,
+    big: Annotated[
+        int, typer.Option(help="Side (px) of the slide read by 1 and 2 processes.")
+    ] = 8192,
+) -> None:
+    """Tile reading: ours against the imagecodecs decode floor and tiffslide."""
+    from slidefed.bench.tiling import bench_tiling as run_bench
+
+    result = run_bench(size=size, big=big, reps=reps)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    cases = {
+        "aligned JPEG 256": result["aligned_jpeg"],
+        "20x from 40x JPEG": result["20x_from_40x_jpeg"],
+        "aligned JPEG 2000": result["aligned_jpeg2000"],
+    }
+    for name, case in cases.items():
+        print(
+            f"{name}: {case['tiles_per_s']:.0f} tiles/s, floor "
+            f"{case['floor_tiles_per_s']:.0f}, naive {case['naive_tiles_per_s']:.0f}; "
+            f"ratio_to_floor {case['ratio_to_floor']}, "
+            f"ratio_to_naive {case['ratio_to_naive']}"
+        )
+    procs = result["processes"]
+    print(
+        f"2 processes over 1: {procs['speedup_2_processes']}x "
+        f"({procs['one_process_tiles_per_s']:.0f} -> "
+        f"{procs['two_processes_tiles_per_s']:.0f} tiles/s)"
+    )
+    for goal, met in result["goals"].items():
+        print(f"goal {goal}: {'met' if met else 'NOT met'}")
+
+
+@bench_app.command("round")
+def bench_round(
+    as_json: JsonOpt = False,
+    sites: Annotated[
+        list[int] | None,
+        typer.Option("--sites", help="Site counts (default 10 and 50)."),
+    ] = None,
+) -> None:
+    """Per-round overhead beyond local training, against a torch.save socket baseline."""
+    from slidefed.bench.round import bytes_ratio_large, measure
+
+    results = [measure(n) for n in (sites or [10, 50])]
+    out = {"results": results, "bytes_ratio_abmil_1024": bytes_ratio_large()}
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return
+    for r in results:
+        print(
+            f"{r['sites']} sites: round {r['round_seconds']} s, local training "
+            f"{r['local_training_seconds']} s, overhead_fraction {r['overhead_fraction']}, "
+            f"bytes_ratio {r['bytes_ratio']}"
+        )

@@ -23,7 +23,13 @@ from flwr.clientapp import ClientApp
 from slidefed.client.egress import check_egress, egress_guard_mod
 from slidefed.client.privacy import charge_round, stable_run_id
 from slidefed.client.site import Site, config_hash
-from slidefed.client.train import batches_per_epoch, evaluate, train_dp
+from slidefed.client.train import (
+    TileEvalResult,
+    batches_per_epoch,
+    evaluate,
+    evaluate_tiles,
+    train_dp,
+)
 from slidefed.common.arrays import specs_of, update_nbytes, update_sha256
 from slidefed.common.config import RunConfig, parse_run_config
 from slidefed.common.errors import PolicyViolation, SlidefedError
@@ -67,7 +73,9 @@ def _error(msg: Message, code: int, reason: str) -> Message:
 
 
 def _load_model(run: RunConfig, site: Site, msg: Message) -> torch.nn.Module:
-    model = build_model(run.task, feature_dim(run.encoder), seed=run.seed)
+    model = build_model(
+        run.task, feature_dim(run.encoder), seed=run.seed, n_classes=run.n_classes()
+    )
     arrays = next(iter(msg.content.array_records.values()))
     model.load_state_dict(arrays.to_torch_state_dict())
     return model
@@ -131,7 +139,7 @@ def _train(
 ) -> Message:
     torch.set_num_threads(1)
     _check_policy(run, site)
-    bags, fingerprint = site.bags(run)
+    bags, fingerprint = site.samples(run)
     unit = fingerprint["unit"]
     train_bags = [b for b in bags if b.split == "train"]
     if not train_bags:
@@ -243,7 +251,7 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
         site = Site.from_node(context.node_config, run)
         torch.set_num_threads(1)
         server_round = int(_config(msg, "server-round", 0))
-        bags, _ = site.bags(run)
+        bags, _ = site.samples(run)
         test = [b for b in bags if b.split == "test"]
         minimum = site.config.policy.min_eval_patients
         if len(test) < minimum:
@@ -259,16 +267,20 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
                 f"metrics withheld: {len(test)} held-out patients is below the "
                 f"site's min_eval_patients={minimum}",
             )
-        result = evaluate(_load_model(run, site, msg), test)
+        model = _load_model(run, site, msg)
+        if run.task == "tiles":
+            metrics = _tile_metrics(evaluate_tiles(model, test, run.n_classes()))
+        else:
+            result = evaluate(model, test)
+            metrics = {
+                "num-examples": result.n_samples,
+                "eval_loss": result.loss,
+                "accuracy": result.accuracy,
+            }
+            if np.isfinite(result.auc):
+                metrics["auc"] = result.auc
     except SlidefedError as exc:
         return _error(msg, FAILED, str(exc))
-    metrics: dict[str, Any] = {
-        "num-examples": result.n_samples,
-        "eval_loss": result.loss,
-        "accuracy": result.accuracy,
-    }
-    if np.isfinite(result.auc):
-        metrics["auc"] = result.auc
     problem = check_egress(None, metrics, None)
     if problem:
         return _error(msg, BLOCKED, f"egress guard blocked the reply: {problem}")
@@ -276,6 +288,22 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
         "metrics_released", run_id=context.run_id, round=server_round, metrics=metrics
     )
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def _tile_metrics(result: TileEvalResult) -> dict[str, Any]:
+    """Scalars of a tile evaluation; per-class accuracy only for classes present."""
+    metrics: dict[str, Any] = {
+        "num-examples": result.n_samples,
+        "eval_loss": result.loss,
+        "accuracy": result.accuracy,
+        "macro_f1": result.macro_f1,
+    }
+    for i, (acc, support) in enumerate(
+        zip(result.class_accuracy, result.class_support, strict=True)
+    ):
+        if support:
+            metrics[f"acc_class_{i:02d}"] = acc
+    return metrics
 
 
 __all__ = ["app"]

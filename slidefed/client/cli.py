@@ -25,10 +25,16 @@ site_app = typer.Typer(
 # -------------------------------------------------------------------------- slide
 @slide_app.command("inspect")
 def slide_inspect(
-    paths: Annotated[list[Path], typer.Argument(help="Slide files.")],
+    paths: Annotated[
+        list[Path], typer.Argument(help="Slide files, or DICOM series folders.")
+    ],
     as_json: JsonOpt = False,
 ) -> None:
-    """Format, vendor, levels, mpp and tile size of each slide."""
+    """Format, vendor, levels, mpp and tile size of each slide.
+
+    A file that cannot be read gets one line on stderr naming it and the
+    reason; the command then exits with code 2 after the other slides.
+    """
     from slidefed.client.slides import open_slide
 
     failed = 0
@@ -38,20 +44,30 @@ def slide_inspect(
                 info = slide.info()
         except SlidefedError as exc:
             failed += 1
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
             continue
         if as_json:
             print(info.model_dump_json())
-        else:
-            mpp = f"{info.mpp:.4f}" if info.mpp else "unknown"
-            print(
-                f"{info.path}: {info.format}, vendor {info.vendor}, mpp {mpp}, "
-                f"tile {info.tile_size or 'none'}"
+            continue
+        mpp = f"{info.mpp:.4f} um/px" if info.mpp else "unknown"
+        tile = (
+            f"{info.tile_size[0]} x {info.tile_size[1]}" if info.tile_size else "none"
+        )
+        print(f"{info.path}")
+        print(
+            f"  format {info.format}, vendor {info.vendor}, {info.level_count} "
+            f"level{'s' if info.level_count != 1 else ''}, mpp {mpp}, tile {tile}"
+        )
+        for i, lv in enumerate(info.levels):
+            lv_tile = (
+                f", tile {lv.tile_width} x {lv.tile_height}"
+                if lv.tile_width and lv.tile_height
+                else ""
             )
-            for i, lv in enumerate(info.levels):
-                print(
-                    f"  level {i}: {lv.width} x {lv.height}, downsample {lv.downsample}"
-                )
+            print(
+                f"  level {i}: {lv.width} x {lv.height}, "
+                f"downsample {lv.downsample:g}{lv_tile}"
+            )
     if failed:
         raise typer.Exit(2)
 
@@ -79,41 +95,88 @@ def site_init(
     )
 
 
+def _manifest_slides(path: Path) -> dict[int, str]:
+    """Slide named on each line of the manifest (for messages about its rows)."""
+    import csv
+
+    try:
+        text = path.read_text(encoding="utf-8-sig", errors="replace")
+    except OSError:
+        return {}
+    reader = csv.DictReader(text.splitlines())
+    return {
+        line: (rec.get("slide") or "").strip() for line, rec in enumerate(reader, 2)
+    }
+
+
 @site_app.command("prepare")
 def site_prepare(
     config: ConfigOpt,
     workers: Annotated[int, typer.Option(help="Worker processes (0: auto).")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Tissue, tiles and features of every slide in the manifest (cached)."""
-    from rich.progress import Progress
+    """Tissue, tiles and features of every slide in the manifest (cached).
+
+    Shows progress (slides, tiles/s) and resumes after an interruption: slides
+    already cached are not decoded again. Each skipped slide and each rejected
+    manifest row gets one line with the reason; the report goes to
+    state/prepare-report.json. Exits 2 only when no slide is usable or the
+    manifest is invalid.
+    """
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from slidefed.client.data import load_manifest
-    from slidefed.client.prepare import prepare_site
+    from slidefed.client.prepare import SlideOutcome, prepare_site
     from slidefed.common.config import load_site_config
 
     cfg = load_site_config(config)
     total = len(load_manifest(cfg.manifest_path).rows)
-    with Progress(disable=as_json) as progress:
-        task = progress.add_task("Preparing slides", total=total)
-        report = prepare_site(
-            cfg, workers=workers or None, progress=lambda _o: progress.advance(task)
-        )
+    started = time.perf_counter()
+    fresh_tiles = 0
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("slides, {task.fields[rate]} tiles/s"),
+    )
+    with Progress(*columns, disable=as_json, transient=False) as progress:
+        task = progress.add_task("Preparing", total=total, rate="-")
+
+        def advance(outcome: SlideOutcome) -> None:
+            nonlocal fresh_tiles
+            if outcome.status == "ok":
+                fresh_tiles += outcome.tiles
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            progress.update(task, advance=1, rate=f"{fresh_tiles / elapsed:.0f}")
+
+        report = prepare_site(cfg, workers=workers or None, progress=advance)
     if as_json:
         print(report.model_dump_json(indent=2))
     else:
+        by_line = _manifest_slides(cfg.manifest_path)
         for s in report.slides:
             if s.status == "skipped":
-                print(f"skipped {s.slide}: {s.reason}")
+                print(f"skipped {s.slide}: {' '.join(s.reason.split())}")
+            elif s.unreadable_tiles:
+                print(f"note {s.slide}: {s.reason}")
         for line, reason in report.rejected_rows:
-            print(f"manifest line {line} rejected: {reason}")
+            name = by_line.get(line) or "?"
+            print(f"manifest line {line} ({name}) rejected: {reason}")
+        ok = sum(s.status == "ok" for s in report.slides)
+        cached = sum(s.status == "cached" for s in report.slides)
         tiles = sum(s.tiles for s in report.usable)
         print(
-            f"{len(report.usable)} of {len(report.slides)} slides ready, {tiles} tiles, "
-            f"{report.seconds:.1f} s; report in {cfg.state_dir / 'prepare-report.json'}"
+            f"{len(report.usable)} of {len(report.slides)} slides ready ({ok} prepared, "
+            f"{cached} cached, {len(report.skipped)} skipped), {tiles} tiles, "
+            f"{report.seconds:.1f} s, {report.tiles_per_second:.0f} tiles/s; "
+            f"report in {cfg.state_dir / 'prepare-report.json'}"
         )
     if not report.usable:
-        raise ConfigError("no usable slide at this site; fix the slides listed above")
+        raise ConfigError(
+            "no usable slide at this site; fix the slides listed above and run again"
+        )
 
 
 @site_app.command("budget")

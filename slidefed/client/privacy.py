@@ -10,6 +10,7 @@ atomically to disk) before training starts, so a crash can only over-count.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import tempfile
@@ -17,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
@@ -128,13 +129,19 @@ def epsilon(
         prv = PRVAccountant()
         prv.history = [(float(s), float(q), int(n)) for s, q, n in history]
         return float(prv.get_epsilon(delta))
-    alphas = _ALPHAS if fine else [float(a) for a in _CAL_ALPHAS]
+    alphas = tuple(_ALPHAS if fine else [float(a) for a in _CAL_ALPHAS])
     rdp = None
     for sigma, q, steps in history:
-        part = compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=alphas)
+        # RDP is linear in the number of steps: cache one step per (q, sigma).
+        part = _unit_rdp(float(q), float(sigma), alphas) * steps
         rdp = part if rdp is None else rdp + part
-    eps, _ = get_privacy_spent(orders=alphas, rdp=rdp, delta=delta)
+    eps, _ = get_privacy_spent(orders=list(alphas), rdp=rdp, delta=delta)
     return float(eps)
+
+
+@functools.lru_cache(maxsize=4096)
+def _unit_rdp(q: float, sigma: float, alphas: tuple[float, ...]) -> Any:
+    return compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=list(alphas))
 
 
 def calibrate_noise(

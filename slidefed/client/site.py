@@ -17,7 +17,7 @@ from slidefed.common.crypto import (
     load_audit_key,
     public_key_path,
 )
-from slidefed.common.errors import ConfigError
+from slidefed.common.errors import ConfigError, PolicyViolation
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,37 @@ class Site:
         """The site of this node."""
         return cls(load_site_config(site_config_path(node_config, run)))
 
+    def samples(self, run: RunConfig) -> tuple[list[Any], dict[str, Any]]:
+        """Training samples of the run's task and the dataset fingerprint.
+
+        A process that serves several messages (a simulation actor) keeps the
+        samples in memory while no file of the site's data has changed.
+        """
+        key = (
+            run.task,
+            run.labels,
+            run.bag_size,
+            run.seed,
+            _data_signature(self.config),
+        )
+        hit = _SAMPLES.get(key)
+        if hit is not None:
+            return hit
+        result = self._load_samples(run)
+        _SAMPLES.clear()  # one site per process at a time: keep memory bounded
+        _SAMPLES[key] = result
+        return result
+
+    def _load_samples(self, run: RunConfig) -> tuple[list[Any], dict[str, Any]]:
+        if run.task == "tiles":
+            return tile_samples(self.config, run)
+        if self.config.tiles is not None:
+            raise PolicyViolation(
+                f"task {run.task!r} needs slides, but this site holds labelled tiles"
+            )
+        bags, fingerprint = self.bags(run)
+        return list(bags), fingerprint
+
     def bags(self, run: RunConfig) -> tuple[list[PatientBag], dict[str, Any]]:
         """Patient bags (features cached on disk) and the dataset fingerprint."""
         manifest, feats = load_site_features(self.config)
@@ -87,6 +118,64 @@ class Site:
             "test_patients": sum(b.split == "test" for b in bags),
         }
         return bags, fingerprint
+
+
+_SAMPLES: dict[tuple[Any, ...], tuple[list[Any], dict[str, Any]]] = {}
+
+
+def _data_signature(config: SiteConfig) -> tuple[Any, ...]:
+    """Paths, sizes and modification times of everything the samples depend on."""
+    paths = [config.manifest_path]
+    if config.tiles is not None:
+        root = config.resolve(config.tiles.path)
+        paths += sorted(root.rglob("*")) if root.exists() else []
+    elif config.manifest_path.is_file():
+        import csv
+
+        rows = csv.DictReader(config.manifest_path.read_text().splitlines())
+        paths += [config.slides_root / (r.get("slide") or "") for r in rows]
+    out = [str(config.base_dir)]
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            out.append(f"{path}:missing")
+            continue
+        out.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
+    return tuple(out)
+
+
+def tile_samples(
+    config: SiteConfig, run: RunConfig
+) -> tuple[list[Any], dict[str, Any]]:
+    """Tile samples of a tile-labelled site, and the dataset fingerprint.
+
+    Raises
+    ------
+    PolicyViolation
+        If the site declares labels that the run's label set does not hold.
+    """
+    from slidefed.client.tiles import load_tile_dataset
+
+    labels = run.label_list()
+    declared = list(config.tiles.labels) if config.tiles else []
+    outside = sorted(set(declared) - set(labels))
+    if outside:
+        raise PolicyViolation(
+            f"this site's labels {outside} are not in the run's label set {labels}; "
+            "agree on the labels in the run config (labels=...)"
+        )
+    data = load_tile_dataset(config, labels)
+    fingerprint = {
+        "unit": data.unit,
+        "manifest_sha256": data.fingerprint,
+        "samples": len(data.samples),
+        "tiles": int(sum(len(s.labels) for s in data.samples)),
+        "skipped": len(data.skipped),
+        "train_samples": sum(s.split == "train" for s in data.samples),
+        "test_samples": sum(s.split == "test" for s in data.samples),
+    }
+    return list(data.samples), fingerprint
 
 
 def config_hash(run: RunConfig) -> str:

@@ -25,14 +25,19 @@ Item = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 GradSampleMode = Literal["ew", "hooks"]
 
 
-class BagDataset(Dataset[Item]):
-    """Patient bags as (features, mask, label) triples.
+IGNORE = -100  # label of padded tiles
 
-    Items have the same arity and dtypes as a collated batch, because Opacus builds
-    its empty-batch fallback from ``dataset[0]``.
+
+class BagDataset(Dataset[Item]):
+    """Samples as (features, mask, target) triples.
+
+    A sample is a patient bag (``label``: one target per sample) or a group of
+    labelled tiles (``labels``: one target per tile). Items have the same arity and
+    dtypes as a collated batch, because Opacus builds its empty-batch fallback
+    from ``dataset[0]``.
     """
 
-    def __init__(self, bags: Sequence[PatientBag]) -> None:
+    def __init__(self, bags: Sequence[Any]) -> None:
         self.bags = list(bags)
 
     def __len__(self) -> int:
@@ -41,11 +46,13 @@ class BagDataset(Dataset[Item]):
     def __getitem__(self, i: int) -> Item:
         bag = self.bags[i]
         x = torch.from_numpy(np.ascontiguousarray(bag.features))
-        return x, torch.ones(len(x), dtype=torch.bool), torch.tensor(bag.label)
+        labels = getattr(bag, "labels", None)
+        y = torch.from_numpy(labels) if labels is not None else torch.tensor(bag.label)
+        return x, torch.ones(len(x), dtype=torch.bool), y
 
 
 def collate_bags(items: Sequence[Item]) -> Item:
-    """Pad bags to the batch maximum and build the mask."""
+    """Pad samples to the batch maximum and build the mask."""
     n = max(len(x) for x, _, _ in items)
     dim = items[0][0].shape[1]
     xs = torch.zeros(len(items), n, dim)
@@ -53,7 +60,23 @@ def collate_bags(items: Sequence[Item]) -> Item:
     for i, (x, _, _) in enumerate(items):
         xs[i, : len(x)] = x
         mask[i, : len(x)] = True
-    return xs, mask, torch.stack([y for _, _, y in items])
+    if items[0][2].dim() == 0:
+        return xs, mask, torch.stack([y for _, _, y in items])
+    ys = torch.full((len(items), n), IGNORE, dtype=torch.long)
+    for i, (_, _, y) in enumerate(items):
+        ys[i, : len(y)] = y
+    return xs, mask, ys
+
+
+def sample_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Loss of each sample: one prediction per bag, or the mean over its tiles."""
+    if logits.dim() == 2:
+        return F.cross_entropy(logits, y, reduction="none")
+    per_tile = F.cross_entropy(
+        logits.permute(0, 2, 1), y, ignore_index=IGNORE, reduction="none"
+    )
+    counts = (y != IGNORE).sum(dim=1).clamp(min=1)
+    return per_tile.sum(dim=1) / counts
 
 
 def batches_per_epoch(n_samples: int, batch_size: int) -> int:
@@ -75,7 +98,7 @@ class TrainResult(BaseModel):
 
 def train_dp(
     model: nn.Module,
-    bags: Sequence[PatientBag],
+    bags: Sequence[PatientBag] | Sequence[Any],
     *,
     epochs: int,
     batch_size: int,
@@ -145,9 +168,7 @@ def train_dp(
                 steps += 1
                 continue
             logits = private(x, mask)
-            loss = (
-                F.cross_entropy(logits, y, reduction="sum") / dp_opt.expected_batch_size
-            )
+            loss = sample_losses(logits, y).sum() / dp_opt.expected_batch_size
             if proximal_mu > 0:
                 prox = sum(
                     ((p - g) ** 2).sum()
@@ -223,13 +244,72 @@ def evaluate(model: nn.Module, bags: Sequence[PatientBag]) -> EvalResult:
     )
 
 
+class TileEvalResult(BaseModel):
+    """Held-out metrics of a tile classifier at one site."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    loss: float
+    accuracy: float
+    macro_f1: float
+    class_accuracy: list[float]
+    class_support: list[int]
+    n_samples: int
+    n_tiles: int
+
+
+def f1_scores(confusion: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Per-class F1 from a confusion matrix (rows: truth); 0 where undefined."""
+    tp = np.diag(confusion).astype(np.float64)
+    fp = confusion.sum(axis=0) - tp
+    fn = confusion.sum(axis=1) - tp
+    denom = 2 * tp + fp + fn
+    return np.asarray(np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0))
+
+
+@torch.no_grad()
+def evaluate_tiles(
+    model: nn.Module, samples: Sequence[Any], n_classes: int
+) -> TileEvalResult:
+    """Per-tile loss, accuracy, macro-F1 (over classes present) and per-class accuracy."""
+    model.eval()
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    losses = []
+    for sample in samples:
+        x, mask, y = collate_bags([BagDataset([sample])[0]])
+        logits = model(x, mask)[0]
+        target = y[0]
+        losses.append(float(F.cross_entropy(logits, target, reduction="sum")))
+        for t, p in zip(target.tolist(), logits.argmax(dim=1).tolist(), strict=True):
+            confusion[t, p] += 1
+    support = confusion.sum(axis=1)
+    present = support > 0
+    per_class = np.divide(
+        np.diag(confusion), support, out=np.zeros(n_classes), where=present
+    )
+    n_tiles = int(support.sum())
+    return TileEvalResult(
+        loss=float(np.sum(losses) / max(n_tiles, 1)),
+        accuracy=float(np.trace(confusion) / max(n_tiles, 1)),
+        macro_f1=float(f1_scores(confusion)[present].mean()) if present.any() else 0.0,
+        class_accuracy=[float(v) for v in per_class],
+        class_support=[int(v) for v in support],
+        n_samples=len(samples),
+        n_tiles=n_tiles,
+    )
+
+
 __all__ = [
     "BagDataset",
     "EvalResult",
+    "TileEvalResult",
     "TrainResult",
     "auc_score",
     "batches_per_epoch",
     "collate_bags",
     "evaluate",
+    "evaluate_tiles",
+    "f1_scores",
+    "sample_losses",
     "train_dp",
 ]

@@ -767,7 +767,7 @@ def verify_and_read(
         explicit_keys=public_keys is not None,
         every_signature=every_signature,
     )
-    return result, [NumberedRecord(line, record) for line, record in records]
+    return result, records
 
 
 class NumberedRecord(NamedTuple):

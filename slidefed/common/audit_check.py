@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from slidefed.common._audit_verify import collector_paused
 from slidefed.common.audit import (
     GENESIS_HASH,
     Actor,
@@ -259,44 +260,28 @@ def load_logs(
 
 
 # ----------------------------------------------------------------- cross-check
-@dataclass(frozen=True)
-class Release:
-    """Where a site log records the release of one update."""
-
-    site: str
-    path: Path
-    line: int
-    run_id: int | None
-    round: int | None
-
-
-def releases_by_sha(logs: Sequence[LoadedLog]) -> dict[str, list[Release]]:
-    """Index the ``update_released`` records of the site logs by sha256.
+def released_sha256s(logs: Sequence[LoadedLog]) -> set[str]:
+    """Return the sha256 of every update that the site logs say was released.
 
     Parameters
     ----------
     logs : Sequence[LoadedLog]
-        Logs of any actor; only site logs count.
+        Logs of any actor; only the ``update_released`` records of sites count.
 
     Returns
     -------
-    dict[str, list[Release]]
-        Releases by the sha256 of the update; records whose payload lacks a
-        sha256 are left out (:func:`cross_check` reports them).
+    set[str]
+        The sha256 values (records without one are left out; :func:`cross_check`
+        reports them).
     """
-    index: dict[str, list[Release]] = {}
+    found: set[str] = set()
     for log in logs:
-        for line, record in log.records:
-            if record.actor != "site" or record.event != "update_released":
-                continue
-            sha = record.data.get("sha256")
-            if isinstance(sha, str) and sha:
-                index.setdefault(sha, []).append(
-                    Release(
-                        record.actor_name, log.path, line, record.run_id, record.round
-                    )
-                )
-    return index
+        for _, record in log.records:
+            if record.actor == "site" and record.event == "update_released":
+                sha = record.data.get("sha256")
+                if isinstance(sha, str):
+                    found.add(sha)
+    return found
 
 
 def cross_check(logs: Sequence[LoadedLog]) -> list[list[Problem]]:
@@ -314,25 +299,42 @@ def cross_check(logs: Sequence[LoadedLog]) -> list[list[Problem]]:
         ``unmatched_update`` on a server's ``update_aggregated`` without a site
         release of that sha256, ``over_budget`` on a site's ``round_charged``
         whose cumulative epsilon exceeds its maximum, ``malformed`` on either
-        record when its payload cannot be read.
+        record, or on an ``update_released`` without a sha256, when its payload
+        cannot be read.
     """
-    released = releases_by_sha(logs)
+    return _cross(logs)[0]
+
+
+def _cross(logs: Sequence[LoadedLog]) -> tuple[list[list[Problem]], int]:
+    """Return :func:`cross_check`'s problems and the number of matched updates."""
+    released = released_sha256s(logs)
     site_names = sorted({log.actor_name or "" for log in logs if log.actor == "site"})
     found: list[list[Problem]] = []
+    matched = 0
     for log in logs:
         problems: list[Problem] = []
         for line, record in log.records:
-            if record.actor == "server" and record.event == "update_aggregated":
-                problems.extend(_check_aggregated(line, record, released, site_names))
-            elif record.actor == "site" and record.event == "round_charged":
+            event = record.event
+            if record.actor == "server":
+                if event == "update_aggregated":
+                    problem = _check_aggregated(line, record, released, site_names)
+                    matched += problem is None
+                    problems.extend([problem] if problem else [])
+            elif event == "round_charged":
                 problems.extend(_check_charge(line, record))
-            elif record.actor == "site" and record.event == "update_released":
-                try:
-                    event_data(record, UpdateReleased)
-                except ValidationError as exc:
-                    problems.append(_malformed(line, record, exc))
+            elif event == "update_released":
+                sha = record.data.get("sha256")
+                if not isinstance(sha, str) or not sha:
+                    problems.append(
+                        Problem(
+                            line=line,
+                            kind="malformed",
+                            message=f"update_released record seq {record.seq} has "
+                            "no sha256 of the update",
+                        )
+                    )
         found.append(problems)
-    return found
+    return found, matched
 
 
 def _where(record: AuditRecord) -> str:
@@ -351,29 +353,27 @@ def _malformed(line: int, record: AuditRecord, exc: ValidationError) -> Problem:
 def _check_aggregated(
     line: int,
     record: AuditRecord,
-    released: Mapping[str, list[Release]],
+    released: set[str],
     site_names: Sequence[str],
-) -> list[Problem]:
+) -> Problem | None:
     try:
         data = event_data(record, UpdateAggregated)
     except ValidationError as exc:
-        return [_malformed(line, record, exc)]
+        return _malformed(line, record, exc)
     if data.sha256 in released:
-        return []
+        return None
     given = (
         f"the site logs given ({', '.join(site_names)})"
         if site_names
         else "no site log, since none was given; pass the site logs too"
     )
-    return [
-        Problem(
-            line=line,
-            kind="unmatched_update",
-            message=f"the server aggregated an update of node {data.node} "
-            f"({_where(record)}, sha256 {data.sha256[:16]}...) that no site released:"
-            f" no update_released with that sha256 in {given}",
-        )
-    ]
+    return Problem(
+        line=line,
+        kind="unmatched_update",
+        message=f"the server aggregated an update of node {data.node} "
+        f"({_where(record)}, sha256 {data.sha256[:16]}...) that no site released:"
+        f" no update_released with that sha256 in {given}",
+    )
 
 
 def _check_charge(line: int, record: AuditRecord) -> list[Problem]:
@@ -504,8 +504,7 @@ def summarise(logs: Sequence[LoadedLog]) -> CheckResult:
     CheckResult
         The verdict.
     """
-    crossed = cross_check(logs)
-    released = releases_by_sha(logs)
+    crossed, matched = _cross(logs)
     statuses: list[LogStatus] = []
     first_own: FirstProblem | None = None
     first_cross: FirstProblem | None = None
@@ -526,14 +525,6 @@ def summarise(logs: Sequence[LoadedLog]) -> CheckResult:
                 problems=problems,
             )
         )
-    matched = sum(
-        1
-        for log in logs
-        for _, record in log.records
-        if record.actor == "server"
-        and record.event == "update_aggregated"
-        and record.data.get("sha256") in released
-    )
     first = first_own or first_cross
     return CheckResult(
         ok=first is None,
@@ -579,9 +570,10 @@ def check_logs(
     ConfigError
         If a key beside a log is not an Ed25519 public key.
     """
-    return summarise(
-        load_logs(paths, public_keys=public_keys, every_signature=every_signature)
-    )
+    with collector_paused():
+        return summarise(
+            load_logs(paths, public_keys=public_keys, every_signature=every_signature)
+        )
 
 
 # ----------------------------------------------------------------- benchmark
@@ -737,7 +729,6 @@ __all__ = [
     "LoadedLog",
     "LogStatus",
     "Reason",
-    "Release",
     "RoundCharged",
     "RoundCompleted",
     "RunJoined",
@@ -745,11 +736,12 @@ __all__ = [
     "UpdateReleased",
     "bench_verify",
     "check_logs",
+    "collector_paused",
     "cross_check",
     "event_data",
     "load_logs",
     "load_public_keys",
-    "releases_by_sha",
+    "released_sha256s",
     "summarise",
     "write_bench_log",
 ]

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from slidefed.common.errors import ConfigError
 
@@ -54,6 +54,18 @@ class FeaturesSection(BaseModel):
     batch_size: int = Field(default=64, ge=1)
 
 
+class TilesSection(BaseModel):
+    """A site whose data are labelled tiles rather than whole slides."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: Literal["folder", "manifest"] = "folder"
+    path: Path = Path("tiles")
+    labels: tuple[str, ...] = ()
+    tile_size: int = Field(default=224, ge=16, le=4096)
+    test_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
+
+
 class SitePolicy(BaseModel):
     """The site's privacy and use policy; a run can never override it."""
 
@@ -63,7 +75,7 @@ class SitePolicy(BaseModel):
     delta: float | None = Field(default=None, gt=0.0, lt=1.0)
     min_noise_multiplier: float = Field(default=0.3, ge=0.0)
     max_grad_norm: float = Field(default=5.0, gt=0.0)
-    allowed_tasks: tuple[str, ...] = ("abmil",)
+    allowed_tasks: tuple[str, ...] = ("abmil", "tiles")
     min_eval_patients: int = Field(default=5, ge=1)
     max_bag_size: int = Field(default=2048, ge=1)
     accountant: Literal["rdp", "prv"] = "rdp"
@@ -83,6 +95,7 @@ class SiteConfig(BaseModel):
     site: SiteSection
     tiling: TilingSection = TilingSection()
     features: FeaturesSection = FeaturesSection()
+    tiles: TilesSection | None = None
     policy: SitePolicy = SitePolicy()
     base_dir: Path = Path()
 
@@ -198,8 +211,9 @@ class RunConfig(BaseModel):
     )
 
     num_server_rounds: int = Field(default=3, ge=1, le=10_000)
-    task: Literal["abmil"] = "abmil"
+    task: Literal["abmil", "tiles"] = "abmil"
     encoder: Literal["hed"] = "hed"
+    labels: str = ""
     local_epochs: int = Field(default=2, ge=1, le=1000)
     batch_size: int = Field(default=8, ge=1)
     lr: float = Field(default=0.003, gt=0.0, le=10.0)
@@ -234,6 +248,25 @@ class RunConfig(BaseModel):
         )
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
+    @model_validator(mode="after")
+    def _labels_for_tiles(self) -> RunConfig:
+        labels = self.label_list()
+        if self.task == "tiles" and len(labels) < 2:
+            msg = "task 'tiles' needs labels: at least 2 class names, comma separated"
+            raise ValueError(msg)
+        if len(set(labels)) != len(labels):
+            msg = "labels must not repeat"
+            raise ValueError(msg)
+        return self
+
+    def label_list(self) -> list[str]:
+        """The class labels agreed for a ``tiles`` run, in order."""
+        return [x.strip() for x in self.labels.split(",") if x.strip()]
+
+    def n_classes(self) -> int:
+        """Number of classes the model predicts."""
+        return len(self.label_list()) if self.task == "tiles" else 2
+
     def site_configs(self) -> list[Path]:
         """Site config paths of a simulated federation, in partition order."""
         return [Path(p) for p in self.sim_sites.split(",") if p]
@@ -264,6 +297,7 @@ __all__ = [
     "SiteConfig",
     "SitePolicy",
     "SiteSection",
+    "TilesSection",
     "TilingSection",
     "dump_site_config",
     "load_site_config",

@@ -37,6 +37,25 @@ class ABMIL(nn.Module):
         return self.head(pooled)  # type: ignore[no-any-return]
 
 
+class TileClassifier(nn.Module):
+    """A classifier of tile features; ``x`` is (B, N, D): a sample may hold many tiles.
+
+    With patient ids a sample is all of a patient's tiles (the privacy unit is the
+    patient); without, a sample is one tile (N = 1).
+    """
+
+    def __init__(self, in_dim: int, *, hidden: int = 64, n_classes: int = 2) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.hidden = nn.Linear(in_dim, hidden)
+        self.head = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Logits (B, N, n_classes); padded tiles are masked by the loss."""
+        del mask
+        return self.head(F.relu(self.hidden(self.norm(x))))  # type: ignore[no-any-return]
+
+
 # Feature length of each registered encoder; sites and the coordinator agree on it.
 ENCODER_DIMS: dict[str, int] = {"hed": 24}
 
@@ -50,17 +69,19 @@ def feature_dim(encoder: str) -> int:
         raise ValueError(msg) from None
 
 
-def build_model(task: str, in_dim: int, *, seed: int) -> nn.Module:
+def build_model(task: str, in_dim: int, *, seed: int, n_classes: int = 2) -> nn.Module:
     """The model of ``task`` with seeded initial weights."""
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         if task == "abmil":
             return ABMIL(in_dim)
-        msg = f"task={task!r} has no model; use 'abmil'"
+        if task == "tiles":
+            return TileClassifier(in_dim, n_classes=n_classes)
+        msg = f"task={task!r} has no model; use 'abmil' or 'tiles'"
         raise ValueError(msg)
     finally:
         torch.random.set_rng_state(gen_state)
 
 
-__all__ = ["ABMIL", "ENCODER_DIMS", "build_model", "feature_dim"]
+__all__ = ["ABMIL", "ENCODER_DIMS", "TileClassifier", "build_model", "feature_dim"]

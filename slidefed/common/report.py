@@ -118,7 +118,7 @@ class Charge(Row):
 
 
 @dataclass(frozen=True)
-class Release(Row):
+class ReleaseRow(Row):
     """An ``update_released`` record, and the server nodes that aggregated it."""
 
     data: UpdateReleased
@@ -149,7 +149,7 @@ class SiteView:
     name: str
     paths: list[str] = field(default_factory=list)
     charges: list[Charge] = field(default_factory=list)
-    releases: list[Release] = field(default_factory=list)
+    releases: list[ReleaseRow] = field(default_factory=list)
     refusals: list[Note] = field(default_factory=list)
     blocked: list[Note] = field(default_factory=list)
     withheld: list[Note] = field(default_factory=list)
@@ -181,6 +181,13 @@ class RunView:
     completed: set[int] = field(default_factory=set)
     releases: int = 0
     aggregated: int = 0
+    planned: int | None = None
+    strategy: str | None = None
+    finished: bool = False
+
+
+RunNumbers = dict[int | None, int]
+"""Short numbers of the runs (1, 2, ...) in order of their first record."""
 
 
 @dataclass
@@ -190,9 +197,12 @@ class Facts:
     sites: dict[str, SiteView]
     servers: dict[str, ServerView]
     runs: dict[int, RunView]
+    run_numbers: RunNumbers = field(default_factory=dict)
 
 
-_REFUSALS = ("round_refused", "round_failed")
+_REFUSALS = ("round_refused", "round_failed", "app_refused")
+_RUN_EVENTS = ("run_started", "run_resumed", "run_finished")
+"""Server events of a whole run; their ``round`` is not a round of training."""
 
 
 def gather(logs: Sequence[LoadedLog]) -> Facts:
@@ -252,6 +262,8 @@ def gather(logs: Sequence[LoadedLog]) -> Facts:
         for aggregation in server.aggregated:
             if aggregation.run_id is not None:
                 facts.runs[aggregation.run_id].aggregated += 1
+    ordered = sorted(facts.runs.values(), key=lambda run: (run.first, run.run_id))
+    facts.run_numbers = {run.run_id: n for n, run in enumerate(ordered, 1)}
     return facts
 
 
@@ -268,17 +280,29 @@ def _note_run(facts: Facts, record: AuditRecord) -> None:
     )
     run.first = min(run.first, record.time)
     run.last = max(run.last, record.time)
-    if record.round is not None:
+    event = record.event
+    if record.round is not None and event not in _RUN_EVENTS:
         run.rounds.add(record.round)
     if record.actor == "site":
         run.sites.add(record.actor_name)
-    elif record.event == "round_completed" and record.round is not None:
+    elif event == "round_completed" and record.round is not None:
         run.completed.add(record.round)
+    elif event in ("run_started", "run_resumed"):
+        rounds, strategy = record.data.get("rounds"), record.data.get("strategy")
+        run.planned = rounds if isinstance(rounds, int) else run.planned
+        run.strategy = strategy if isinstance(strategy, str) else run.strategy
+    elif event == "run_finished":
+        run.finished = True
 
 
 def _note(row: Row, record: AuditRecord) -> Note:
     data = event_data(record, Reason)
-    return Note(**vars(row), event=record.event, reason=data.reason, node=data.node)
+    reason = data.reason or "; ".join(
+        f"{key}: {value}"
+        for key, value in sorted(record.data.items())
+        if key != "node" and not isinstance(value, dict | list)
+    )
+    return Note(**vars(row), event=record.event, reason=reason, node=data.node)
 
 
 def _gather_site(
@@ -293,7 +317,7 @@ def _gather_site(
     elif event == "update_released":
         data = event_data(record, UpdateReleased)
         nodes = tuple(aggregated_by.get(data.sha256, ()))
-        site.releases.append(Release(**vars(row), data=data, aggregated_by=nodes))
+        site.releases.append(ReleaseRow(**vars(row), data=data, aggregated_by=nodes))
     elif event in _REFUSALS:
         site.refusals.append(_note(row, record))
     elif event == "egress_blocked":
@@ -411,14 +435,18 @@ def _nice_ticks(top: float, count: int = 5) -> list[float]:
     return [step * i for i in range(math.ceil(top / step + 1e-9) + 1)]
 
 
-def _run_labels(charges: Sequence[Charge]) -> dict[int | None, int]:
-    labels: dict[int | None, int] = {}
+def _run_labels(charges: Sequence[Charge], numbers: RunNumbers | None) -> RunNumbers:
+    """Number the runs of ``charges``: as in ``numbers``, else in order of appearance."""
+    labels: RunNumbers = dict(numbers or {})
     for charge in charges:
-        labels.setdefault(charge.run_id, len(labels) + 1)
+        if charge.run_id not in labels:
+            labels[charge.run_id] = max(labels.values(), default=0) + 1
     return labels
 
 
-def epsilon_chart(site: str, charges: Sequence[Charge]) -> str:
+def epsilon_chart(
+    site: str, charges: Sequence[Charge], run_numbers: RunNumbers | None = None
+) -> str:
     """Draw cumulative epsilon after each charged round against the budget.
 
     Parameters
@@ -427,6 +455,9 @@ def epsilon_chart(site: str, charges: Sequence[Charge]) -> str:
         The site's name (for the labels).
     charges : Sequence[Charge]
         The site's ``round_charged`` records in log order.
+    run_numbers : RunNumbers, optional
+        Short numbers of the runs, shared by the whole report, which also pick the
+        runs' colours; by default the runs are numbered in order of appearance.
 
     Returns
     -------
@@ -459,7 +490,7 @@ def epsilon_chart(site: str, charges: Sequence[Charge]) -> str:
     ]
     parts += _axes(frame, ticks, y)
     parts += _budget_lines(charges, budgets, frame, x, y)
-    parts += _series(charges, frame, x, y)
+    parts += _series(charges, _run_labels(charges, run_numbers), frame, x, y)
     parts.append("</svg>")
     return "".join(parts)
 
@@ -522,9 +553,9 @@ def _budget_lines(
 
 
 def _series(
-    charges: Sequence[Charge], frame: _Frame, x: _Scale, y: _Scale
+    charges: Sequence[Charge], numbers: RunNumbers, frame: _Frame, x: _Scale, y: _Scale
 ) -> list[str]:
-    runs = _run_labels(charges)
+    runs = {c.run_id: numbers[c.run_id] for c in charges}
     n = len(charges)
     label_every = max(1, math.ceil(n / 30))
     bottom = frame.top + frame.plot_height
@@ -540,9 +571,10 @@ def _series(
             f'fill="none" stroke="{colour}" stroke-width="2.5"/>'
         )
         if len(runs) > 1:
+            row = list(runs).index(run_id)
             parts.append(
                 f'<text x="{frame.left + frame.plot_width + 8}" '
-                f'y="{frame.top + 14 + 16 * (number - 1)}" font-size="11" '
+                f'y="{frame.top + 14 + 16 * row}" font-size="11" '
                 f'fill="{colour}">run {number}</text>'
             )
     previous: int | None = None
@@ -632,8 +664,9 @@ def _verification(check: CheckResult) -> str:
 
 def _runs(facts: Facts) -> str:
     rows = []
-    ordered = sorted(facts.runs.values(), key=lambda run: run.first)
-    for number, run in enumerate(ordered, 1):
+    ordered = sorted(facts.runs.values(), key=lambda run: facts.run_numbers[run.run_id])
+    for run in ordered:
+        number = facts.run_numbers[run.run_id]
         rounds = sorted(run.rounds)
         span = f"{rounds[0]}–{rounds[-1]}" if rounds else "—"
         rows.append(
@@ -642,7 +675,8 @@ def _runs(facts: Facts) -> str:
                 f"<code>{esc(run.run_id)}</code>",
                 esc(", ".join(sorted(run.sites)) or "—"),
                 f"{esc(span)} ({len(rounds)})",
-                str(len(run.completed)) if facts.servers else "—",
+                _completed(run) if facts.servers else "—",
+                _opt(run.strategy),
                 str(run.releases),
                 str(run.aggregated) if facts.servers else "—",
                 esc(run.first[:19].replace("T", " ")),
@@ -657,7 +691,8 @@ def _runs(facts: Facts) -> str:
                 "run id",
                 "participants",
                 "rounds (count)",
-                "rounds completed",
+                "rounds completed (server)",
+                "strategy",
                 "updates released",
                 "updates aggregated",
                 "first record (UTC)",
@@ -669,11 +704,18 @@ def _runs(facts: Facts) -> str:
     )
 
 
-def _site(site: SiteView, has_server: bool) -> str:
+def _completed(run: RunView) -> str:
+    done = str(len(run.completed))
+    if run.planned is not None:
+        done += f" of {run.planned}"
+    return done + (", finished" if run.finished else "")
+
+
+def _site(site: SiteView, has_server: bool, numbers: RunNumbers) -> str:
     charges = site.charges
     budget = charges[-1].data.epsilon_max if charges else None
     spent = charges[-1].data.epsilon_after if charges else None
-    runs = _run_labels(charges)
+    runs = _run_labels(charges, numbers)
     head = (
         f'<article class="site" id="site-{esc(_slug(site.name))}">'
         f"<h3>Site {esc(site.name)}</h3>"
@@ -685,7 +727,7 @@ def _site(site: SiteView, has_server: bool) -> str:
     )
     charge_rows = [
         [
-            f"{runs[c.run_id]}",
+            _run_number(runs, c.run_id),
             _opt(c.round),
             _eps(c.data.epsilon_round),
             _eps(c.data.epsilon_after),
@@ -715,7 +757,7 @@ def _site(site: SiteView, has_server: bool) -> str:
         [
             head,
             "<h4>Privacy spent (ε) per charged round</h4>",
-            epsilon_chart(site.name, charges),
+            epsilon_chart(site.name, charges, runs),
             _table(
                 [
                     "run",
@@ -758,12 +800,14 @@ def _site(site: SiteView, has_server: bool) -> str:
     )
 
 
-def _run_number(runs: dict[int | None, int], run_id: int | None) -> str:
+def _run_number(runs: RunNumbers, run_id: int | None) -> str:
     number = runs.get(run_id)
-    return str(number) if number is not None else f"<code>{_opt(run_id)}</code>"
+    if number is None:
+        return "—"
+    return f'<span title="run id {esc(run_id)}">{number}</span>'
 
 
-def _aggregated(release: Release, has_server: bool) -> str:
+def _aggregated(release: ReleaseRow, has_server: bool) -> str:
     if not has_server:
         return '<span class="muted">no server log</span>'
     if not release.aggregated_by:
@@ -771,7 +815,7 @@ def _aggregated(release: Release, has_server: bool) -> str:
     return "yes (node " + esc(", ".join(release.aggregated_by)) + ")"
 
 
-def _fingerprints(site: SiteView, runs: dict[int | None, int]) -> str:
+def _fingerprints(site: SiteView, runs: RunNumbers) -> str:
     rows = []
     for row, joined in site.joined:
         ds = joined.dataset
@@ -806,7 +850,7 @@ def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _notes(notes: Sequence[Note], runs: dict[int | None, int]) -> str:
+def _notes(notes: Sequence[Note], runs: RunNumbers) -> str:
     return _table(
         ["run", "round", "time (UTC)", "event", "reason", "line"],
         (
@@ -823,10 +867,10 @@ def _notes(notes: Sequence[Note], runs: dict[int | None, int]) -> str:
     )
 
 
-def _server(server: ServerView) -> str:
+def _server(server: ServerView, runs: RunNumbers) -> str:
     aggregated = [
         [
-            f"<code>{_opt(a.run_id)}</code>",
+            _run_number(runs, a.run_id),
             _opt(a.round),
             esc(a.data.node),
             _opt(a.site) if a.site else '<span class="bad">no matching release</span>',
@@ -839,7 +883,7 @@ def _server(server: ServerView) -> str:
     ]
     node_notes = [
         [
-            f"<code>{_opt(n.run_id)}</code>",
+            _run_number(runs, n.run_id),
             _opt(n.round),
             esc(n.event),
             _opt(n.node),
@@ -850,7 +894,7 @@ def _server(server: ServerView) -> str:
     ]
     completed = [
         [
-            f"<code>{_opt(row.run_id)}</code>",
+            _run_number(runs, row.run_id),
             _opt(row.round),
             _opt(done.sites_trained),
             str(row.line),
@@ -934,9 +978,13 @@ def build_report(
             f"{esc(check.first_problem.message)}</div>"
         )
     sites = "".join(
-        _site(facts.sites[name], bool(facts.servers)) for name in sorted(facts.sites)
+        _site(facts.sites[name], bool(facts.servers), facts.run_numbers)
+        for name in sorted(facts.sites)
     )
-    servers = "".join(_server(facts.servers[name]) for name in sorted(facts.servers))
+    servers = "".join(
+        _server(facts.servers[name], facts.run_numbers)
+        for name in sorted(facts.servers)
+    )
     body = [
         "<header><h1>slidefed audit report</h1>",
         f'<p class="muted">Generated {esc(when)} by slidefed {esc(__version__)} from '
@@ -1017,7 +1065,7 @@ __all__ = [
     "Charge",
     "Facts",
     "Note",
-    "Release",
+    "ReleaseRow",
     "Row",
     "RunView",
     "ServerView",

@@ -119,7 +119,9 @@ def main(grid: Grid, context: Context) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     audit = server_audit(run_dir)
     checkpoints = Checkpoints(run_dir)
-    model = build_model(run.task, feature_dim(run.encoder), seed=run.seed)
+    model = build_model(
+        run.task, feature_dim(run.encoder), seed=run.seed, n_classes=run.n_classes()
+    )
     arrays = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     offset, state, rows = 0, {}, []
     if run.resume and (last := checkpoints.latest()) is not None:

@@ -111,6 +111,7 @@ class ValidatingMixin:
                 "bytes_in": 0,
                 "bytes_out": 0,
                 "train_seconds_max": 0.0,
+                "train_seconds_sum": 0.0,
                 "aggregate_seconds": 0.0,
             },
         )
@@ -204,9 +205,9 @@ class ValidatingMixin:
                 msg.content[key] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
             metrics = _metrics(msg.content)
             info["epsilon_per_site"][node] = _number(metrics.get("epsilon"))
-            info["train_seconds_max"] = max(
-                info["train_seconds_max"], _number(metrics.get("train_seconds")) or 0.0
-            )
+            seconds = _number(metrics.get("train_seconds")) or 0.0
+            info["train_seconds_max"] = max(info["train_seconds_max"], seconds)
+            info["train_seconds_sum"] += seconds
             nbytes = sum(a.numpy().nbytes for a in record.values())
             info["bytes_in"] += nbytes
             self._audit(
@@ -245,7 +246,12 @@ class ValidatingMixin:
         info["sites_evaluated"] = len(valid)
         if not valid:
             return None
-        metrics: MetricRecord | None = super().aggregate_evaluate(absolute, valid)  # type: ignore[misc]
+        # Sites may release different keys (per-class metrics of the classes they
+        # hold), which Flower's own check refuses; the weighted mean takes each key
+        # over the sites that sent it.
+        metrics: MetricRecord | None = weighted_metrics(
+            [m.content for m in valid], WEIGHT_KEY
+        )
         if metrics is not None:
             info["eval"] = dict(metrics)
         return metrics

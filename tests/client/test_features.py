@@ -5,10 +5,14 @@ import pytest
 
 from slidefed.client.features import (
     FeatureCache,
+    HashMemo,
     HedEncoder,
     cache_key,
+    encoder_cache_id,
     get_encoder,
+    readers_id,
     rgb_to_hed,
+    slide_sha256,
 )
 from slidefed.client.prepare import prepare_site
 from slidefed.common.config import load_site_config
@@ -81,3 +85,79 @@ def test_prepare_caches_and_tumour_tiles_have_more_haematoxylin(
         h = np.sort(cache.load(s.key)[:, 3])
         top[labels[s.slide]].append(float(h[-3:].mean()))
     assert np.mean(top["1"]) > np.mean(top["0"]) + 0.1
+
+
+# ------------------------------------------------------------------ registry
+def _timm_missing() -> bool:
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+def test_timm_encoder_needs_a_weights_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"needs features\.weights"):
+        get_encoder("timm:vit_small_patch16_224")
+    with pytest.raises(ConfigError, match="file not found"):
+        get_encoder("timm:vit_small_patch16_224", weights=tmp_path / "none.pth")
+
+
+@pytest.mark.skipif(not _timm_missing(), reason="timm is installed here")
+def test_timm_encoder_without_timm_names_the_extra(tmp_path: Path) -> None:
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"0" * 16)
+    with pytest.raises(ConfigError, match=r"needs the 'timm' extra: pip install"):
+        get_encoder("timm:vit_small_patch16_224", weights=weights)
+
+
+def test_encoder_cache_id_carries_the_weights_hash(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.pth", tmp_path / "b.pth"
+    a.write_bytes(b"weights one")
+    b.write_bytes(b"weights two")
+    assert encoder_cache_id("hed") == "hed-v1"
+    id_a = encoder_cache_id("timm:vit_large_patch16_224", a)
+    assert id_a.startswith("timm:vit_large_patch16_224:")
+    assert id_a == encoder_cache_id("timm:vit_large_patch16_224", a)
+    assert id_a != encoder_cache_id("timm:vit_large_patch16_224", b)
+    with pytest.raises(ConfigError, match="unknown"):
+        encoder_cache_id("timm:")
+
+
+def test_timm_tiny_model_with_random_weights() -> None:
+    pytest.importorskip("timm")
+    from slidefed.client.features import TimmEncoder
+
+    enc = TimmEncoder("vit_tiny_patch16_224", None, device="cpu", batch_size=2)
+    tiles = np.random.default_rng(0).integers(0, 255, (3, 224, 224, 3), np.uint8)
+    out = enc.encode(tiles)
+    assert out.shape == (3, enc.dim)
+    assert out.dtype == np.float32
+    assert enc.encoder_id == "timm:vit_tiny_patch16_224:random0"
+
+
+# ---------------------------------------------------------- hashes and skips
+def test_slide_hash_of_a_folder_and_the_memo(tmp_path: Path) -> None:
+    folder = tmp_path / "series"
+    folder.mkdir()
+    (folder / "a.dcm").write_bytes(b"level zero")
+    (folder / "b.dcm").write_bytes(b"level one")
+    first = slide_sha256(folder)
+    memo = HashMemo()
+    assert memo.sha256(folder) == first
+    memo.save(tmp_path / "hashes.json")
+    again = HashMemo.load(tmp_path / "hashes.json")
+    assert again.sha256(folder) == first
+    (folder / "b.dcm").write_bytes(b"level one, rescanned")
+    assert again.sha256(folder) != first
+    assert HashMemo.load(tmp_path / "missing.json").entries == {}
+
+
+def test_skip_records_hold_for_the_same_readers(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path)
+    assert cache.load_skip("k") is None
+    cache.save_skip("k", "no tissue found")
+    assert cache.load_skip("k") == "no tissue found"
+    record = cache.skip_path("k").read_text()
+    cache.skip_path("k").write_text(record.replace(readers_id(), "slidefed-0.0.0"))
+    assert cache.load_skip("k") is None

@@ -1,9 +1,13 @@
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import tifffile
+import tiffslide
 
-from slidefed.client.slides import open_slide
-from slidefed.client.tiling import plan_tiles, read_tile
+from slidefed.client.slides import TiffSlideSource, open_slide, ycbcr_to_rgb
+from slidefed.client.tiling import iter_tiles, plan_tiles, read_tile
 from slidefed.client.tissue import tissue_mask
 from slidefed.common.config import TilingSection
 from slidefed.common.errors import SlideReadError
@@ -87,3 +91,173 @@ def test_real_slide_without_mpp_needs_fallback(shared_data: Path) -> None:
             plan_tiles(slide, TilingSection())
         grid = plan_tiles(slide, TilingSection(fallback_mpp=0.5))
     assert grid.coords
+
+
+# ------------------------------------------------------------ formats and errors
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("a.svs", b"", "empty file"),
+        ("a.svs", b"\x89PNG\r\n\x1a\n" + bytes(64), "PNG image"),
+        ("a.tif", b"\xff\xd8\xff\xe0" + bytes(64), "plain JPEG image"),
+        ("a.svs", b"PK\x03\x04" + bytes(64), "ZIP archive"),
+        ("a.czi", b"ZISRAWFILE" + bytes(64), "Zeiss CZI is an unsupported format"),
+        ("a.mrxs", b"[GENERAL]\nSLIDE_ID=1\n", "MRXS is an unsupported format"),
+        ("a.ndpi", bytes(range(256)) * 2, "unrecognised format"),
+    ],
+)
+def test_non_slides_are_named_with_a_reason(
+    tmp_path: Path, name: str, content: bytes, reason: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(SlideReadError, match=reason) as info:
+        open_slide(path)
+    assert info.value.path == str(path)
+    assert "\n" not in str(info.value)
+
+
+def test_cut_svs_is_truncated_at_open(shared_data: Path, tmp_path: Path) -> None:
+    data = (shared_data / "slides" / "aperio" / "CMU-1-Small-Region.svs").read_bytes()
+    cut = tmp_path / "cut.svs"
+    cut.write_bytes(data[:600_000])
+    with pytest.raises(SlideReadError, match="file is truncated"):
+        open_slide(cut)
+
+
+def test_sixteen_bit_slides_are_unsupported(tmp_path: Path) -> None:
+    path = tmp_path / "u16.tif"
+    data = np.zeros((512, 512, 3), np.uint16)
+    tifffile.imwrite(path, data, tile=(256, 256), photometric="rgb")
+    with pytest.raises(SlideReadError, match="unsupported pixel type uint16"):
+        open_slide(path)
+
+
+def test_greyscale_slides_read_as_rgb(tmp_path: Path) -> None:
+    path = tmp_path / "grey.tif"
+    grey = np.tile(np.arange(512, dtype=np.uint16)[None] % 256, (512, 1)).astype(
+        np.uint8
+    )
+    tifffile.imwrite(path, grey, tile=(256, 256), compression="zlib")
+    with open_slide(path) as slide:
+        rgb = slide.read_region((100, 10), 0, (300, 20))
+    assert rgb.shape == (20, 300, 3)
+    np.testing.assert_array_equal(rgb[..., 0], grey[10:30, 100:400])
+    np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
+
+
+# ---------------------------------------------------------------- fast path
+@pytest.fixture(scope="module")
+def pyramid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("pyr") / "s.tif"
+    write_synthetic_slide(path, seed=5, tumour=True, width=2048, height=1536)
+    return path
+
+
+def test_aligned_tiles_equal_tiffslide_read_region(pyramid: Path) -> None:
+    tiling = TilingSection(target_mpp=0.5, tile_size=256, tissue_fraction=0.01)
+    with open_slide(pyramid) as slide, tiffslide.TiffSlide(pyramid) as ts:
+        grid = plan_tiles(slide, tiling)
+        assert (grid.level, grid.read_size, grid.resize) == (0, 256, False)
+        assert slide.stored_tile_size(0) == (256, 256)
+        assert all(x % 256 == 0 and y % 256 == 0 for x, y in grid.coords)
+        for batch in iter_tiles(slide, grid, 16):
+            for xy, tile in zip(batch.coords, batch.tiles, strict=True):
+                ref = ts.read_region(xy, 0, (256, 256), as_array=True)
+                assert np.array_equal(tile, ref), xy
+        assert len(grid.coords) > 20
+
+
+def test_aligned_level_one_tiles_equal_stored_level(pyramid: Path) -> None:
+    tiling = TilingSection(target_mpp=1.0, tile_size=256, tissue_fraction=0.01)
+    with open_slide(pyramid) as slide, tiffslide.TiffSlide(pyramid) as ts:
+        grid = plan_tiles(slide, tiling)
+        stored: Any = ts.zarr_group["1"]
+        level1 = np.asarray(stored[:])
+        assert (grid.level, grid.read_size) == (1, 256)
+        for batch in iter_tiles(slide, grid, 16):
+            for xy, tile in zip(batch.coords, batch.tiles, strict=True):
+                lx, ly = grid.level_xy(xy)
+                assert np.array_equal(tile, level1[ly : ly + 256, lx : lx + 256])
+
+
+def test_real_svs_aligned_240_tiles_equal_read_region(shared_data: Path) -> None:
+    path = shared_data / "slides" / "aperio" / "CMU-1-Small-Region.svs"
+    tiling = TilingSection(target_mpp=0.499, tile_size=240, tissue_fraction=0.01)
+    with open_slide(path) as slide, tiffslide.TiffSlide(path) as ts:
+        grid = plan_tiles(slide, tiling)
+        assert (grid.read_size, grid.resize) == (240, False)
+        for batch in iter_tiles(slide, grid, 32):
+            for xy, tile in zip(batch.coords, batch.tiles, strict=True):
+                ref = ts.read_region(xy, 0, (240, 240), as_array=True)
+                assert int(np.abs(tile.astype(int) - ref).max()) == 0
+
+
+@pytest.mark.filterwarnings("ignore:location=.*out-of-bounds:UserWarning")
+def test_unaligned_regions_equal_tiffslide(pyramid: Path) -> None:
+    rng = np.random.default_rng(0)
+    with open_slide(pyramid) as slide, tiffslide.TiffSlide(pyramid) as ts:
+        for _ in range(20):
+            level = int(rng.integers(0, 2))
+            w, h = (int(v) for v in rng.integers(1, 600, 2))
+            x, y = (int(v) for v in rng.integers(-100, 2000, 2))
+            ours = slide.read_region((x, y), level, (w, h))
+            ref = ts.read_region((x, y), level, (w, h), as_array=True)
+            np.testing.assert_array_equal(ours, ref)
+
+
+def test_decoded_tile_cache_is_bounded(pyramid: Path) -> None:
+    budget = 4 * 256 * 256 * 3
+    with TiffSlideSource(pyramid, cache_bytes=budget) as slide:
+        grid = plan_tiles(slide, TilingSection(tissue_fraction=0.01))
+        for _ in iter_tiles(slide, grid, 8):
+            assert slide._cache.used <= budget
+        assert slide.tiles_decoded > 0
+
+
+def test_unreadable_tiles_are_skipped_and_named(pyramid: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(pyramid.read_bytes())
+    with tifffile.TiffFile(bad) as tf:
+        page = tf.pages[0]
+        offset, count = int(page.dataoffsets[9]), int(page.databytecounts[9])
+    with bad.open("r+b") as fh:  # tile (1, 1) of level 0: garbage bytes
+        fh.seek(offset)
+        fh.write(b"\x00" * min(count, 64))
+    tiling = TilingSection(target_mpp=0.5, tile_size=256, tissue_fraction=0.01)
+    with open_slide(bad) as slide:
+        grid = plan_tiles(slide, tiling)
+        assert (256, 256) in grid.coords
+        batches = list(iter_tiles(slide, grid, 64, skip_unreadable=True))
+        failed = [xy for b in batches for xy, _ in b.failed]
+        assert failed == [(256, 256)]
+        assert sum(len(b.coords) for b in batches) == len(grid.coords) - 1
+        with pytest.raises(SlideReadError, match=r"bad\.tif: level 0 region"):
+            list(iter_tiles(slide, grid, 64))
+
+
+def test_ycbcr_conversion_inverts_jfif_rgb_to_ycbcr() -> None:
+    rgb = np.random.default_rng(1).integers(0, 256, (32, 32, 3)).astype(np.float64)
+    y = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+    cb = 128 - 0.168736 * rgb[..., 0] - 0.331264 * rgb[..., 1] + 0.5 * rgb[..., 2]
+    cr = 128 + 0.5 * rgb[..., 0] - 0.418688 * rgb[..., 1] - 0.081312 * rgb[..., 2]
+    ycc = np.clip(np.rint(np.stack([y, cb, cr], -1)), 0, 255).astype(np.uint8)
+    back = ycbcr_to_rgb(ycc).astype(int)
+    assert np.abs(back - rgb).max() <= 2
+
+
+def test_tiling_bench_runs_small() -> None:
+    from slidefed.bench.tiling import bench_tiling
+
+    result = bench_tiling(size=768, big=1024, reps=1)
+    for key in (
+        "tiles_per_s",
+        "floor_tiles_per_s",
+        "naive_tiles_per_s",
+        "ratio_to_floor",
+        "ratio_to_naive",
+        "speedup_2_processes",
+    ):
+        assert result[key] > 0
+    assert result["20x_from_40x_jpeg"]["read_size"] == 512
+    assert result["aligned_jpeg2000"]["tiles"] > 0

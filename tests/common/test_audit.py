@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from slidefed.common.audit import (
     GENESIS_HASH,
+    AuditHead,
     AuditLog,
     AuditRecord,
     Problem,
@@ -25,6 +26,7 @@ from slidefed.common.audit import (
     head_path,
     line_hash,
     read_records,
+    verify_and_read,
     verify_log,
 )
 from slidefed.common.crypto import generate_audit_key, key_id, load_audit_key
@@ -532,6 +534,79 @@ def test_crash_before_the_first_head(tmp_path: Path) -> None:
 
     assert record.seq == 1
     assert verify_log(path).ok
+
+
+# --- how records are authenticated -----------------------------------------------
+
+
+def _rechain_after(
+    lines: list[bytes], index: int, key: Ed25519PrivateKey, path: Path
+) -> None:
+    """Re-sign every line after ``index`` onto the chain, and the head, with ``key``."""
+    for i in range(index + 1, len(lines)):
+        lines[i] = _resign(lines[i], key, prev_hash=line_hash(lines[i - 1].rstrip()))
+    _write(path, lines)
+    last = lines[-1].rstrip(b"\n")
+    seq = _parse(last).seq
+    payload = canonical_json({"hash": line_hash(last), "seq": seq})
+    head = AuditHead(
+        seq=seq,
+        hash=line_hash(last),
+        key_id=key_id(key.public_key()),
+        signature=base64.b64encode(key.sign(payload)).decode(),
+    )
+    head_path(path).write_bytes(head.to_bytes())
+
+
+def test_the_head_vouches_for_the_chain_unless_every_signature(tmp_path: Path) -> None:
+    """Only the key holder can write a bad signature that the head vouches for."""
+    path, key, _records = _new_log(tmp_path)
+    lines = _lines(path)
+    record = _parse(lines[1])
+    wrong = base64.b64encode(key.sign(b"something else")).decode()
+    lines[1] = record.model_copy(update={"signature": wrong}).to_line() + b"\n"
+    _rechain_after(lines, 1, key, path)
+
+    vouched = verify_log(path)
+    strict = verify_log(path, every_signature=True)
+
+    assert vouched.ok, vouched.summary()
+    assert [(p.line, p.kind) for p in strict.problems] == [(2, "forged")]
+
+
+def test_every_signature_passes_an_intact_log(tmp_path: Path) -> None:
+    path, _key, _records = _new_log(tmp_path)
+
+    assert verify_log(path, every_signature=True).ok
+
+
+def test_records_after_a_lagging_head_keep_their_own_check(tmp_path: Path) -> None:
+    path, key, _records = _new_log(tmp_path, n=3)
+    old_head = head_path(path).read_bytes()
+    AuditLog(path, key=key, actor="site", actor_name="hospital-a").append("late")
+    head_path(path).write_bytes(old_head)
+    lines = _lines(path)
+    lines[-1] = _resign(
+        lines[-1], Ed25519PrivateKey.generate(), claim=_parse(lines[-1]).key_id
+    )
+    _write(path, lines)
+
+    problem = _first(verify_log(path))
+
+    assert (problem.line, problem.kind) == (4, "edited")
+
+
+def test_verify_and_read_returns_numbered_records(tmp_path: Path) -> None:
+    path, _key, written = _new_log(tmp_path)
+    lines = _lines(path)
+    lines[2] = b"not json\n"
+    _write(path, lines)
+
+    result, records = verify_and_read(path)
+
+    assert not result.ok
+    assert [r.line for r in records] == [1, 2, 4, 5]
+    assert [r.record for r in records] == [written[0], written[1], *written[3:]]
 
 
 # --- properties --------------------------------------------------------------------

@@ -1,0 +1,153 @@
+"""``slidefed bench round``: what a federated round costs beyond local training.
+
+Sites share one prepared synthetic dataset (their own ledgers, audit logs and keys)
+so that 10 or 50 virtual sites fit this machine. The round is run on Flower's
+simulation engine with the real ServerApp and ClientApp at the demo's settings. In
+the same run the same model tensors are sent with plain ``torch.save`` over a local
+socket, the baseline for moving updates at all.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _shared_site(root: Path, seed: int) -> Path:
+    from slidefed.client.prepare import prepare_site
+    from slidefed.common.config import load_site_config
+    from slidefed.common.synth import synth_site
+
+    shared = root / "shared"
+    synth_site(shared, patients=16, seed=seed, width=1024, height=768)
+    (shared / "site.toml").write_text('[site]\nname = "shared"\n')
+    prepare_site(load_site_config(shared / "site.toml"), workers=2)
+    return shared
+
+
+def _sites(root: Path, shared: Path, n: int) -> list[Path]:
+    from slidefed.client.site import ensure_audit_key
+    from slidefed.common.config import load_site_config
+
+    paths = []
+    for i in range(n):
+        folder = root / f"site-{i:03d}"
+        (folder / "state").mkdir(parents=True)
+        (folder / "state" / "cache").symlink_to(shared / "state" / "cache")
+        toml = folder / "site.toml"
+        toml.write_text(
+            f'[site]\nname = "site-{i:03d}"\nmanifest = "{shared / "manifest.csv"}"\n'
+            f'slides_root = "{shared}"\n[policy]\nmin_eval_patients = 3\n'
+        )
+        ensure_audit_key(load_site_config(toml))
+        paths.append(toml)
+    return paths
+
+
+def socket_baseline(state: dict[str, Any], copies: int) -> tuple[float, int]:
+    """Seconds and bytes to send ``copies`` torch.save blobs over a local socket."""
+    import torch
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    received = [0]
+
+    def receive() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while chunk := conn.recv(1 << 20):
+                received[0] += len(chunk)
+
+    thread = threading.Thread(target=receive)
+    thread.start()
+    start = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        for _ in range(copies):
+            buf = io.BytesIO()
+            torch.save({k: torch.from_numpy(v) for k, v in state.items()}, buf)
+            client.sendall(buf.getvalue())
+    thread.join()
+    server.close()
+    return time.perf_counter() - start, received[0]
+
+
+def wire_bytes(state: dict[str, np.ndarray]) -> int:
+    """Bytes of one update as Flower serialises it (ArrayRecord protobuf)."""
+    from flwr.app import Array, ArrayRecord
+    from flwr.common.serde import array_record_to_proto
+
+    record = ArrayRecord({k: Array(v) for k, v in state.items()})
+    return len(array_record_to_proto(record).SerializeToString())
+
+
+def measure(
+    n_sites: int, *, rounds: int = 2, seed: int = 0, workdir: Path | None = None
+) -> dict[str, Any]:
+    """One federation of ``n_sites``; the last round's overhead."""
+    from slidefed.common.config import RunConfig
+    from slidefed.common.model import build_model, feature_dim
+    from slidefed.simulation import run_simulation
+
+    root = workdir or Path(tempfile.mkdtemp(prefix="slidefed-bench-round-"))
+    shared = (
+        _shared_site(root, seed) if not (root / "shared").is_dir() else root / "shared"
+    )
+    fed = root / f"n{n_sites}-{time.time_ns()}"
+    sites = _sites(fed, shared, n_sites)
+    cpus = os.cpu_count() or 1
+    run = RunConfig(
+        num_server_rounds=rounds,
+        local_epochs=4,
+        batch_size=8,
+        lr=0.03,
+        min_sites=n_sites,
+        run_dir=str(fed / "run"),
+        run_name=str(fed),
+        sim_sites=",".join(str(s) for s in sites),
+    )
+    run_simulation(run, n_sites=n_sites, total_cpus=cpus)
+    rows = [
+        json.loads(x) for x in (fed / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    last = rows[-1]
+    parallel = min(cpus, n_sites)
+    training = last["train_seconds_sum"] / parallel
+    model = build_model("abmil", feature_dim("hed"), seed=seed)
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    sock_seconds, sock_bytes = socket_baseline(state, 2 * n_sites)
+    raw = sum(v.nbytes for v in state.values())
+    overhead = max(last["seconds"] - training - sock_seconds, 0.0)
+    return {
+        "sites": n_sites,
+        "round": last["round"],
+        "round_seconds": last["seconds"],
+        "local_training_seconds": round(training, 3),
+        "socket_baseline_seconds": round(sock_seconds, 4),
+        "overhead_seconds": round(overhead, 3),
+        "overhead_fraction": round(overhead / last["seconds"], 4),
+        "bytes_ratio": round(wire_bytes(state) / raw, 4),
+        "torch_save_bytes_ratio": round(sock_bytes / (2 * n_sites) / raw, 4),
+        "raw_update_bytes": raw,
+        "cpus": cpus,
+    }
+
+
+def bytes_ratio_large() -> float:
+    """Wire bytes over raw fp32 bytes for a UNI-sized ABMIL (1024 -> 256)."""
+    from slidefed.common.model import ABMIL
+
+    model = ABMIL(1024, hidden=256, attention=128)
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    return float(round(wire_bytes(state) / sum(v.nbytes for v in state.values()), 5))
+
+
+__all__ = ["bytes_ratio_large", "measure", "socket_baseline", "wire_bytes"]

@@ -1,0 +1,519 @@
+"""A real federation on 127.0.0.1: TLS, SuperNode authentication, code approval.
+
+One coordinator (``slidefed server init/start/register-site``) and three sites
+(``slidefed site start``: flower-supernode + the approving executor) run as real
+processes, each in its own session and with its own ``FLWR_HOME``; the module shares
+them. Runs are submitted with ``flwr run`` and judged by ``flwr ls`` (``flwr run``
+exits 0 even when a run fails).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from slidefed.client.deploy import free_port
+from slidefed.common.pki import ensure_ca
+from slidefed.common.synth import synth_site
+from slidefed.simulation import write_app_dir
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+N_SITES = 3
+ROUNDS = 2
+
+PROBE_PYPROJECT = """\
+[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "probe-app"
+version = "0.0.1"
+
+[tool.flwr.app]
+publisher = "tests"
+
+[tool.flwr.app.components]
+serverapp = "probe.server:app"
+clientapp = "probe.client:app"
+
+[tool.flwr.app.config]
+out = ""
+nodes = 3
+"""
+
+# Importing this module is running the app's code: it leaves a mark in the state
+# folder of the site that ran it (FLWR_HOME is <state>/flwr there).
+PROBE_CLIENT = """\
+import os
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+Path(os.environ["FLWR_HOME"]).parent.joinpath("probe-app-ran").write_text("ran")
+
+app = ClientApp()  # attaches no egress guard of its own
+
+
+@app.train()
+def train(msg, context):
+    tile = np.zeros((224, 224, 3), dtype=np.uint8)
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({"tile": Array(tile)}),
+            "config": ConfigRecord({"patient_id": "P-000417"}),
+        }
+    )
+    return Message(content, reply_to=msg)
+"""
+
+PROBE_SERVER = """\
+import json
+import time
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import ServerApp
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid, context):
+    want = int(context.run_config["nodes"])
+    deadline = time.monotonic() + 60
+    nodes = list(grid.get_node_ids())
+    while len(nodes) < want and time.monotonic() < deadline:
+        time.sleep(1)
+        nodes = list(grid.get_node_ids())
+    messages = [
+        Message(
+            RecordDict({"config": ConfigRecord({"server-round": 1})}),
+            dst_node_id=node,
+            message_type="train",
+        )
+        for node in nodes
+    ]
+    replies = grid.send_and_receive(messages, timeout=120)
+    rows = [
+        {
+            "node": r.metadata.src_node_id,
+            "code": r.error.code if r.has_error() else 0,
+            "reason": r.error.reason if r.has_error() else "",
+        }
+        for r in replies
+    ]
+    Path(str(context.run_config["out"])).write_text(json.dumps(rows))
+"""
+
+
+def _wait(
+    what: str, check: Callable[[], Any], timeout: float, every: float = 1.0
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclass
+class Federation:
+    root: Path
+    port: int
+    coord: Path
+    sites: list[Path]
+    node_ids: dict[str, int]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def ca(self) -> Path:
+        return self.coord / "pki" / "ca.crt"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def env(self, flwr_home: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            FLWR_HOME=str(flwr_home),
+            FLWR_TELEMETRY_ENABLED="0",
+            FLWR_DISABLE_UPDATE_CHECK="1",
+            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        )
+        return env
+
+    def run(self, *argv: str, home: Path | None = None, timeout: float = 120) -> str:
+        """Run a command to completion; fail the test on a non-zero exit."""
+        done = subprocess.run(
+            [str(BIN / argv[0]), *argv[1:]],
+            env=self.env(home or self.root / "cli-home"),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.root,
+        )
+        assert done.returncode == 0, f"{argv}: {done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    def start(self, name: str, *argv: str, home: Path) -> subprocess.Popen[bytes]:
+        """Start a long-running process in its own session, logging to a file."""
+        log = (self.root / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            [str(BIN / argv[0]), *argv[1:]],
+            env=self.env(home),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=self.root,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def flwr(self, *argv: str, timeout: float = 60) -> dict[str, Any]:
+        """A ``flwr`` CLI command against the SuperLink, answer as JSON."""
+        out = self.run(
+            "flwr",
+            *argv,
+            "--format",
+            "json",
+            home=self.coord / "state" / "flwr",
+            timeout=timeout,
+        )
+        data: dict[str, Any] = json.loads(out[out.index("{") :])
+        return data
+
+    def online_nodes(self) -> int:
+        nodes = self.flwr("supernode", "ls", "slidefed").get("nodes", [])
+        return sum(1 for n in nodes if n.get("status") == "online")
+
+    def submit(self, app: Path, run_config: str) -> int:
+        answer = self.flwr("run", str(app), "slidefed", "--run-config", run_config)
+        assert answer.get("success"), answer
+        return int(answer["run-id"])
+
+    def wait_finished(self, run_id: int, timeout: float) -> str:
+        def status() -> str | None:
+            runs = self.flwr("ls", "slidefed", "--run-id", str(run_id)).get("runs", [])
+            value = str(runs[0]["status"]) if runs else ""
+            return value if value.startswith("finished") else None
+
+        result: str = _wait(f"run {run_id} to finish", status, timeout, every=3)
+        return result
+
+    def audit(self, site: Path) -> list[dict[str, Any]]:
+        path = site / "audit" / "audit.jsonl"
+        return (
+            [json.loads(line) for line in path.read_text().splitlines()]
+            if path.is_file()
+            else []
+        )
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            # Children that outlived their leader (same process group).
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _health(ca: Path, address: str) -> bool:
+    context = ssl.create_default_context(cafile=str(ca))
+    try:
+        with urllib.request.urlopen(
+            f"https://{address}/health", context=context, timeout=2
+        ) as answer:
+            return int(answer.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _make_site(fed: Federation, index: int) -> Path:
+    folder = fed.root / f"site-{index}"
+    # Small slides keep preparation short; the generator is `slidefed synth site`'s.
+    synth_site(folder, patients=12, seed=index, width=1024, height=768)
+    fed.run("slidefed", "site", "init", str(folder), "--name", f"site-{index}")
+    (folder / "site.toml").write_text(
+        f'[site]\nname = "site-{index}"\n\n[policy]\nmin_eval_patients = 3\n'
+    )
+    fed.run("slidefed", "site", "node-key", "--config", str(folder / "site.toml"))
+    return folder
+
+
+def _bare_site(folder: Path) -> Path:
+    """A site with a config only: 'site start' makes its keys itself."""
+    folder.mkdir()
+    (folder / "site.toml").write_text(f'[site]\nname = "{folder.name}"\n')
+    return folder
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    root = tmp_path_factory.mktemp("federation")
+    port = free_port()
+    coord = root / "coordinator"
+    fed = Federation(root=root, port=port, coord=coord, sites=[], node_ids={})
+    try:
+        fed.run("slidefed", "server", "init", str(coord), "--port", str(port))
+        config = str(coord / "server.toml")
+        app = write_app_dir(root / "slidefed-app")
+        fed.sites = [_make_site(fed, i) for i in range(N_SITES)]
+        for site in fed.sites:
+            toml = str(site / "site.toml")
+            fed.run(
+                "slidefed", "site", "approve", "--config", toml, "--app-dir", str(app)
+            )
+        preparing = [
+            subprocess.Popen(
+                [
+                    str(BIN / "slidefed"),
+                    "site",
+                    "prepare",
+                    "--config",
+                    str(s / "site.toml"),
+                ],
+                env=fed.env(root / "cli-home"),
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            for s in fed.sites
+        ]
+        fed.start(
+            "superlink",
+            "slidefed",
+            "server",
+            "start",
+            "--config",
+            config,
+            home=root / "unused",
+        )
+        _wait(
+            "the SuperLink's /health over TLS", lambda: _health(fed.ca, fed.address), 60
+        )
+        for site in fed.sites:
+            out = fed.run(
+                "slidefed", "server", "register-site",
+                str(site / "state" / "keys" / "node_key.pub"),
+                "--name", site.name, "--config", config,
+            )  # fmt: skip
+            fed.node_ids[site.name] = int(out.split(" as node ")[1].split(";")[0])
+        for proc in preparing:
+            assert proc.wait(timeout=180) == 0
+        for site in fed.sites:
+            fed.start(
+                site.name,
+                "slidefed", "site", "start", "--config", str(site / "site.toml"),
+                "--superlink", fed.address, "--ca", str(fed.ca),
+                home=site / "cli-home",
+            )  # fmt: skip
+        _wait("three sites online", lambda: fed.online_nodes() == N_SITES, 90, every=2)
+        yield fed
+    finally:
+        fed.stop_all()
+
+
+@pytest.fixture(scope="module")
+def training_run(federation: Federation) -> tuple[int, str]:
+    run_dir = federation.root / "run"
+    run_id = federation.submit(
+        federation.root / "slidefed-app",
+        f"num-server-rounds={ROUNDS} min-sites={N_SITES} local-epochs=1 "
+        f"run-dir='{run_dir}'",
+    )
+    return run_id, federation.wait_finished(run_id, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def probe_run(
+    federation: Federation, training_run: tuple[int, str]
+) -> list[dict[str, Any]]:
+    """An app that only site-0 approves: it returns a tile image and a patient id."""
+    app = federation.root / "probe-app"
+    (app / "probe").mkdir(parents=True)
+    (app / "pyproject.toml").write_text(PROBE_PYPROJECT)
+    (app / "probe" / "__init__.py").write_text("")
+    (app / "probe" / "client.py").write_text(PROBE_CLIENT)
+    (app / "probe" / "server.py").write_text(PROBE_SERVER)
+    first = federation.sites[0] / "site.toml"
+    federation.run(
+        "slidefed", "site", "approve", "--config", str(first), "--app-dir", str(app)
+    )
+    out = federation.root / "probe-replies.json"
+    run_id = federation.submit(app, f"out='{out}' nodes={N_SITES}")
+    federation.wait_finished(run_id, timeout=150)
+    rows: list[dict[str, Any]] = json.loads(out.read_text())
+    return rows
+
+
+def test_tls_node_auth_federation_completes_two_rounds(
+    federation: Federation, training_run: tuple[int, str]
+) -> None:
+    run_id, status = training_run
+    assert status == "finished:completed", (
+        federation.root / "superlink.log"
+    ).read_text()[-4000:]
+    rows = [
+        json.loads(x)
+        for x in (federation.root / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))
+    for site in federation.sites:
+        events = [r for r in federation.audit(site) if r["run_id"] == run_id]
+        released = sorted(r["round"] for r in events if r["event"] == "update_released")
+        assert released == list(range(1, ROUNDS + 1)), (
+            site.name,
+            [e["event"] for e in events],
+        )
+        assert not [
+            r for r in events if r["event"] in ("egress_blocked", "app_refused")
+        ]
+        federation.run(
+            "slidefed", "audit", "verify", str(site / "audit" / "audit.jsonl")
+        )
+
+
+def test_tls_connections_are_encrypted_and_nodes_authenticated(
+    federation: Federation,
+) -> None:
+    nodes = federation.flwr("supernode", "ls", "slidefed")["nodes"]
+    assert {int(n["node-id"]) for n in nodes} == set(federation.node_ids.values())
+    with pytest.raises(OSError):  # plain HTTP is not served
+        urllib.request.urlopen(f"http://{federation.address}/health", timeout=3)
+
+
+def test_auth_unregistered_site_key_cannot_join(federation: Federation) -> None:
+    stranger = _bare_site(federation.root / "stranger")
+    done = subprocess.run(
+        [
+            str(BIN / "slidefed"),
+            "site",
+            "start",
+            "--config",
+            str(stranger / "site.toml"),
+            "--superlink",
+            federation.address,
+            "--ca",
+            str(federation.ca),
+            "--max-wait-time",
+            "20",
+        ],
+        env=federation.env(stranger / "cli-home"),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        start_new_session=True,
+    )
+    assert done.returncode != 0
+    assert "does not know this site's node key" in done.stderr
+    status = json.loads((stranger / "state" / "node-status.json").read_text())
+    assert status["cause"] == "not_registered"
+    assert federation.online_nodes() == N_SITES
+
+
+def test_tls_client_without_the_ca_cannot_connect(federation: Federation) -> None:
+    # A site given another CA refuses the SuperLink's certificate.
+    foreign = federation.root / "foreign-ca"
+    ensure_ca(foreign / "ca.crt", foreign / "ca.key")
+    outsider = _bare_site(federation.root / "outsider")
+    done = subprocess.run(
+        [
+            str(BIN / "slidefed"),
+            "site",
+            "start",
+            "--config",
+            str(outsider / "site.toml"),
+            "--superlink",
+            federation.address,
+            "--ca",
+            str(foreign / "ca.crt"),
+            "--max-wait-time",
+            "20",
+        ],
+        env=federation.env(federation.root / "foreign-home"),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        start_new_session=True,
+    )
+    assert done.returncode != 0
+    assert "certificate does not verify" in done.stderr
+    # The flwr CLI without the CA (system roots only) cannot reach the Control API.
+    home = federation.root / "no-ca-home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "x"\n[superlink.x]\naddress = "{federation.address}"\n'
+    )
+    out = subprocess.run(
+        [str(BIN / "flwr"), "ls", "x", "--format", "json"],
+        env=federation.env(home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    assert json.loads(out[out.index("{") :])["success"] is False
+    # Nor can a plain HTTPS client.
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"https://{federation.address}/health", timeout=3)
+    assert federation.online_nodes() == N_SITES
+
+
+def test_approv_unapproved_app_is_refused_before_any_of_its_code_runs(
+    federation: Federation, probe_run: list[dict[str, Any]]
+) -> None:
+    by_node = {int(r["node"]): r for r in probe_run}
+    assert len(by_node) == N_SITES
+    for site in federation.sites[1:]:
+        reply = by_node[federation.node_ids[site.name]]
+        assert reply["code"] != 0
+        assert "not approved" in reply["reason"]
+        assert not (site / "state" / "probe-app-ran").exists()
+        refused = [r for r in federation.audit(site) if r["event"] == "app_refused"]
+        assert len(refused) == 1
+        assert refused[0]["data"]["fab_id"] == "tests/probe-app"
+        assert len(refused[0]["data"]["fab_hash"]) == 64
+    # The site that approved it did run it: the mark proves the probe works.
+    assert (federation.sites[0] / "state" / "probe-app-ran").exists()
+
+
+def test_egress_site_runtime_stops_a_tile_image_and_a_patient_id(
+    federation: Federation, probe_run: list[dict[str, Any]]
+) -> None:
+    site = federation.sites[0]
+    reply = {int(r["node"]): r for r in probe_run}[federation.node_ids[site.name]]
+    assert reply["code"] == 4003
+    assert "egress guard blocked" in reply["reason"]
+    assert "P-000417" not in reply["reason"]
+    blocked = [r for r in federation.audit(site) if r["event"] == "egress_blocked"]
+    assert len(blocked) == 1
+    assert "P-000417" not in json.dumps(blocked[0])
