@@ -32,7 +32,7 @@ from slidefed.client.train import (
 )
 from slidefed.common.arrays import specs_of, update_nbytes, update_sha256
 from slidefed.common.config import RunConfig, parse_run_config
-from slidefed.common.errors import PolicyViolation, SlidefedError
+from slidefed.common.errors import AuditError, PolicyViolation, SlidefedError
 from slidefed.common.model import build_model, feature_dim
 
 logger = logging.getLogger(__name__)
@@ -123,15 +123,28 @@ def train(msg: Message, context: Context) -> Message:
     try:
         return _train(msg, context, run, site, server_round)
     except PolicyViolation as exc:
-        site.audit.append(
-            "round_refused", run_id=context.run_id, round=server_round, reason=str(exc)
-        )
+        _audit_quietly(site, "round_refused", context.run_id, server_round, str(exc))
         return _error(msg, REFUSED, f"site {site.config.site.name} refused: {exc}")
+    except (OSError, AuditError) as exc:
+        # Disk full or read-only state: a ledger or audit write failed before
+        # anything was released, so the round is refused; the files stay valid
+        # because both are written atomically or appended whole.
+        reason = f"site storage error ({getattr(exc, 'strerror', None) or exc}); round refused"
+        _audit_quietly(site, "round_refused", context.run_id, server_round, reason)
+        return _error(msg, REFUSED, reason)
     except SlidefedError as exc:
-        site.audit.append(
-            "round_failed", run_id=context.run_id, round=server_round, reason=str(exc)
-        )
+        _audit_quietly(site, "round_failed", context.run_id, server_round, str(exc))
         return _error(msg, FAILED, str(exc))
+
+
+def _audit_quietly(
+    site: Site, event: str, run_id: int, server_round: int, reason: str
+) -> None:
+    """Audit a refusal; if the audit log itself cannot be written, say so in the log."""
+    try:
+        site.audit.append(event, run_id=run_id, round=server_round, reason=reason)
+    except (OSError, AuditError):
+        logger.exception("the audit log could not record %s", event)
 
 
 def _train(
