@@ -123,3 +123,22 @@ def bench_round(
             f"{r['local_training_seconds']} s, overhead_fraction {r['overhead_fraction']}, "
             f"bytes_ratio {r['bytes_ratio']}"
         )
+
+
+@bench_app.command("robust")
+def bench_robust(
+    as_json: JsonOpt = False,
+    rounds: Annotated[int, typer.Option(help="Rounds per federation.")] = 3,
+) -> None:
+    """Held-out AUC of each strategy when one of four sites sends hostile updates."""
+    from slidefed.bench.robust import sweep
+
+    results = sweep(rounds=rounds)
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    for r in results:
+        print(
+            f"{r['strategy']:>14} {r['attack']:>10}: AUC {r['auc']}, "
+            f"rejected {r['rejected_updates']}"
+        )

@@ -114,7 +114,12 @@ def measure(
         run_name=str(fed),
         sim_sites=",".join(str(s) for s in sites),
     )
-    run_simulation(run, n_sites=n_sites, total_cpus=cpus)
+    from slidefed.bench.memory import PeakMemory
+
+    started = time.perf_counter()
+    with PeakMemory() as memory:
+        run_simulation(run, n_sites=n_sites, total_cpus=cpus)
+    total_seconds = time.perf_counter() - started
     rows = [
         json.loads(x) for x in (fed / "run" / "metrics.jsonl").read_text().splitlines()
     ]
@@ -138,6 +143,11 @@ def measure(
         "torch_save_bytes_ratio": round(sock_bytes / (2 * n_sites) / raw, 4),
         "raw_update_bytes": raw,
         "cpus": cpus,
+        "rounds": rounds,
+        "total_seconds": round(total_seconds, 1),
+        "sites_trained_per_round": [r.get("sites_trained", 0) for r in rows],
+        "peak_rss_mib": round(memory.peak / 2**20, 1),
+        "peak_rss_mib_per_site": round(memory.peak / 2**20 / n_sites, 2),
     }
 
 

@@ -281,6 +281,13 @@ def _processes(path: Path, *, reps: int, workers: int = 2) -> dict[str, Any]:
     }
 
 
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def bench_tiling(
     *, size: int = 4096, big: int = 8192, reps: int = 7, seed: int = 0
 ) -> dict[str, Any]:
@@ -298,6 +305,7 @@ def bench_tiling(
         Seed of the synthetic content.
     """
     started = time.perf_counter()
+    load_before = _load_average()
     with tempfile.TemporaryDirectory(prefix="slidefed-bench-") as tmp:
         folder = Path(tmp)
         image = _synthetic_image(folder, size, seed)
@@ -349,6 +357,8 @@ def bench_tiling(
             "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(),
             "single_process_cases": pinning,
+            # Other work on the machine skews the process comparison most.
+            "load_average_1min": [load_before, _load_average()],
         },
         "reps": reps,
         "seconds": round(time.perf_counter() - started, 1),
