@@ -69,7 +69,7 @@ def _enospc(*_args: object, **_kwargs: object) -> None:
 
 
 @pytest.fixture
-def app_site(small_site, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+def app_site(small_site, tmp_path: Path) -> Path:
     from slidefed.client.site import ensure_audit_key
 
     path = tmp_path / "site.toml"
@@ -81,7 +81,7 @@ def app_site(small_site, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def
     return path
 
 
-def _train_once(site_toml: Path, run_id: int = 42):  # type: ignore[no-untyped-def]
+def _train_once(site_toml: Path, run_id: int = 42):
     from slidefed.client.app import app
     from tests.client.test_app import _context, _message
 
