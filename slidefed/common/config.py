@@ -180,6 +180,8 @@ def dump_site_config(config: SiteConfig) -> str:
     lines: list[str] = []
     data = config.model_dump(mode="json", exclude={"base_dir"})
     for section, values in data.items():
+        if values is None:  # an optional section the site does not use
+            continue
         lines.append(f"[{section}]")
         for key, value in values.items():
             if value is None:

@@ -76,3 +76,13 @@ def test_run_config_parses_kebab_keys() -> None:
 def test_run_config_errors_name_the_key(config: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=rf"run config {key}=.*--run-config"):
         parse_run_config(config)
+
+
+def test_site_config_with_and_without_tiles_round_trips(tmp_path: Path) -> None:
+    from slidefed.common.config import TilesSection
+
+    for tiles in (None, TilesSection(labels=("ADI", "TUM"))):
+        config = SiteConfig(site=SiteSection(name="t"), tiles=tiles, base_dir=tmp_path)
+        path = tmp_path / "site.toml"
+        path.write_text(dump_site_config(config))
+        assert load_site_config(path).tiles == tiles
