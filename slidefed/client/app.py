@@ -129,6 +129,7 @@ def train(msg: Message, context: Context) -> Message:
         # Disk full or read-only state: a ledger or audit write failed before
         # anything was released, so the round is refused; the files stay valid
         # because both are written atomically or appended whole.
+        logger.warning("storage error in round %s", server_round, exc_info=True)
         reason = f"site storage error ({getattr(exc, 'strerror', None) or exc}); round refused"
         _audit_quietly(site, "round_refused", context.run_id, server_round, reason)
         return _error(msg, REFUSED, reason)

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from scipy import ndimage
 
 from slidefed.common.errors import ConfigError
+from slidefed.common.fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from slidefed.common.config import FeaturesSection
@@ -402,11 +403,7 @@ class HashMemo(BaseModel):
 
     def save(self, path: Path) -> None:
         """Write the memo atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(self.model_dump_json())
-        tmp.replace(path)
+        atomic_write_text(Path(path), self.model_dump_json())
 
     def sha256(self, slide: Path) -> str:
         """Content hash of ``slide``, from the memo when its signature matches."""
@@ -488,10 +485,7 @@ class FeatureCache:
         the slide again.
         """
         record = SkipRecord(reason=reason, readers=readers_id())
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.skip_path(key).with_suffix(".tmp")
-        tmp.write_text(record.model_dump_json())
-        tmp.replace(self.skip_path(key))
+        atomic_write_text(self.skip_path(key), record.model_dump_json())
 
     def load_skip(self, key: str) -> str | None:
         """The remembered skip reason of ``key``, or None."""

@@ -53,6 +53,7 @@ from slidefed.client.tiling import (
 )
 from slidefed.common.config import FeaturesSection, SiteConfig, TilingSection
 from slidefed.common.errors import SlideReadError
+from slidefed.common.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -355,10 +356,9 @@ class _Job(BaseModel):
 
 
 def _write_report(config: SiteConfig, report: PrepareReport) -> None:
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = config.state_dir / "prepare-report.json.tmp"
-    tmp.write_text(report.model_dump_json(indent=2))
-    tmp.replace(config.state_dir / "prepare-report.json")
+    atomic_write_text(
+        config.state_dir / "prepare-report.json", report.model_dump_json(indent=2)
+    )
 
 
 def _weights_path(config: SiteConfig) -> Path | None:
