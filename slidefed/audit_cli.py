@@ -101,16 +101,17 @@ def audit_report(
 
     Exit 1 when a log fails verification (the report is written and says why).
     """
-    from slidefed.common.audit_check import load_logs, summarise
+    from slidefed.common.audit_check import collector_paused, load_logs, summarise
     from slidefed.common.report import write_report
 
     _check_paths(logs)
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file name like report.html")
     trusted = _trusted_keys(keys)
-    loaded = load_logs(logs, public_keys=trusted, every_signature=every_signature)
-    result = summarise(loaded)
-    write_report(loaded, out, check=result, trusted_keys=trusted is not None)
+    with collector_paused():
+        loaded = load_logs(logs, public_keys=trusted, every_signature=every_signature)
+        result = summarise(loaded)
+        write_report(loaded, out, check=result, trusted_keys=trusted is not None)
     print(f"report written to {out}")
     if result.first_problem is not None:
         print(f"FAILED: first bad record {result.first_problem.summary()}")

@@ -141,7 +141,7 @@ def synthesise(
 
 def write_site_config(site: DemoSite) -> SiteConfig:
     """Write ``site.toml`` and the site's audit key."""
-    from slidefed.client.site import ensure_audit_key
+    from slidefed.client.keys import ensure_audit_key
 
     config = SiteConfig(
         site=SiteSection(name=site.name),

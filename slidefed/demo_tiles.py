@@ -88,7 +88,7 @@ def build_tile_sites(tiles_dir: Path, out: Path, *, seed: int) -> list[Path]:
             base_dir=root,
         )
         (root / "site.toml").write_text(dump_site_config(config))
-        from slidefed.client.site import ensure_audit_key
+        from slidefed.client.keys import ensure_audit_key
 
         ensure_audit_key(config)
         configs.append(root / "site.toml")

@@ -442,6 +442,51 @@ def test_cross_check_reports_unreadable_payloads(tmp_path: Path) -> None:
     assert "data.sha256" in result.first_problem.message
 
 
+def test_a_site_key_cannot_speak_for_another_site(
+    fed: Federation, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = tmp_path / "fake" / "audit.jsonl"
+    log = AuditLog(fake, key=fed.key_a, actor="site", actor_name="hospital-b")
+    log.append("update_released", run_id=RUN_ID, round=9, sha256=_sha("x", 9), bytes=1)
+
+    rc, out = _verify(capsys, *fed.logs, str(fake), "--keys", str(fed.keys))
+
+    assert rc == 1, out
+    assert _failed_line(out) == f"FAILED: first bad record {fake}:1: forged"
+    assert "which signs the records of site hospital-a" in out
+
+
+def test_a_record_in_the_name_of_another_actor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = tmp_path / "trusted"
+    keys.mkdir()
+    site, key = write_site(tmp_path / "c", keys, "hospital-c", [1.0])
+    AuditLog(site, key=key, actor="server", actor_name="server").append(
+        "round_completed", run_id=RUN_ID, round=1
+    )
+
+    rc, out = _verify(capsys, str(site), "--keys", str(keys))
+
+    assert rc == 1, out
+    assert _failed_line(out) == f"FAILED: first bad record {site}:4: forged"
+
+
+def test_another_actor_writing_into_a_site_log(
+    fed: Federation, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = AuditLog(
+        fed.site_a, key=_server_key(fed), actor="server", actor_name="server"
+    )
+    server.append("round_completed", run_id=RUN_ID, round=3, sites_trained=1)
+
+    rc, out = _verify(capsys, str(fed.site_a), "--keys", str(fed.keys))
+
+    assert rc == 1, out
+    assert _failed_line(out) == f"FAILED: first bad record {fed.site_a}:6: malformed"
+    assert "in the log of site hospital-a" in out
+
+
 # --- bad input: one line, exit 2 ------------------------------------------------------
 
 

@@ -24,9 +24,15 @@ from pathlib import Path
 import pytest
 
 from slidefed.common.audit import Actor, AuditLog, line_hash, read_records
-from slidefed.common.audit_check import load_logs
+from slidefed.common.audit_check import RoundCharged, load_logs
 from slidefed.common.crypto import generate_audit_key
-from slidefed.common.report import BUDGET_COLOUR, SERIES_COLOURS, build_report
+from slidefed.common.report import (
+    BUDGET_COLOUR,
+    SERIES_COLOURS,
+    Charge,
+    build_report,
+    epsilon_chart,
+)
 
 RUNS = (1111111111111111111, 2222222222222222222)
 
@@ -350,6 +356,40 @@ def test_runs_are_numbered_alike_across_the_page(tmp_path: Path) -> None:
     late_part = page[page.index('id="site-late"') :]
     assert '<span title="run id 80">2</span>' in late_part
     assert f'stroke="{SERIES_COLOURS[1]}"' in late_part.split("</svg>")[0]
+
+
+def test_long_histories_keep_the_chart_small() -> None:
+    charges = [
+        Charge(
+            "audit.jsonl",
+            i + 1,
+            7,
+            i + 1,
+            "2026-01-01T00:00:00+00:00",
+            data=RoundCharged(epsilon_after=0.0005 * i, epsilon_max=4.0),
+        )
+        for i in range(5000)
+    ]
+    over = charges[2000]
+    charges[2000] = Charge(
+        over.path,
+        over.line,
+        over.run_id,
+        over.round,
+        over.time,
+        data=RoundCharged(epsilon_after=4.5, epsilon_max=4.0),
+    )
+
+    svg = epsilon_chart("big", charges)
+
+    chart = charges_in(svg)
+    assert chart.epsilons == ["4.5", repr(0.0005 * 4999)]  # over budget, and the last
+    assert len(svg) < 100_000
+    assert "5000 charged rounds" in svg
+
+
+def charges_in(fragment: str) -> Chart:
+    return next(iter(charts(fragment).values()))
 
 
 # --- rendered by headless Chromium -------------------------------------------------

@@ -95,7 +95,9 @@ def bench_tiling(
     print(
         f"2 processes over 1: {procs['speedup_2_processes']}x "
         f"({procs['one_process_tiles_per_s']:.0f} -> "
-        f"{procs['two_processes_tiles_per_s']:.0f} tiles/s)"
+        f"{procs['two_processes_tiles_per_s']:.0f} tiles/s; core share of the "
+        f"busiest worker {procs['core_share_one_process']} -> "
+        f"{procs['core_share_two_processes']})"
     )
     for goal, met in result["goals"].items():
         print(f"goal {goal}: {'met' if met else 'NOT met'}")

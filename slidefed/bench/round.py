@@ -35,7 +35,7 @@ def _shared_site(root: Path, seed: int) -> Path:
 
 
 def _sites(root: Path, shared: Path, n: int) -> list[Path]:
-    from slidefed.client.site import ensure_audit_key
+    from slidefed.client.keys import ensure_audit_key
     from slidefed.common.config import load_site_config
 
     paths = []

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -237,47 +238,65 @@ def _case(
     }
 
 
-def _count_tiles(path: str, grid: TileGrid, coords: list[tuple[int, int]]) -> int:
-    """Worker: read its share of the tiles in batches, as ``site prepare`` does."""
+def _count_tiles(
+    path: str, grid: TileGrid, coords: list[tuple[int, int]]
+) -> tuple[int, float]:
+    """Worker: read its share of the tiles in batches, as ``site prepare`` does.
+
+    Returns the tiles read and the CPU seconds this worker spent on them.
+    """
+    cpu = time.process_time()
     slide = worker_slide(path)
     if isinstance(slide, TiffSlideSource):
         slide.clear_cache()
-    return sum(len(b.coords) for b in iter_tiles(slide, grid, 64, coords=coords))
+    n = sum(len(b.coords) for b in iter_tiles(slide, grid, 64, coords=coords))
+    return n, time.process_time() - cpu
 
 
 def _processes(path: Path, *, reps: int, workers: int = 2) -> dict[str, Any]:
+    """Tiles/s of one worker process against ``workers``, each with its share."""
     with TiffSlideSource(path) as slide:
         grid = _full_grid(slide, level=0, read_size=256, tile_size=256)
     coords = grid.coords
-    chunk = 64
-    chunks = [coords[i : i + chunk] for i in range(0, len(coords), chunk)]
     pools = {1: ProcessPoolExecutor(1), workers: ProcessPoolExecutor(workers)}
+    cpu: dict[int, list[float]] = {1: [], workers: []}
     try:
 
-        def runner(pool: ProcessPoolExecutor) -> Callable[[], int]:
+        def runner(n: int) -> Callable[[], int]:
+            # One contiguous share (rows of tiles) per worker and call.
+            share = math.ceil(len(coords) / n)
+            parts = [coords[i : i + share] for i in range(0, len(coords), share)]
+
             def run() -> int:
                 futures = [
-                    pool.submit(_count_tiles, str(path), grid, c) for c in chunks
+                    pools[n].submit(_count_tiles, str(path), grid, part)
+                    for part in parts
                 ]
-                return sum(f.result() for f in futures)
+                results = [f.result() for f in futures]
+                cpu[n].append(max(c for _, c in results))
+                return sum(k for k, _ in results)
 
             return run
 
         medians = interleaved_medians(
-            {"one": runner(pools[1]), "two": runner(pools[workers])},
-            reps=reps,
-            warmup=1,
+            {"one": runner(1), "two": runner(workers)}, reps=reps, warmup=1
         )
     finally:
         for pool in pools.values():
             pool.shutdown()
     one, two = len(coords) / medians["one"], len(coords) / medians["two"]
+    # CPU time of the busiest worker over wall time: 1.0 when each worker had
+    # a core to itself, lower when other work on the machine took its share.
+    share_one = statistics.median(cpu[1]) / medians["one"]
+    share_two = statistics.median(cpu[workers]) / medians["two"]
     return {
         "tiles": len(coords),
         "workers": workers,
         "one_process_tiles_per_s": round(one, 1),
         "two_processes_tiles_per_s": round(two, 1),
         "speedup_2_processes": round(two / one, 3),
+        "core_share_one_process": round(share_one, 3),
+        "core_share_two_processes": round(share_two, 3),
     }
 
 

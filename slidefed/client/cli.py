@@ -78,8 +78,9 @@ def site_init(
     folder: Annotated[Path, typer.Argument(help="Site folder to create.")],
     name: Annotated[str, typer.Option(help="Site name.")] = "site",
 ) -> None:
-    """Create site.toml with safe defaults and the site's audit key."""
-    from slidefed.client.site import ensure_audit_key
+    """Create site.toml with safe defaults, the site's audit key and node key."""
+    from slidefed.client.deploy import ensure_node_key
+    from slidefed.client.keys import ensure_audit_key
     from slidefed.common.config import SiteConfig, SiteSection, dump_site_config
 
     target = folder / "site.toml"
@@ -89,8 +90,10 @@ def site_init(
     config = SiteConfig(site=SiteSection(name=name), base_dir=folder.resolve())
     target.write_text(dump_site_config(config))
     ensure_audit_key(config)
+    node_pub = ensure_node_key(config)
     print(
-        f"wrote {target}; put manifest.csv next to it, then run "
+        f"wrote {target} and the site's keys; send {node_pub} to the coordinator; "
+        "put manifest.csv next to site.toml, then run "
         f"'slidefed site prepare --config {target}'"
     )
 

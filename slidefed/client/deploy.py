@@ -290,7 +290,7 @@ def build_site_launch(
             f"--superlink {superlink!r} must be HOST:PORT, e.g. superlink.example.org:8000"
         )
     if not config.audit_key_path.is_file():
-        from slidefed.client.site import ensure_audit_key  # loads torch: only if needed
+        from slidefed.client.keys import ensure_audit_key
 
         ensure_audit_key(config)
     key = node_key_path(config)

@@ -35,6 +35,7 @@ from slidefed.client.slides import (
     LevelInfo,
     SlideInfo,
     StoredTileReader,
+    is_dicom_file,
     quiet_loggers,
     to_rgb,
     ycbcr_to_rgb,
@@ -151,6 +152,8 @@ class DicomSlideSource(StoredTileReader):
         self._errors = _dicom_errors()
         if not self.path.exists():
             raise SlideReadError(str(self.path), "file not found")
+        if self.path.is_dir():
+            self._check_one_series()
         try:
             with quiet_loggers("wsidicom", "pydicom"):
                 self._wsi = WsiDicom.open(self.path)
@@ -163,9 +166,37 @@ class DicomSlideSource(StoredTileReader):
             with quiet_loggers("wsidicom", "pydicom"):
                 self._levels = self._describe()
                 self._check_frames()
+            # Levels wsidicom keeps; downsample = mean of the w and h ratios.
+            w0, h0 = self._levels[0].width, self._levels[0].height
+            self._dims = [(lv.width, lv.height) for lv in self._levels]
+            self._downsamples = [
+                (w0 / lv.width + h0 / lv.height) / 2.0 for lv in self._levels
+            ]
         except BaseException:
             self._wsi.close()
             raise
+
+    def _check_one_series(self) -> None:
+        """A folder must hold one series: wsidicom would silently pick one."""
+        import pydicom
+
+        series: set[str] = set()
+        for f in sorted(self.path.iterdir()):
+            if not (f.is_file() and is_dicom_file(f)):
+                continue
+            try:
+                ds = pydicom.dcmread(
+                    f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]
+                )
+            except self._errors:
+                continue  # wsidicom skips it too; the levels decide below
+            series.add(str(ds.get("SeriesInstanceUID", "")))
+        if len(series) > 1:
+            raise SlideReadError(
+                str(self.path),
+                f"folder holds {len(series)} DICOM series; give each slide (series) "
+                "its own folder, or name a single file",
+            )
 
     def _describe(self) -> list[_DicomLevel]:
         try:
@@ -210,22 +241,6 @@ class DicomSlideSource(StoredTileReader):
         )
 
     # -- protocol
-    @property
-    def level_count(self) -> int:
-        """Number of pyramid levels (those wsidicom keeps)."""
-        return len(self._levels)
-
-    @property
-    def level_dimensions(self) -> list[tuple[int, int]]:
-        """(width, height) of each level."""
-        return [(lv.width, lv.height) for lv in self._levels]
-
-    @property
-    def level_downsamples(self) -> list[float]:
-        """Downsample of each level relative to level 0 (mean of w and h ratios)."""
-        w0, h0 = self._levels[0].width, self._levels[0].height
-        return [(w0 / lv.width + h0 / lv.height) / 2.0 for lv in self._levels]
-
     @property
     def mpp(self) -> float | None:
         """Microns per pixel at level 0, or None when the file does not say."""

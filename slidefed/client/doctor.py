@@ -474,6 +474,13 @@ def check_certificate(ca: Path | None, superlink: str | None) -> Check:
         return Check(
             name=name, status="skip", detail="no --ca given", fix="pass --ca CA.crt"
         )
+    if not ca.is_file():
+        return Check(
+            name=name,
+            status="fail",
+            detail=f"{ca}: no such file",
+            fix="copy the federation's ca.crt from the coordinator and pass its path",
+        )
     info = certificate_info(ca)
     if not info.is_ca:
         return Check(
@@ -664,7 +671,16 @@ def run_doctor(
             Check(name="clock skew", status="skip", detail="needs --superlink")
         )
     else:
-        reach, skew = probe_superlink(superlink, ca, insecure=insecure)
+        try:
+            reach, skew = probe_superlink(superlink, ca, insecure=insecure)
+        except (OSError, ValueError) as exc:
+            reach = Check(
+                name="SuperLink reachable",
+                status="fail",
+                detail=str(exc),
+                fix="pass --superlink HOST:PORT and --ca pointing at the CA file",
+            )
+            skew = Check(name="clock skew", status="skip", detail="needs the SuperLink")
         checks += [reach, skew]
     checks.append(_guard("node key registered", lambda: check_node_key(config)))
     checks.append(_guard("apps approved", lambda: check_approvals(config_path)))

@@ -148,6 +148,18 @@ def _scrub(reason: str, path: Path) -> str:
     return reason
 
 
+def _remember_skip(cache: FeatureCache, key: str, exc: SlideReadError) -> None:
+    """Remember a skip caused by the slide itself, not by a failing disk or mount.
+
+    Unreadable tiles are not remembered either: they may come from the storage.
+    """
+    cause = exc.__cause__
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__
+    if cause is None:
+        cache.save_skip(key, exc.reason)
+
+
 def _collect(
     batches: Iterable[TileBatch],
     encode: Callable[[NDArray[np.uint8]], NDArray[np.float32]],
@@ -270,16 +282,13 @@ def prepare_slide(
                 parts, coords, failed = _collect(batches, enc.encode)
                 decoded = int(getattr(slide, "tiles_decoded", 0))
         except SlideReadError as exc:
-            cache.save_skip(key, exc.reason)
+            _remember_skip(cache, key, exc)
             raise
     except SlideReadError as exc:
         return SlideOutcome(
             slide=slide_rel, status="skipped", reason=exc.reason, row=row
         )
-    outcome = _finish(slide_rel, row, key, cache, parts, coords, failed, decoded, start)
-    if outcome.status == "skipped":
-        cache.save_skip(key, outcome.reason)
-    return outcome
+    return _finish(slide_rel, row, key, cache, parts, coords, failed, decoded, start)
 
 
 # ------------------------------------------------------------- main-process mode
@@ -333,15 +342,12 @@ def _prepare_in_main(
         batches = _read_ahead(pool, path, grid, config.features.batch_size, window)
         parts, coords, failed = _collect(batches, encoder.encode)
     except SlideReadError as exc:
-        cache.save_skip(key, exc.reason)
+        _remember_skip(cache, key, exc)
         return SlideOutcome(
             slide=slide_rel, status="skipped", reason=exc.reason, row=row
         )
     decoded = len(coords) + len(failed)
-    outcome = _finish(slide_rel, row, key, cache, parts, coords, failed, decoded, start)
-    if outcome.status == "skipped":
-        cache.save_skip(key, outcome.reason)
-    return outcome
+    return _finish(slide_rel, row, key, cache, parts, coords, failed, decoded, start)
 
 
 # ------------------------------------------------------------------------ site

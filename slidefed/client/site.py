@@ -8,15 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from slidefed.client.data import PatientBag, build_bags
+from slidefed.client.keys import ensure_audit_key
 from slidefed.client.prepare import load_site_features
 from slidefed.client.privacy import PrivacyLedger
 from slidefed.common.audit import AuditLog
 from slidefed.common.config import RunConfig, SiteConfig, load_site_config
-from slidefed.common.crypto import (
-    generate_audit_key,
-    load_audit_key,
-    public_key_path,
-)
+from slidefed.common.crypto import load_audit_key
 from slidefed.common.errors import ConfigError, PolicyViolation
 
 logger = logging.getLogger(__name__)
@@ -35,23 +32,6 @@ def site_config_path(node_config: Mapping[str, Any], run: RunConfig) -> Path:
         "this node has no site config; start the SuperNode with "
         "--node-config 'site-config=\"/path/site.toml\"'"
     )
-
-
-def ensure_audit_key(config: SiteConfig) -> None:
-    """Create the site's audit key if it has none yet.
-
-    The public half is also copied next to the audit log, so that a log folder
-    handed to an auditor carries the key it claims; auditors should still pin
-    the key they received out of band (``slidefed audit verify --keys``).
-    """
-    if not config.audit_key_path.is_file():
-        config.audit_key_path.parent.mkdir(parents=True, exist_ok=True)
-        generate_audit_key(config.audit_key_path)
-    public = public_key_path(config.audit_key_path)
-    beside_log = config.audit_path.parent / "audit_key.pub"
-    if not beside_log.is_file():
-        beside_log.parent.mkdir(parents=True, exist_ok=True)
-        beside_log.write_bytes(public.read_bytes())
 
 
 class Site:

@@ -57,6 +57,8 @@ _READ_ERRORS = READ_ERRORS  # kept for older imports
 
 #: Bytes of decoded stored tiles one open slide keeps (per process).
 TILE_CACHE_BYTES = 128 * 1024 * 1024
+#: Largest decoded stored tile (or strip) read; larger ones are refused.
+MAX_STORED_TILE_BYTES = 256 * 1024 * 1024
 
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -242,6 +244,16 @@ def to_rgb(arr: NDArray[Any]) -> NDArray[np.uint8]:
     return np.ascontiguousarray(arr[..., :3], dtype=np.uint8)
 
 
+def box_reduce(arr: NDArray[np.uint8], factor: int) -> NDArray[np.uint8]:
+    """Average (h, w, 3) pixels over ``factor`` x ``factor`` blocks (rounded)."""
+    from PIL import Image
+
+    if factor == 1:
+        return arr
+    img = Image.fromarray(np.ascontiguousarray(arr))
+    return np.asarray(img.reduce(factor), dtype=np.uint8)
+
+
 def ycbcr_to_rgb(arr: NDArray[np.uint8]) -> NDArray[np.uint8]:
     """Full-range (JFIF) YCbCr to RGB, for JPEG 2000 tiles stored as YCbCr."""
     ycc = arr.astype(np.float32)
@@ -267,17 +279,26 @@ class StoredTileReader:
     def __init__(self, cache_bytes: int = TILE_CACHE_BYTES) -> None:
         self._cache = _TileCache(cache_bytes)
         self.tiles_decoded = 0
+        # Set by subclasses once the file is open: (w, h) and downsample per level.
+        self._dims: list[tuple[int, int]] = []
+        self._downsamples: list[float] = []
 
-    # -- to implement
+    @property
+    def level_count(self) -> int:
+        """Number of pyramid levels."""
+        return len(self._dims)
+
     @property
     def level_dimensions(self) -> list[tuple[int, int]]:
         """(width, height) of each level."""
-        raise NotImplementedError
+        return list(self._dims)
 
     @property
     def level_downsamples(self) -> list[float]:
         """Downsample of each level relative to level 0."""
-        raise NotImplementedError
+        return list(self._downsamples)
+
+    # -- to implement
 
     def _tile_geometry(self, level: int) -> tuple[int, int] | None:
         raise NotImplementedError
@@ -302,11 +323,11 @@ class StoredTileReader:
         return self._tile_geometry(level)
 
     def _check_level(self, level: int) -> None:
-        if not 0 <= level < len(self.level_dimensions):
+        if not 0 <= level < len(self._dims):
             raise SlideReadError(
                 str(self.path),
                 f"level {level} does not exist (the slide has "
-                f"{len(self.level_dimensions)} levels)",
+                f"{len(self._dims)} levels)",
             )
 
     def _tile(self, level: int, tx: int, ty: int) -> NDArray[np.uint8]:
@@ -334,7 +355,7 @@ class StoredTileReader:
         ``int(x / downsample)``.
         """
         self._check_level(level)
-        ds = self.level_downsamples[level]
+        ds = self._downsamples[level]
         lx, ly = int(location[0] / ds), int(location[1] / ds)
         return self.read_level_region(level, (lx, ly), size)
 
@@ -373,7 +394,7 @@ class StoredTileReader:
         w, h = int(size[0]), int(size[1])
         if out is None:
             out = np.empty((h, w, 3), dtype=np.uint8)
-        width, height = self.level_dimensions[level]
+        width, height = self._dims[level]
         x0, y0 = max(lx, 0), max(ly, 0)
         x1, y1 = min(lx + w, width), min(ly + h, height)
         if x0 > lx or y0 > ly or x1 < lx + w or y1 < ly + h:
@@ -418,6 +439,77 @@ class StoredTileReader:
                     out[sy0 - ly : sy1 - ly, sx0 - lx : sx1 - lx] = tile[
                         sy0 - ty0 : sy1 - ty0, sx0 - tx0 : sx1 - tx0
                     ]
+        except SlideReadError:
+            raise
+        except READ_ERRORS as exc:
+            raise SlideReadError(
+                str(self.path),
+                f"level {level} region at ({lx}, {ly}) unreadable "
+                f"({type(exc).__name__}: {exc})",
+            ) from exc
+        return out
+
+    def read_level_region_reduced(
+        self,
+        level: int,
+        location: tuple[int, int],
+        size: tuple[int, int],
+        factor: int,
+        out: NDArray[np.uint8] | None = None,
+    ) -> NDArray[np.uint8]:
+        """Read ``factor * size`` level pixels at ``location``, averaged in
+        ``factor`` x ``factor`` blocks: (h, w, 3) for ``size`` (w, h).
+
+        Each stored tile is reduced as soon as it is decoded, while it is in
+        the CPU cache, instead of assembling the full-resolution region first.
+        The result equals reducing the full region, pixel for pixel.
+
+        Raises
+        ------
+        SlideReadError
+            If a stored tile cannot be read or decoded.
+        """
+        self._check_level(level)
+        lx, ly = int(location[0]), int(location[1])
+        w, h = int(size[0]), int(size[1])
+        if out is None:
+            out = np.empty((h, w, 3), dtype=np.uint8)
+        width, height = self._dims[level]
+        x1, y1 = lx + w * factor, ly + h * factor
+        geometry = self._tile_geometry(level)
+        if (
+            geometry is None
+            or factor < 2
+            or lx < 0
+            or ly < 0
+            or x1 > width
+            or y1 > height
+            or lx % factor
+            or ly % factor
+            or geometry[0] % factor
+            or geometry[1] % factor
+        ):
+            full = self.read_level_region(level, (lx, ly), (w * factor, h * factor))
+            out[...] = box_reduce(full, factor)
+            return out
+        tw, th = geometry
+        try:
+            for ty in range(ly // th, (y1 - 1) // th + 1):
+                ty0 = ty * th
+                sy0, sy1 = max(ly, ty0), min(y1, ty0 + th)
+                inner_y = sy0 == ty0 and sy1 == ty0 + th
+                for tx in range(lx // tw, (x1 - 1) // tw + 1):
+                    tx0 = tx * tw
+                    sx0, sx1 = max(lx, tx0), min(x1, tx0 + tw)
+                    if inner_y and sx0 == tx0 and sx1 == tx0 + tw:
+                        tile = self._uncached_tile(level, tx, ty)
+                    else:
+                        tile = self._tile(level, tx, ty)
+                    piece = tile[sy0 - ty0 : sy1 - ty0, sx0 - tx0 : sx1 - tx0]
+                    out[
+                        (sy0 - ly) // factor : (sy1 - ly) // factor,
+                        (sx0 - lx) // factor : (sx1 - lx) // factor,
+                    ] = box_reduce(piece, factor)
         except SlideReadError:
             raise
         except READ_ERRORS as exc:
@@ -520,6 +612,8 @@ class TiffSlideSource(StoredTileReader):
             self._slide.close()
             raise SlideReadError(str(self.path), "no image levels found")
         self._props: dict[str, Any] = dict(props)
+        self._dims = [(int(w), int(h)) for w, h in dims]
+        self._downsamples = [float(d) for d in self._slide.level_downsamples]
         self._fd = -1
         try:
             self._levels = self._check_structure()
@@ -571,6 +665,17 @@ class TiffSlideSource(StoredTileReader):
                         f"{max(ends) if ends else '?'}); copy the slide again "
                         "from the scanner store",
                     )
+                tile_px = (
+                    int(page.tilewidth) * int(page.tilelength)
+                    if page.is_tiled
+                    else int(w) * min(int(page.rowsperstrip or h), int(h))
+                )
+                if tile_px * 3 > MAX_STORED_TILE_BYTES:
+                    raise SlideReadError(
+                        str(self.path),
+                        f"stored tiles or strips of {tile_px * 3 >> 20} MiB cannot be "
+                        "read in bounded memory; save the slide as a tiled pyramid",
+                    )
                 fast = (
                     axes == "YXS"
                     and len(level.pages) == 1
@@ -604,21 +709,6 @@ class TiffSlideSource(StoredTileReader):
             if getattr(tf, flag, False):
                 return name
         return "tiff"
-
-    @property
-    def level_count(self) -> int:
-        """Number of pyramid levels."""
-        return int(self._slide.level_count)
-
-    @property
-    def level_dimensions(self) -> list[tuple[int, int]]:
-        """(width, height) of each level."""
-        return [(int(w), int(h)) for w, h in self._slide.level_dimensions]
-
-    @property
-    def level_downsamples(self) -> list[float]:
-        """Downsample of each level relative to level 0."""
-        return [float(d) for d in self._slide.level_downsamples]
 
     @property
     def mpp(self) -> float | None:
@@ -747,7 +837,8 @@ class TiffSlideSource(StoredTileReader):
 
 
 # ------------------------------------------------------------------- dispatch
-def _is_dicom_file(path: Path) -> bool:
+def is_dicom_file(path: Path) -> bool:
+    """Whether a file starts with the DICOM preamble and ``DICM`` magic."""
     try:
         with path.open("rb") as fh:
             head = fh.read(132)
@@ -767,7 +858,7 @@ def sniff_format(path: Path) -> str:
     """
     path = Path(path)
     if path.is_dir():
-        if any(p.is_file() and _is_dicom_file(p) for p in sorted(path.iterdir())):
+        if any(p.is_file() and is_dicom_file(p) for p in sorted(path.iterdir())):
             return "dicom"
         raise SlideReadError(str(path), "folder holds no DICOM files")
     if not path.is_file():
@@ -824,6 +915,7 @@ def open_slide(path: Path) -> SlideSource:
 
 
 __all__ = [
+    "MAX_STORED_TILE_BYTES",
     "READ_ERRORS",
     "TILE_CACHE_BYTES",
     "LevelInfo",
@@ -831,6 +923,8 @@ __all__ = [
     "SlideSource",
     "StoredTileReader",
     "TiffSlideSource",
+    "box_reduce",
+    "is_dicom_file",
     "open_slide",
     "sniff_format",
     "to_rgb",

@@ -25,7 +25,12 @@ from numpy.typing import NDArray
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from slidefed.client.slides import SlideSource, open_slide
+from slidefed.client.slides import (
+    SlideSource,
+    StoredTileReader,
+    box_reduce,
+    open_slide,
+)
 from slidefed.client.tissue import tissue_mask
 from slidefed.common.config import TilingSection
 from slidefed.common.errors import SlideReadError
@@ -187,10 +192,10 @@ def plan_tiles(slide: SlideSource, tiling: TilingSection) -> TileGrid:
 
 
 def _resize(arr: NDArray[np.uint8], size: int) -> NDArray[np.uint8]:
-    img = Image.fromarray(arr)
     side = arr.shape[0]
     if side > size and side % size == 0 and arr.shape[1] == side:
-        return np.asarray(img.reduce(side // size), dtype=np.uint8)
+        return box_reduce(arr, side // size)
+    img = Image.fromarray(arr)
     return np.asarray(
         img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8
     )
@@ -236,6 +241,10 @@ def iter_tiles(
     """
     todo = grid.coords if coords is None else coords
     ts, rs = grid.tile_size, grid.read_size
+    # A whole-number reduction (40x -> 20x) is done per stored tile, as soon as
+    # it is decoded; other resizes read the region, then resize it.
+    factor = rs // ts if grid.resize and rs % ts == 0 else 0
+    reduced = factor > 1 and isinstance(slide, StoredTileReader)
     buf = np.empty((rs, rs, 3), dtype=np.uint8) if grid.resize else None
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
@@ -246,7 +255,11 @@ def iter_tiles(
         for xy in chunk:
             lxy = grid.level_xy(xy)
             try:
-                if buf is not None:
+                if reduced and isinstance(slide, StoredTileReader):
+                    slide.read_level_region_reduced(
+                        grid.level, lxy, (ts, ts), factor, out=out[n]
+                    )
+                elif buf is not None:
                     slide.read_level_region(grid.level, lxy, (rs, rs), out=buf)
                     out[n] = _resize(buf, ts)
                 else:

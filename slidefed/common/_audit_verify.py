@@ -47,6 +47,7 @@ from slidefed.common.audit import (
     _signature_valid,
     _split_lines,
     canonical_json,
+    head_path,
     line_hash,
 )
 
@@ -266,7 +267,7 @@ def verify_data(
             _parse(number, raw, torn)
             for number, (raw, torn) in enumerate(_split_lines(data), 1)
         ]
-        head_state = _load_head_for_verify(_head_path(path))
+        head_state = _load_head_for_verify(head_path(path))
         _authenticate(
             lines, head_state, keys, every_signature=every_signature, threads=threads
         )
@@ -279,10 +280,6 @@ def verify_data(
         ok=not problems, path=str(path), records=len(records), problems=problems
     )
     return result, records
-
-
-def _head_path(path: Path) -> Path:
-    return path.with_name(path.name + ".head")
 
 
 @dataclass(frozen=True)

@@ -681,6 +681,13 @@ def read_records(path: Path) -> list[AuditRecord]:
     return records
 
 
+class NumberedRecord(NamedTuple):
+    """A record and the 1-based line of the log it was read from."""
+
+    line: int
+    record: AuditRecord
+
+
 def verify_log(
     path: Path,
     *,
@@ -768,13 +775,6 @@ def verify_and_read(
         every_signature=every_signature,
     )
     return result, records
-
-
-class NumberedRecord(NamedTuple):
-    """A record and the 1-based line of the log it was read from."""
-
-    line: int
-    record: AuditRecord
 
 
 def _trusted_keys(

@@ -8,7 +8,10 @@ then cross-checks what they claim:
   otherwise ``unmatched_update`` on the server log's line;
 - no site's cumulative epsilon (``round_charged``: ``epsilon_after``) exceeds the
   maximum its policy allowed (``epsilon_max``), otherwise ``over_budget`` on the site
-  log's line. This needs no server log.
+  log's line. This needs no server log;
+- each record speaks for the actor of its log (``malformed`` otherwise), and one
+  audit key for one actor across all the logs (``forged`` otherwise), so that a
+  site cannot write records in another site's name with its own trusted key.
 
 :func:`bench_verify` times the verifier on a generated log.
 
@@ -300,7 +303,9 @@ def cross_check(logs: Sequence[LoadedLog]) -> list[list[Problem]]:
         release of that sha256, ``over_budget`` on a site's ``round_charged``
         whose cumulative epsilon exceeds its maximum, ``malformed`` on either
         record, or on an ``update_released`` without a sha256, when its payload
-        cannot be read.
+        cannot be read. Records must also speak for the actor of their log
+        (``malformed`` otherwise), and one key for one actor across all logs
+        (``forged`` on each record of a second actor under a key).
     """
     return _cross(logs)[0]
 
@@ -309,11 +314,19 @@ def _cross(logs: Sequence[LoadedLog]) -> tuple[list[list[Problem]], int]:
     """Return :func:`cross_check`'s problems and the number of matched updates."""
     released = released_sha256s(logs)
     site_names = sorted({log.actor_name or "" for log in logs if log.actor == "site"})
+    speakers: dict[str, str] = {}  # key id -> the actor its first record names
     found: list[list[Problem]] = []
     matched = 0
     for log in logs:
         problems: list[Problem] = []
+        first = log.records[0].record if log.records else None
         for line, record in log.records:
+            identity = _identity(record)
+            owner = speakers.setdefault(record.key_id, identity)
+            if owner != identity:
+                problems.append(_impersonation(line, record, owner))
+            elif first is not None and identity != _identity(first):
+                problems.append(_stranger(line, record, first))
             event = record.event
             if record.actor == "server":
                 if event == "update_aggregated":
@@ -335,6 +348,33 @@ def _cross(logs: Sequence[LoadedLog]) -> tuple[list[list[Problem]], int]:
                     )
         found.append(problems)
     return found, matched
+
+
+def _identity(record: AuditRecord) -> str:
+    return (
+        record.actor
+        if record.actor_name == record.actor
+        else f"{record.actor} {record.actor_name}"
+    )
+
+
+def _impersonation(line: int, record: AuditRecord, owner: str) -> Problem:
+    return Problem(
+        line=line,
+        kind="forged",
+        message=f"record seq {record.seq} speaks for {_identity(record)} but is "
+        f"signed by key {record.key_id}, which signs the records of {owner}: one "
+        "audit key speaks for one actor only",
+    )
+
+
+def _stranger(line: int, record: AuditRecord, first: AuditRecord) -> Problem:
+    return Problem(
+        line=line,
+        kind="malformed",
+        message=f"record seq {record.seq} speaks for {_identity(record)} in the log "
+        f"of {_identity(first)}: each actor writes its own log",
+    )
 
 
 def _where(record: AuditRecord) -> str:
@@ -586,6 +626,10 @@ class BenchResult(BaseModel):
     bytes: int
     write_seconds: float
     verify_seconds: float
+    verify_cpu_seconds: float = Field(
+        description="CPU time of this process while verifying (all threads); on a "
+        "busy machine it shows the work better than the wall-clock time"
+    )
     ok: bool
 
 
@@ -688,7 +732,9 @@ def bench_verify(
     Returns
     -------
     BenchResult
-        Seconds to write and to verify, and whether verification passed.
+        Seconds to write and to verify (wall clock and CPU), and whether
+        verification passed. The verification runs as ``slidefed audit verify``
+        runs it, with Python's cycle collector paused.
 
     Raises
     ------
@@ -703,11 +749,14 @@ def bench_verify(
         start = time.perf_counter()
         write_bench_log(path, n, key)
         written = time.perf_counter()
-        result, _ = verify_and_read(
-            path,
-            public_keys={key_id(key.public_key()): key.public_key()},
-            every_signature=every_signature,
-        )
+        cpu = time.process_time()
+        with collector_paused():
+            result, _ = verify_and_read(
+                path,
+                public_keys={key_id(key.public_key()): key.public_key()},
+                every_signature=every_signature,
+            )
+        cpu_done = time.process_time()
         done = time.perf_counter()
         size = path.stat().st_size
     return BenchResult(
@@ -715,6 +764,7 @@ def bench_verify(
         bytes=size,
         write_seconds=round(written - start, 3),
         verify_seconds=round(done - written, 3),
+        verify_cpu_seconds=round(cpu_done - cpu, 3),
         ok=result.ok,
     )
 

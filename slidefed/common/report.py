@@ -66,6 +66,13 @@ SERIES_COLOURS = (
 _Scale = Callable[[float], float]
 """Maps a value (or a point's index) to a pixel coordinate."""
 
+_MAX_POINTS = 400
+"""Charged rounds up to which every round gets a point; beyond, only the last
+round of each run and the rounds over budget do."""
+
+_MAX_LINE_POINTS = 1000
+"""Vertices per run's line at most; longer runs are thinned."""
+
 _MAX_ROWS = 500
 """Rows shown per table; the rest are counted."""
 
@@ -492,6 +499,11 @@ def epsilon_chart(
     parts += _budget_lines(charges, budgets, frame, x, y)
     parts += _series(charges, _run_labels(charges, run_numbers), frame, x, y)
     parts.append("</svg>")
+    if n > _MAX_POINTS:
+        parts.append(
+            f'<p class="muted">{n} charged rounds: points mark the last round of '
+            "each run and any round over budget.</p>"
+        )
     return "".join(parts)
 
 
@@ -557,12 +569,18 @@ def _series(
 ) -> list[str]:
     runs = {c.run_id: numbers[c.run_id] for c in charges}
     n = len(charges)
-    label_every = max(1, math.ceil(n / 30))
+    longest = max(len(f"r{c.round}") for c in charges)
+    fit = max(2, min(30, frame.plot_width // (7 * longest + 12)))
+    label_every = max(1, math.ceil(n / fit))
     bottom = frame.top + frame.plot_height
+    last_of_run = {c.run_id: i for i, c in enumerate(charges)}
     parts = []
     for run_id, number in runs.items():
         colour = SERIES_COLOURS[(number - 1) % len(SERIES_COLOURS)]
         idx = [i for i, c in enumerate(charges) if c.run_id == run_id]
+        if len(idx) > _MAX_LINE_POINTS:  # cumulative epsilon only grows: thin it
+            step = math.ceil(len(idx) / _MAX_LINE_POINTS)
+            idx = [*idx[:-1:step], idx[-1]]
         points = " ".join(
             f"{x(i):.1f},{y(charges[i].data.epsilon_after):.1f}" for i in idx
         )
@@ -587,17 +605,19 @@ def _series(
             if over
             else SERIES_COLOURS[(number - 1) % len(SERIES_COLOURS)]
         )
+        drawn = n <= _MAX_POINTS or over or last_of_run[charge.run_id] == i
         tip = (
             f"run {number} ({charge.run_id}), round {charge.round}: cumulative ε "
             f"{value:.4f} (this round {_eps(charge.data.epsilon_round)}), budget "
             f"{charge.data.epsilon_max:g}{', OVER BUDGET' if over else ''}"
         )
-        parts.append(
-            f'<circle class="eps-point" data-run="{esc(charge.run_id)}" '
-            f'data-round="{esc(charge.round)}" data-epsilon="{value!r}" '
-            f'cx="{x(i):.1f}" cy="{y(value):.1f}" r="{6 if over else 4}" '
-            f'fill="{colour}"><title>{esc(tip)}</title></circle>'
-        )
+        if drawn:
+            parts.append(
+                f'<circle class="eps-point" data-run="{esc(charge.run_id)}" '
+                f'data-round="{esc(charge.round)}" data-epsilon="{value!r}" '
+                f'cx="{x(i):.1f}" cy="{y(value):.1f}" r="{6 if over else 4}" '
+                f'fill="{colour}"><title>{esc(tip)}</title></circle>'
+            )
         if n <= 20:
             parts.append(
                 f'<text class="eps-value" x="{x(i):.1f}" y="{y(value) - 9:.1f}" '

@@ -16,7 +16,7 @@ from flwr.app import (
 )
 
 from slidefed.client.app import REFUSED, app
-from slidefed.client.site import ensure_audit_key
+from slidefed.client.keys import ensure_audit_key
 from slidefed.common.config import RunConfig, load_site_config
 from slidefed.common.model import build_model, feature_dim
 from slidefed.common.synth import SynthSite

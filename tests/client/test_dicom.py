@@ -129,3 +129,8 @@ def test_jpeg_marker_checks() -> None:
     assert has_adobe_marker(adobe + sof)
     assert not has_jfif_marker(adobe + sof)
     assert not has_jfif_marker(b"\xff\xd8" + sof)
+
+
+def test_folder_with_several_series_is_refused(dicom_root: Path) -> None:
+    with pytest.raises(SlideReadError, match="folder holds 3 DICOM series"):
+        open_slide(dicom_root / "google-wsi2dcm-tests")

@@ -1,3 +1,4 @@
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -89,11 +90,7 @@ def test_prepare_caches_and_tumour_tiles_have_more_haematoxylin(
 
 # ------------------------------------------------------------------ registry
 def _timm_missing() -> bool:
-    try:
-        import timm  # noqa: F401
-    except ImportError:
-        return True
-    return False
+    return importlib.util.find_spec("timm") is None
 
 
 def test_timm_encoder_needs_a_weights_file(tmp_path: Path) -> None:

@@ -429,3 +429,20 @@ def test_big_slide_prepares_in_bounded_memory(tmp_path: Path) -> None:
     assert result["tiles"][0] > 100
     assert result["read"] > result["tiles"][0]
     assert result["maxrss_kib"] < 2 * 1024 * 1024, result
+
+
+def test_skips_from_a_failing_disk_are_not_remembered(tmp_path: Path) -> None:
+    from slidefed.client.prepare import _remember_skip
+    from slidefed.common.errors import SlideReadError
+
+    cache = FeatureCache(tmp_path)
+    try:
+        try:
+            raise OSError(5, "Input/output error")
+        except OSError as io:
+            raise SlideReadError("s.svs", "unreadable (OSError)") from io
+    except SlideReadError as exc:
+        _remember_skip(cache, "io", exc)
+    _remember_skip(cache, "content", SlideReadError("s.svs", "no tissue found"))
+    assert cache.load_skip("io") is None
+    assert cache.load_skip("content") == "no tissue found"

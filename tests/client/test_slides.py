@@ -261,3 +261,35 @@ def test_tiling_bench_runs_small() -> None:
         assert result[key] > 0
     assert result["20x_from_40x_jpeg"]["read_size"] == 512
     assert result["aligned_jpeg2000"]["tiles"] > 0
+
+
+def test_tiles_reduced_per_stored_tile_equal_reduced_regions(tmp_path: Path) -> None:
+    from slidefed.bench.tiling import write_pyramid
+
+    image = np.random.default_rng(3).integers(0, 256, (1024, 1280, 3), np.uint8)
+    path = tmp_path / "scan40.tif"
+    write_pyramid(path, image, mpp=0.25, downsamples=(1, 4))
+    tiling = TilingSection(target_mpp=0.5, tile_size=224, tissue_fraction=0.01)
+    with open_slide(path) as slide:
+        grid = plan_tiles(slide, tiling)
+        # 20x from 40x without a 20x level: 448 px at level 0, halved.
+        assert (grid.level, grid.read_size, grid.tile_size) == (0, 448, 224)
+        tiles = np.concatenate([b.tiles for b in iter_tiles(slide, grid, 3)])
+        for xy, tile in zip(grid.coords, tiles, strict=True):
+            np.testing.assert_array_equal(tile, read_tile(slide, grid, xy))
+        region = slide.read_level_region(0, (448, 0), (448, 448)).astype(np.int32)
+    box = region.reshape(224, 2, 224, 2, 3).sum(axis=(1, 3))
+    np.testing.assert_array_equal(tiles[1], ((box + 2) // 4).astype(np.uint8))
+
+
+def test_huge_single_strip_images_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "one-strip.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(
+            shape=(12_000, 8_000, 3),
+            dtype=np.uint8,
+            photometric="rgb",
+            rowsperstrip=12_000,
+        )
+    with pytest.raises(SlideReadError, match="cannot be read in bounded memory"):
+        open_slide(path)

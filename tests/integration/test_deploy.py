@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 import pytest
 
 from slidefed.client.deploy import free_port
+from slidefed.common.crypto import generate_audit_key
 from slidefed.common.pki import ensure_ca
 from slidefed.common.synth import synth_site
 from slidefed.simulation import write_app_dir
@@ -145,6 +147,7 @@ class Federation:
     sites: list[Path]
     node_ids: dict[str, int]
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Any] = field(default_factory=list)
 
     @property
     def ca(self) -> Path:
@@ -181,6 +184,7 @@ class Federation:
     def start(self, name: str, *argv: str, home: Path) -> subprocess.Popen[bytes]:
         """Start a long-running process in its own session, logging to a file."""
         log = (self.root / f"{name}.log").open("wb")
+        self.logs.append(log)
         proc = subprocess.Popen(
             [str(BIN / argv[0]), *argv[1:]],
             env=self.env(home),
@@ -214,14 +218,42 @@ class Federation:
         assert answer.get("success"), answer
         return int(answer["run-id"])
 
-    def wait_finished(self, run_id: int, timeout: float) -> str:
-        def status() -> str | None:
-            runs = self.flwr("ls", "slidefed", "--run-id", str(run_id)).get("runs", [])
-            value = str(runs[0]["status"]) if runs else ""
+    def status(self, run_id: int) -> str:
+        runs = self.flwr("ls", "slidefed", "--run-id", str(run_id)).get("runs", [])
+        return str(runs[0]["status"]) if runs else ""
+
+    def wait_finished(self, run_id: int, timeout: float, output: Path) -> str:
+        """Wait for the run's last file, then for Flower's final status.
+
+        Asking ``flwr ls`` costs a process; the file is polled every second and
+        Flower only every 15 s (a failed run writes no file).
+        """
+        last = [time.monotonic()]
+
+        def ended() -> bool:
+            if output.exists():
+                return True
+            if time.monotonic() - last[0] < 15:
+                return False
+            last[0] = time.monotonic()
+            return self.status(run_id).startswith("finished")
+
+        _wait(f"run {run_id} to end", ended, timeout)
+
+        def final() -> str | None:
+            value = self.status(run_id)
             return value if value.startswith("finished") else None
 
-        result: str = _wait(f"run {run_id} to finish", status, timeout, every=3)
+        result: str = _wait(f"run {run_id}'s final status", final, 60, every=2)
         return result
+
+    def online(self, count: int) -> bool:
+        """Whether ``count`` site logs report a node id (then Flower is asked)."""
+        logs = [self.root / f"{s.name}.log" for s in self.sites]
+        accepted = sum(
+            1 for log in logs if log.is_file() and b"SuperNode ID:" in log.read_bytes()
+        )
+        return accepted >= count and self.online_nodes() == count
 
     def audit(self, site: Path) -> list[dict[str, Any]]:
         path = site / "audit" / "audit.jsonl"
@@ -246,6 +278,8 @@ class Federation:
             # Children that outlived their leader (same process group).
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+        for log in self.logs:
+            log.close()
 
 
 def _health(ca: Path, address: str) -> bool:
@@ -259,22 +293,25 @@ def _health(ca: Path, address: str) -> bool:
         return False
 
 
-def _make_site(fed: Federation, index: int) -> Path:
+def _make_site(fed: Federation, index: int, app: Path) -> Path:
+    """site init, site.toml, node key, app approval and prepared features."""
     folder = fed.root / f"site-{index}"
-    # Small slides keep preparation short; the generator is `slidefed synth site`'s.
-    synth_site(folder, patients=12, seed=index, width=1024, height=768)
+    toml = str(folder / "site.toml")
     fed.run("slidefed", "site", "init", str(folder), "--name", f"site-{index}")
     (folder / "site.toml").write_text(
         f'[site]\nname = "site-{index}"\n\n[policy]\nmin_eval_patients = 3\n'
     )
-    fed.run("slidefed", "site", "node-key", "--config", str(folder / "site.toml"))
+    fed.run("slidefed", "site", "node-key", "--config", toml)
+    fed.run("slidefed", "site", "approve", "--config", toml, "--app-dir", str(app))
+    fed.run("slidefed", "site", "prepare", "--config", toml, timeout=180)
     return folder
 
 
 def _bare_site(folder: Path) -> Path:
-    """A site with a config only: 'site start' makes its keys itself."""
+    """A site with a config and an audit key: 'site start' makes its node key."""
     folder.mkdir()
     (folder / "site.toml").write_text(f'[site]\nname = "{folder.name}"\n')
+    generate_audit_key(folder / "state" / "keys" / "audit_key")
     return folder
 
 
@@ -288,36 +325,18 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         fed.run("slidefed", "server", "init", str(coord), "--port", str(port))
         config = str(coord / "server.toml")
         app = write_app_dir(root / "slidefed-app")
-        fed.sites = [_make_site(fed, i) for i in range(N_SITES)]
-        for site in fed.sites:
-            toml = str(site / "site.toml")
-            fed.run(
-                "slidefed", "site", "approve", "--config", toml, "--app-dir", str(app)
-            )
-        preparing = [
-            subprocess.Popen(
-                [
-                    str(BIN / "slidefed"),
-                    "site",
-                    "prepare",
-                    "--config",
-                    str(s / "site.toml"),
-                ],
-                env=fed.env(root / "cli-home"),
-                stdout=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            for s in fed.sites
-        ]
+        for i in range(N_SITES):
+            # Small slides keep preparation short (`slidefed synth site`'s generator).
+            synth_site(root / f"site-{i}", patients=12, seed=i, width=1024, height=768)
         fed.start(
-            "superlink",
-            "slidefed",
-            "server",
-            "start",
-            "--config",
-            config,
+            "superlink", "slidefed", "server", "start", "--config", config,
             home=root / "unused",
-        )
+        )  # fmt: skip
+        # The sites set themselves up side by side while the SuperLink starts.
+        with ThreadPoolExecutor(max_workers=N_SITES) as pool:
+            fed.sites = list(
+                pool.map(lambda i: _make_site(fed, i, app), range(N_SITES))
+            )
         _wait(
             "the SuperLink's /health over TLS", lambda: _health(fed.ca, fed.address), 60
         )
@@ -328,8 +347,6 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
                 "--name", site.name, "--config", config,
             )  # fmt: skip
             fed.node_ids[site.name] = int(out.split(" as node ")[1].split(";")[0])
-        for proc in preparing:
-            assert proc.wait(timeout=180) == 0
         for site in fed.sites:
             fed.start(
                 site.name,
@@ -337,7 +354,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
                 "--superlink", fed.address, "--ca", str(fed.ca),
                 home=site / "cli-home",
             )  # fmt: skip
-        _wait("three sites online", lambda: fed.online_nodes() == N_SITES, 90, every=2)
+        _wait("three sites online", lambda: fed.online(N_SITES), 90)
         yield fed
     finally:
         fed.stop_all()
@@ -351,7 +368,8 @@ def training_run(federation: Federation) -> tuple[int, str]:
         f"num-server-rounds={ROUNDS} min-sites={N_SITES} local-epochs=1 "
         f"run-dir='{run_dir}'",
     )
-    return run_id, federation.wait_finished(run_id, timeout=240)
+    status = federation.wait_finished(run_id, timeout=240, output=run_dir / "run.json")
+    return run_id, status
 
 
 @pytest.fixture(scope="module")
@@ -371,7 +389,7 @@ def probe_run(
     )
     out = federation.root / "probe-replies.json"
     run_id = federation.submit(app, f"out='{out}' nodes={N_SITES}")
-    federation.wait_finished(run_id, timeout=150)
+    federation.wait_finished(run_id, timeout=150, output=out)
     rows: list[dict[str, Any]] = json.loads(out.read_text())
     return rows
 

@@ -70,7 +70,7 @@ def _enospc(*_args: object, **_kwargs: object) -> None:
 
 @pytest.fixture
 def app_site(small_site, tmp_path: Path) -> Path:
-    from slidefed.client.site import ensure_audit_key
+    from slidefed.client.keys import ensure_audit_key
 
     path = tmp_path / "site.toml"
     path.write_text(

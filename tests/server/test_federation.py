@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def three_sites(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    from slidefed.client.keys import ensure_audit_key
     from slidefed.client.prepare import prepare_site
-    from slidefed.client.site import ensure_audit_key
     from slidefed.common.config import load_site_config
 
     root = tmp_path_factory.mktemp("fed")
