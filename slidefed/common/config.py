@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from slidefed.common.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def _kebab(name: str) -> str:
@@ -150,6 +152,31 @@ def _first_error(exc: ValidationError, *, where: str) -> ConfigError:
     )
 
 
+def load_toml_model(path: Path, model: type[M], *, what: str, create: str) -> M:
+    """Read a TOML config file into ``model``; ``base_dir`` is the file's folder.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing (``create`` says how to make one), is not TOML, or
+        a value breaks a rule (the message names the key and the fix).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: {what} not found; create one with '{create}' or pass --config PATH"
+        )
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from exc
+    raw["base_dir"] = str(path.parent.resolve())
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise _first_error(exc, where=str(path)) from exc
+
+
 def load_site_config(path: Path) -> SiteConfig:
     """Read and validate ``site.toml``.
 
@@ -158,21 +185,9 @@ def load_site_config(path: Path) -> SiteConfig:
     ConfigError
         If the file is missing, is not TOML, or a value breaks a rule.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(
-            f"{path}: site config not found; create one with "
-            "'slidefed site init DIR' or pass --config PATH"
-        )
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from exc
-    raw["base_dir"] = str(path.parent.resolve())
-    try:
-        return SiteConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise _first_error(exc, where=str(path)) from exc
+    return load_toml_model(
+        path, SiteConfig, what="site config", create="slidefed site init DIR"
+    )
 
 
 def dump_site_config(config: SiteConfig) -> str:
@@ -303,5 +318,6 @@ __all__ = [
     "TilingSection",
     "dump_site_config",
     "load_site_config",
+    "load_toml_model",
     "parse_run_config",
 ]

@@ -35,13 +35,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from slidefed.common.errors import ConfigError
+from slidefed.common.config import load_toml_model
 
 CONNECTION = "slidefed"
 """Name of the coordinator's connection in its ``$FLWR_HOME/config.toml``."""
@@ -152,25 +151,9 @@ def load_server_config(path: Path) -> ServerConfig:
     ConfigError
         If the file is missing, is not TOML, or a value breaks a rule.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(
-            f"{path}: server config not found; create it with "
-            "'slidefed server init DIR' or pass --config PATH"
-        )
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from exc
-    raw["base_dir"] = str(path.parent.resolve())
-    try:
-        return ServerConfig.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise ConfigError(
-            f"{path}: {key} is invalid: {err['msg']}; fix {key} and run again"
-        ) from exc
+    return load_toml_model(
+        path, ServerConfig, what="server config", create="slidefed server init DIR"
+    )
 
 
 def dump_server_config(config: ServerConfig) -> str:
