@@ -47,19 +47,28 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 def _setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
 
-    handler = RichHandler(show_path=False, show_time=False, markup=False)
+    # The same console as progress bars and the live table, so that log lines
+    # print above them instead of through them.
+    handler = RichHandler(
+        console=_console(), show_path=False, show_time=False, markup=False
+    )
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s")
     logging.getLogger("slidefed").setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in ("flwr", "ray"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-def _console() -> Any:
-    from rich.console import Console
+_CONSOLE: list[Any] = []
 
-    console = Console()
-    # Logs and CI capture output at 80 columns; the summary table needs more.
-    return console if console.is_terminal else Console(width=120)
+
+def _console() -> Any:
+    if not _CONSOLE:
+        from rich.console import Console
+
+        console = Console()
+        # Logs and CI capture output at 80 columns; the summary table needs more.
+        _CONSOLE.append(console if console.is_terminal else Console(width=120))
+    return _CONSOLE[0]
 
 
 # --------------------------------------------------------------------------- demo
@@ -107,9 +116,11 @@ def demo(
         f"Federated training: {sites} sites, {rounds} rounds, DP-SGD per patient, "
         f"target epsilon {run.target_epsilon} per site"
     )
+    from slidefed.progress import LiveRounds
     from slidefed.simulation import run_simulation
 
-    run_simulation(run, n_sites=sites, total_cpus=d.cpu_count(), verbose=verbose)
+    with LiveRounds(folder / "run" / "metrics.jsonl", rounds, console):
+        run_simulation(run, n_sites=sites, total_cpus=d.cpu_count(), verbose=verbose)
     _demo_table(console, d, folder, plan)
     console.print(
         f"Done in {time.perf_counter() - started:.0f} s. Everything is in {folder}"
@@ -341,7 +352,12 @@ def simulate(
             "sim-sites": ",".join(str(p.resolve()) for p in paths),
         }
     )
-    run_simulation(run, n_sites=len(paths), verbose=verbose)
+    from slidefed.progress import LiveRounds, rounds_table
+
+    console = _console()
+    with LiveRounds(out / "metrics.jsonl", rounds, console) as live:
+        run_simulation(run, n_sites=len(paths), verbose=verbose)
+    console.print(rounds_table(live.rows(), rounds))
     print(f"run finished: {out / 'metrics.jsonl'}, {out / 'final.safetensors'}")
 
 
