@@ -210,24 +210,42 @@ def _one_core() -> Iterator[str]:
         put(0, before)
 
 
+def _passes(run: Callable[[], int], passes: int) -> Callable[[], int]:
+    def repeated() -> int:
+        return sum(run() for _ in range(passes))
+
+    return repeated
+
+
 def _case(
-    path: Path, *, level: int, read_size: int, tile_size: int, reps: int
+    path: Path,
+    *,
+    level: int,
+    read_size: int,
+    tile_size: int,
+    reps: int,
+    passes: int = 1,
 ) -> dict[str, Any]:
+    """One case: ours, the floor and the naive loop over the same grid.
+
+    Each timed call reads the grid ``passes`` times (small grids time better).
+    """
     with TiffSlideSource(path) as slide:
         grid = _full_grid(slide, level=level, read_size=read_size, tile_size=tile_size)
-        n = len(grid.coords)
+        n = len(grid.coords) * passes
         medians = interleaved_medians(
             {
-                "ours": _ours_reader(slide, grid),
-                "floor": _floor_reader(path, grid),
-                "naive": _naive_reader(path, grid),
+                "ours": _passes(_ours_reader(slide, grid), passes),
+                "floor": _passes(_floor_reader(path, grid), passes),
+                "naive": _passes(_naive_reader(path, grid), passes),
             },
             reps=reps,
             warmup=1,
         )
     ours, floor, naive = (n / medians[k] for k in ("ours", "floor", "naive"))
     return {
-        "tiles": n,
+        "tiles": len(grid.coords),
+        "passes": passes,
         "tile_size": tile_size,
         "read_size": read_size,
         "tiles_per_s": round(ours, 1),
@@ -289,6 +307,10 @@ def _processes(path: Path, *, reps: int, workers: int = 2) -> dict[str, Any]:
     # a core to itself, lower when other work on the machine took its share.
     share_one = statistics.median(cpu[1]) / medians["one"]
     share_two = statistics.median(cpu[workers]) / medians["two"]
+    # CPU cost per tile in each worker: equal when nothing is shared or
+    # serialised between workers, so that free cores would scale throughput.
+    cpu_one = statistics.median(cpu[1]) / len(coords)
+    cpu_two = statistics.median(cpu[workers]) / math.ceil(len(coords) / workers)
     return {
         "tiles": len(coords),
         "workers": workers,
@@ -297,6 +319,8 @@ def _processes(path: Path, *, reps: int, workers: int = 2) -> dict[str, Any]:
         "speedup_2_processes": round(two / one, 3),
         "core_share_one_process": round(share_one, 3),
         "core_share_two_processes": round(share_two, 3),
+        "cpu_ms_per_tile_one_process": round(cpu_one * 1e3, 4),
+        "cpu_ms_per_tile_two_processes": round(cpu_two * 1e3, 4),
     }
 
 
@@ -343,7 +367,9 @@ def bench_tiling(
         )
         with _one_core() as pinning:
             aligned = _case(jpeg, level=0, read_size=256, tile_size=256, reps=reps)
-            from40 = _case(scan40, level=0, read_size=512, tile_size=256, reps=reps)
+            from40 = _case(
+                scan40, level=0, read_size=512, tile_size=256, reps=reps, passes=4
+            )
             jpeg2000 = _case(j2k, level=0, read_size=256, tile_size=256, reps=reps)
         del image
         large = folder / "jpeg-large.tif"

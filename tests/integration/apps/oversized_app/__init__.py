@@ -1,0 +1,1 @@
+"""An app whose ClientApp sends a reply far larger than the model at marked sites."""
