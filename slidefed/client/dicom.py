@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -340,17 +339,6 @@ class DicomSlideSource(StoredTileReader):
         """Release file handles."""
         self._cache.clear()
         self._wsi.close()
-
-    def __enter__(self) -> DicomSlideSource:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 __all__ = ["DicomSlideSource", "has_adobe_marker", "has_jfif_marker"]

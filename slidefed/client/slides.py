@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -282,6 +282,21 @@ class StoredTileReader:
         # Set by subclasses once the file is open: (w, h) and downsample per level.
         self._dims: list[tuple[int, int]] = []
         self._downsamples: list[float] = []
+
+    def close(self) -> None:
+        """Release file handles (subclasses close their reader)."""
+        self._cache.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     @property
     def level_count(self) -> int:
@@ -823,17 +838,6 @@ class TiffSlideSource(StoredTileReader):
             os.close(self._fd)
             self._fd = -1
         self._slide.close()
-
-    def __enter__(self) -> TiffSlideSource:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # ------------------------------------------------------------------- dispatch
