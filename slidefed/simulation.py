@@ -14,8 +14,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from slidefed.common.config import RunConfig
 from slidefed.common.errors import FederationError
+from slidefed.common.run_config import RunConfig
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from slidefed.common.synth import SynthSite, synth_site
+from slidefed.demo.synth import SynthSite, synth_site
 
 SHARED_DATA = Path(
     os.environ.get(

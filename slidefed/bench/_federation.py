@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from slidefed.client.data import PatientBag, build_bags
-from slidefed.client.prepare import load_site_features
-from slidefed.client.privacy import calibrate_noise
+from slidefed.client.config import SiteConfig, SiteSection, TilingSection
+from slidefed.client.data.manifest import PatientBag, build_bags
+from slidefed.client.prepare.pipeline import load_site_features
+from slidefed.client.privacy.ledger import calibrate_noise
 from slidefed.client.train import auc_score, batches_per_epoch, evaluate, train_dp
-from slidefed.common.config import SiteConfig, SiteSection, TilingSection
 from slidefed.common.model import build_model, feature_dim
-from slidefed.common.synth import synth_site
+from slidefed.demo.synth import synth_site
 
 PLAN = [(30, 0.5), (24, 0.35), (20, 0.6)]
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from slidefed.bench.timing import interleaved_medians
-from slidefed.client.data import PatientBag
+from slidefed.client.data.manifest import PatientBag
 from slidefed.client.train import BagDataset, collate_bags
 from slidefed.common.model import ABMIL
 

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from slidefed.client.data import PatientBag
+from slidefed.client.data.manifest import PatientBag
 from slidefed.client.train import auc_score, evaluate, train_dp
 from slidefed.common.arrays import specs_of
-from slidefed.common.config import RunConfig
 from slidefed.common.model import build_model, feature_dim
+from slidefed.common.run_config import RunConfig
 
 ATTACKS = ("none", "scaled", "sign_flip", "nan")
 STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "krum")

@@ -23,9 +23,9 @@ import numpy as np
 
 
 def _shared_site(root: Path, seed: int) -> Path:
-    from slidefed.client.prepare import prepare_site
-    from slidefed.common.config import load_site_config
-    from slidefed.common.synth import synth_site
+    from slidefed.client.config import load_site_config
+    from slidefed.client.prepare.pipeline import prepare_site
+    from slidefed.demo.synth import synth_site
 
     shared = root / "shared"
     synth_site(shared, patients=16, seed=seed, width=1024, height=768)
@@ -35,8 +35,8 @@ def _shared_site(root: Path, seed: int) -> Path:
 
 
 def _sites(root: Path, shared: Path, n: int) -> list[Path]:
+    from slidefed.client.config import load_site_config
     from slidefed.client.keys import ensure_audit_key
-    from slidefed.common.config import load_site_config
 
     paths = []
     for i in range(n):
@@ -93,8 +93,8 @@ def measure(
     n_sites: int, *, rounds: int = 2, seed: int = 0, workdir: Path | None = None
 ) -> dict[str, Any]:
     """One federation of ``n_sites``; the last round's overhead."""
-    from slidefed.common.config import RunConfig
     from slidefed.common.model import build_model, feature_dim
+    from slidefed.common.run_config import RunConfig
     from slidefed.simulation import run_simulation
 
     root = workdir or Path(tempfile.mkdtemp(prefix="slidefed-bench-round-"))

@@ -2,7 +2,7 @@
 
 One run builds synthetic pyramids and measures, with interleaved repetitions:
 
-* ``tiles_per_s``: slidefed's reader (:func:`slidefed.client.tiling.iter_tiles`)
+* ``tiles_per_s``: slidefed's reader (:func:`slidefed.client.prepare.tiling.iter_tiles`)
   on a grid of tiles;
 * ``floor_tiles_per_s``: the same tiles' stored bytes read with ``os.pread``
   and decoded with imagecodecs, and nothing else (no assembly, no batching);
@@ -35,9 +35,9 @@ import tifffile
 from numpy.typing import NDArray
 
 from slidefed.bench.timing import interleaved_medians
-from slidefed.client.slides import TiffSlideSource
-from slidefed.client.tiling import TileGrid, iter_tiles, worker_slide
-from slidefed.common.synth import write_synthetic_slide
+from slidefed.client.prepare.tiling import TileGrid, iter_tiles, worker_slide
+from slidefed.client.slides.core import TiffSlideSource
+from slidefed.demo.synth import write_synthetic_slide
 
 #: Goals from the issue that asked for this benchmark.
 GOALS = {"ratio_to_floor": 0.8, "ratio_to_naive": 2.0, "speedup_2_processes": 1.7}

@@ -21,7 +21,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from slidefed.client.egress import check_egress, egress_guard_mod
-from slidefed.client.privacy import charge_round, stable_run_id
+from slidefed.client.privacy.ledger import charge_round, stable_run_id
 from slidefed.client.site import Site, config_hash
 from slidefed.client.train import (
     TileEvalResult,
@@ -31,9 +31,9 @@ from slidefed.client.train import (
     train_dp,
 )
 from slidefed.common.arrays import specs_of, update_nbytes, update_sha256
-from slidefed.common.config import RunConfig, parse_run_config
 from slidefed.common.errors import AuditError, PolicyViolation, SlidefedError
 from slidefed.common.model import build_model, feature_dim
+from slidefed.common.run_config import RunConfig, parse_run_config
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Two layers use the same rules:
 - :func:`egress_guard_mod`, a Flower client mod that inspects every reply as it
   leaves the ClientApp, whatever handler made it. The ClientApp attaches it
   (``ClientApp(mods=[egress_guard_mod])``), and the site's runtime wraps every
-  approved app in it as well (:mod:`slidefed.client.approval`).
+  approved app in it as well (:mod:`slidefed.deploy.approval`).
 
 What may leave (anything else is blocked, the reply is replaced by an error reply
 with code :data:`EGRESS_BLOCKED`, and ``egress_blocked`` is audited):
@@ -289,7 +289,7 @@ def _audit_block(instruction: Any, context: Any, verdict: EgressVerdict) -> None
             "egress guard blocked a reply (no site audit log): %s", verdict.rule
         )
         return
-    from slidefed.client.deploy import site_audit_log
+    from slidefed.client.keys import site_audit_log
 
     server_round = None
     if instruction.has_content():

@@ -1,9 +1,12 @@
-"""The site's keys, without the heavy imports of the training path."""
+"""The site's audit key and its audit log writer, without the heavy imports of training."""
 
 from __future__ import annotations
 
-from slidefed.common.config import SiteConfig
-from slidefed.common.crypto import generate_audit_key, public_key_path
+from pathlib import Path
+
+from slidefed.client.config import SiteConfig, load_site_config
+from slidefed.common.audit.log import AuditLog
+from slidefed.common.crypto import generate_audit_key, load_audit_key, public_key_path
 
 
 def ensure_audit_key(config: SiteConfig) -> None:
@@ -23,4 +26,31 @@ def ensure_audit_key(config: SiteConfig) -> None:
         beside_log.write_bytes(public.read_bytes())
 
 
-__all__ = ["ensure_audit_key"]
+def site_audit_log(site_config: Path) -> AuditLog:
+    """The audit log writer of the site whose config is ``site_config``.
+
+    Parameters
+    ----------
+    site_config : Path
+        ``site.toml``.
+
+    Returns
+    -------
+    slidefed.common.audit.log.AuditLog
+        The writer.
+
+    Raises
+    ------
+    ConfigError, AuditError
+        If the config or the audit key cannot be read.
+    """
+    config = load_site_config(site_config)
+    return AuditLog(
+        config.audit_path,
+        key=load_audit_key(config.audit_key_path),
+        actor="site",
+        actor_name=config.site.name,
+    )
+
+
+__all__ = ["ensure_audit_key", "site_audit_log"]

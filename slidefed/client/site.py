@@ -7,14 +7,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from slidefed.client.data import PatientBag, build_bags
+from slidefed.client.config import SiteConfig, load_site_config
+from slidefed.client.data.manifest import PatientBag, build_bags
 from slidefed.client.keys import ensure_audit_key
-from slidefed.client.prepare import load_site_features
-from slidefed.client.privacy import PrivacyLedger
-from slidefed.common.audit import AuditLog
-from slidefed.common.config import RunConfig, SiteConfig, load_site_config
+from slidefed.client.prepare.pipeline import load_site_features
+from slidefed.client.privacy.ledger import PrivacyLedger
+from slidefed.common.audit.log import AuditLog
 from slidefed.common.crypto import load_audit_key
 from slidefed.common.errors import ConfigError, PolicyViolation
+from slidefed.common.run_config import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def tile_samples(
     PolicyViolation
         If the site declares labels that the run's label set does not hold.
     """
-    from slidefed.client.tiles import load_tile_dataset
+    from slidefed.client.data.tiles import load_tile_dataset
 
     labels = run.label_list()
     declared = list(config.tiles.labels) if config.tiles else []

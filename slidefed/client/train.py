@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from slidefed.client.data import PatientBag
+from slidefed.client.data.manifest import PatientBag
 from slidefed.common.errors import ConfigError
 
 logger = logging.getLogger(__name__)

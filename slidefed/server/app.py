@@ -14,11 +14,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from slidefed.common.arrays import specs_of
-from slidefed.common.audit import AuditLog
-from slidefed.common.config import RunConfig, parse_run_config
+from slidefed.common.audit.log import AuditLog
 from slidefed.common.crypto import generate_audit_key, load_audit_key, public_key_path
 from slidefed.common.errors import FederationError
 from slidefed.common.model import build_model, feature_dim
+from slidefed.common.run_config import RunConfig, parse_run_config
 from slidefed.server.checkpoints import CheckpointManifest, Checkpoints
 from slidefed.server.metrics import MetricsLog, write_model_card
 from slidefed.server.strategy import (

@@ -40,7 +40,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from slidefed.common.config import load_toml_model
+from slidefed.common.tomlfile import load_toml_model
 
 CONNECTION = "slidefed"
 """Name of the coordinator's connection in its ``$FLWR_HOME/config.toml``."""

@@ -27,8 +27,8 @@ from flwr.serverapp.strategy import (
 )
 
 from slidefed.common.arrays import ArraySpec, update_sha256, validate_update
-from slidefed.common.audit import AuditLog
-from slidefed.common.config import RunConfig
+from slidefed.common.audit.log import AuditLog
+from slidefed.common.run_config import RunConfig
 
 logger = logging.getLogger(__name__)
 

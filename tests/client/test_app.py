@@ -16,10 +16,11 @@ from flwr.app import (
 )
 
 from slidefed.client.app import REFUSED, app
+from slidefed.client.config import load_site_config
 from slidefed.client.keys import ensure_audit_key
-from slidefed.common.config import RunConfig, load_site_config
 from slidefed.common.model import build_model, feature_dim
-from slidefed.common.synth import SynthSite
+from slidefed.common.run_config import RunConfig
+from slidefed.demo.synth import SynthSite
 
 
 def _message(kind: str, server_round: int) -> Message:

@@ -23,7 +23,7 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from slidefed.client import approval
+from slidefed.client.config import load_site_config
 from slidefed.client.egress import (
     APP_EXCEPTION,
     EGRESS_BLOCKED,
@@ -31,9 +31,9 @@ from slidefed.client.egress import (
     egress_guard_mod,
     inspect_reply,
 )
-from slidefed.common.config import load_site_config
 from slidefed.common.crypto import generate_audit_key
 from slidefed.common.errors import ConfigError
+from slidefed.deploy import approval
 
 PATIENT = "P-000417"
 MODEL = {
@@ -381,6 +381,6 @@ def test_gated_executor_launches_only_client_apps_through_the_gate(
         executor.launch(spec(TaskType.CLIENT_APP)).status == LaunchResultStatus.ACCEPTED
     )
     [args] = started
-    assert args[1:4] == ["-m", "slidefed.client.approval", "clientapp"]
+    assert args[1:4] == ["-m", "slidefed.deploy.approval", "clientapp"]
     assert args[args.index("--site-config") + 1] == str(site_toml)
     assert "--insecure" in args

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slidefed.client.data import PatientBag
+from slidefed.client.data.manifest import PatientBag
 from slidefed.client.train import (
     BagDataset,
     auc_score,

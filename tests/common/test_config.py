@@ -2,15 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from slidefed.common.config import (
-    RunConfig,
+from slidefed.client.config import (
     SiteConfig,
     SiteSection,
     dump_site_config,
     load_site_config,
-    parse_run_config,
 )
 from slidefed.common.errors import ConfigError
+from slidefed.common.run_config import RunConfig, parse_run_config
 
 
 def test_site_config_round_trip(tmp_path: Path) -> None:
@@ -79,7 +78,7 @@ def test_run_config_errors_name_the_key(config: dict[str, object], key: str) -> 
 
 
 def test_site_config_with_and_without_tiles_round_trips(tmp_path: Path) -> None:
-    from slidefed.common.config import TilesSection
+    from slidefed.client.config import TilesSection
 
     for tiles in (None, TilesSection(labels=("ADI", "TUM"))):
         config = SiteConfig(site=SiteSection(name="t"), tiles=tiles, base_dir=tmp_path)

@@ -27,10 +27,10 @@ from typing import Any
 
 import pytest
 
-from slidefed.client.deploy import free_port
 from slidefed.common.crypto import generate_audit_key
 from slidefed.common.pki import ensure_ca
-from slidefed.common.synth import synth_site
+from slidefed.demo.synth import synth_site
+from slidefed.deploy.site_node import free_port
 from slidefed.simulation import write_app_dir
 
 pytestmark = pytest.mark.integration

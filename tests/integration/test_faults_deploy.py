@@ -46,10 +46,10 @@ from typing import Any
 import pytest
 
 from slidefed.bench.memory import tree_rss_bytes
-from slidefed.client.deploy import free_port
-from slidefed.client.privacy import PrivacyLedger, epsilon, stable_run_id
+from slidefed.client.privacy.ledger import PrivacyLedger, epsilon, stable_run_id
 from slidefed.common.crypto import generate_node_key
-from slidefed.common.synth import synth_site
+from slidefed.demo.synth import synth_site
+from slidefed.deploy.site_node import free_port
 from slidefed.simulation import write_app_dir
 from tests.integration.test_deploy import (
     Federation,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from slidefed.common.audit import verify_log
-from slidefed.common.config import load_site_config
-from slidefed.common.synth import synth_site
+from slidefed.client.config import load_site_config
+from slidefed.common.audit.log import verify_log
+from slidefed.demo.synth import synth_site
 
 pytestmark = pytest.mark.reliability
 
@@ -98,7 +98,7 @@ def test_disk_full_while_the_ledger_is_written_refuses_the_round(
     assert not first.has_error()
     ledger_before = config.ledger_path.read_bytes()
 
-    monkeypatch.setattr("slidefed.client.privacy.os.fsync", _enospc)
+    monkeypatch.setattr("slidefed.client.privacy.ledger.os.fsync", _enospc)
     reply = _train_once(app_site, run_id=2)
     assert reply.has_error()
     assert "storage error" in str(reply.error.reason)
@@ -111,7 +111,7 @@ def test_disk_full_while_the_audit_log_is_written_refuses_the_round(
     app_site: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = load_site_config(app_site)
-    monkeypatch.setattr("slidefed.common.audit.os.write", _enospc)
+    monkeypatch.setattr("slidefed.common.audit.log.os.write", _enospc)
     reply = _train_once(app_site)
     assert reply.has_error()
     assert "storage error" in str(reply.error.reason)
@@ -119,6 +119,6 @@ def test_disk_full_while_the_audit_log_is_written_refuses_the_round(
     if config.audit_path.exists():
         assert verify_log(config.audit_path).ok
     # Nothing was released, so nothing may have been charged either.
-    from slidefed.client.privacy import PrivacyLedger
+    from slidefed.client.privacy.ledger import PrivacyLedger
 
     assert PrivacyLedger(config.ledger_path).load().rounds == []

@@ -8,9 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from slidefed.cli import main
-from slidefed.client.data import load_manifest
-from slidefed.common.config import load_site_config, parse_run_config
+from slidefed.client.config import load_site_config
+from slidefed.client.data.manifest import load_manifest
 from slidefed.common.errors import AuditError, ConfigError, ManifestError
+from slidefed.common.run_config import parse_run_config
 
 pytestmark = pytest.mark.reliability
 
@@ -140,7 +141,7 @@ def test_fuzz_manifest_gives_manifest_error_or_rows(
 
 @pytest.fixture(scope="module")
 def valid_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from slidefed.common.audit import AuditLog
+    from slidefed.common.audit.log import AuditLog
     from slidefed.common.crypto import generate_audit_key
 
     folder = tmp_path_factory.mktemp("log")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from slidefed.common.config import RunConfig
-from slidefed.common.synth import synth_site
+from slidefed.common.run_config import RunConfig
+from slidefed.demo.synth import synth_site
 from slidefed.simulation import run_simulation
 
 pytestmark = [pytest.mark.integration]
@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def three_sites(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    from slidefed.client.config import load_site_config
     from slidefed.client.keys import ensure_audit_key
-    from slidefed.client.prepare import prepare_site
-    from slidefed.common.config import load_site_config
+    from slidefed.client.prepare.pipeline import prepare_site
 
     root = tmp_path_factory.mktemp("fed")
     paths = []

@@ -13,7 +13,7 @@ from flwr.app import (
 )
 
 from slidefed.common.arrays import specs_of
-from slidefed.common.config import RunConfig
+from slidefed.common.run_config import RunConfig
 from slidefed.server.strategy import (
     ValidatingMixin,
     build_strategy,

@@ -1,0 +1,11 @@
+"""The ``slidefed`` command: one module per command group, heavy imports inside commands.
+
+``root`` holds the top-level app and the one table that turns error types into exit
+codes; ``site``, ``server``, ``audit`` and ``bench`` hold the groups of each user.
+"""
+
+from slidefed.cli.root import app as app
+from slidefed.cli.root import main as main
+from slidefed.cli.root import run as run
+
+__all__ = ["app", "main", "run"]

@@ -1,0 +1,7 @@
+"""``python -m slidefed.cli``."""
+
+import sys
+
+from slidefed.cli.root import main
+
+sys.exit(main())

@@ -1,0 +1,162 @@
+"""The site's configuration (``site.toml``): where its data live and its policy.
+
+The site configuration belongs to the hospital; no run can override it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from slidefed.common.tomlfile import dump_toml, load_toml_model
+
+
+class SiteSection(BaseModel):
+    """Where the site's data and state live."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    manifest: Path = Path("manifest.csv")
+    slides_root: Path = Path()
+    state_dir: Path = Path("state")
+    audit_dir: Path = Path("audit")
+
+
+class TilingSection(BaseModel):
+    """How slides are cut into tiles."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_mpp: float = Field(default=0.5, gt=0.05, le=16.0)
+    tile_size: int = Field(default=224, ge=32, le=4096)
+    tissue_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
+    fallback_mpp: float | None = Field(default=None, gt=0.0)
+    workers: int = Field(default=0, ge=0)
+
+
+class FeaturesSection(BaseModel):
+    """The frozen encoder that turns tiles into feature vectors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    encoder: str = "hed"
+    weights: Path | None = None
+    batch_size: int = Field(default=64, ge=1)
+
+
+class TilesSection(BaseModel):
+    """A site whose data are labelled tiles rather than whole slides."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: Literal["folder", "manifest"] = "folder"
+    path: Path = Path("tiles")
+    labels: tuple[str, ...] = ()
+    tile_size: int = Field(default=224, ge=16, le=4096)
+    test_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
+
+
+class SitePolicy(BaseModel):
+    """The site's privacy and use policy; a run can never override it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_epsilon: float = Field(default=10.0, gt=0.0)
+    delta: float | None = Field(default=None, gt=0.0, lt=1.0)
+    min_noise_multiplier: float = Field(default=0.3, ge=0.0)
+    max_grad_norm: float = Field(default=5.0, gt=0.0)
+    allowed_tasks: tuple[str, ...] = ("abmil", "tiles")
+    min_eval_patients: int = Field(default=5, ge=1)
+    max_bag_size: int = Field(default=2048, ge=1)
+    accountant: Literal["rdp", "prv"] = "rdp"
+    secure_rng: bool = False
+
+    def delta_for(self, n_patients: int) -> float:
+        """Return the delta in force for a dataset of ``n_patients`` samples."""
+        default = 1.0 / (10.0 * max(n_patients, 1))
+        return self.delta if self.delta is not None else default
+
+
+class SiteConfig(BaseModel):
+    """The whole ``site.toml``; relative paths are resolved against its folder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    site: SiteSection
+    tiling: TilingSection = TilingSection()
+    features: FeaturesSection = FeaturesSection()
+    tiles: TilesSection | None = None
+    policy: SitePolicy = SitePolicy()
+    base_dir: Path = Path()
+
+    def resolve(self, path: Path) -> Path:
+        """Resolve a path from the config against the config's folder."""
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    @property
+    def manifest_path(self) -> Path:
+        """Absolute path of the manifest CSV."""
+        return self.resolve(self.site.manifest)
+
+    @property
+    def slides_root(self) -> Path:
+        """Absolute folder that slide paths in the manifest are relative to."""
+        return self.resolve(self.site.slides_root)
+
+    @property
+    def state_dir(self) -> Path:
+        """Absolute folder for the cache, the ledger and the keys."""
+        return self.resolve(self.site.state_dir)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Absolute folder of the feature cache."""
+        return self.state_dir / "cache"
+
+    @property
+    def ledger_path(self) -> Path:
+        """Absolute path of the privacy ledger."""
+        return self.state_dir / "ledger.json"
+
+    @property
+    def audit_path(self) -> Path:
+        """Absolute path of the site audit log."""
+        return self.resolve(self.site.audit_dir) / "audit.jsonl"
+
+    @property
+    def audit_key_path(self) -> Path:
+        """Absolute path of the site's Ed25519 audit key."""
+        return self.state_dir / "keys" / "audit_key"
+
+
+def load_site_config(path: Path) -> SiteConfig:
+    """Read and validate ``site.toml``.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, is not TOML, or a value breaks a rule.
+    """
+    return load_toml_model(
+        path, SiteConfig, what="site config", create="slidefed site init DIR"
+    )
+
+
+def dump_site_config(config: SiteConfig) -> str:
+    """Render a site config as TOML (the inverse of :func:`load_site_config`)."""
+    return dump_toml(config.model_dump(mode="json", exclude={"base_dir"}))
+
+
+__all__ = [
+    "FeaturesSection",
+    "SiteConfig",
+    "SitePolicy",
+    "SiteSection",
+    "TilesSection",
+    "TilingSection",
+    "dump_site_config",
+    "load_site_config",
+]

@@ -1,0 +1,345 @@
+"""A tile grid at a target resolution, chosen from the tissue mask, and its reads.
+
+The grid is laid in the pixels of the pyramid level it is read from, with its
+origin at (0, 0) and a step of ``read_size`` level pixels; tile positions are
+recorded in level-0 pixels (``round(level_x * downsample)``, an exact inverse of
+``round(x / downsample)``). When ``read_size`` equals the stored tile size (or
+divides it), every tile is one stored tile (or a part of one): the reader
+decodes the stored bytes straight into the batch. Otherwise the reader cuts each
+tile from the decoded stored tiles it overlaps, which it keeps in a bounded
+cache, so that a row of tiles (or a full-width NDPI band) decodes each stored
+tile once. Tiles come in batches; memory is bounded by the batch size and the
+reader's cache, never by the slide size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+from pydantic import BaseModel, ConfigDict
+
+from slidefed.client.config import TilingSection
+from slidefed.client.prepare.tissue import tissue_mask
+from slidefed.client.slides.core import (
+    SlideSource,
+    StoredTileReader,
+    box_reduce,
+    open_slide,
+)
+from slidefed.common.errors import SlideReadError
+
+# Level downsamples are floats (2.0005 on real scans): compare with a tolerance.
+_LEVEL_TOLERANCE = 0.01
+# Skip the resize when the read size is this close to the tile size.
+_RESIZE_TOLERANCE = 0.02
+#: Largest upsampling of the scan allowed to reach the target resolution.
+MAX_UPSAMPLE = 2.0
+#: Version of the grid layout; part of the feature cache key.
+GRID_VERSION = 2
+
+
+class TileGrid(BaseModel):
+    """Where the tiles of one slide are and how to read them.
+
+    Attributes
+    ----------
+    level : int
+        Pyramid level the tiles are read from.
+    read_size : int
+        Side of a tile in ``level`` pixels (the grid step at that level).
+    tile_size : int
+        Side of a tile as delivered (after resizing ``read_size`` to it).
+    mpp : float
+        Microns per pixel of the delivered tiles.
+    coords : list of (int, int)
+        Level-0 (x, y) of each tile's top-left corner, row by row.
+    level_downsample : float
+        Downsample of ``level`` relative to level 0.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    level: int
+    read_size: int
+    tile_size: int
+    mpp: float
+    coords: list[tuple[int, int]]
+    level_downsample: float = 1.0
+
+    @property
+    def resize(self) -> bool:
+        """Whether tiles are resized from ``read_size`` to ``tile_size``."""
+        return self.read_size != self.tile_size
+
+    def level_xy(self, xy: tuple[int, int]) -> tuple[int, int]:
+        """Position of a tile in ``level`` pixels."""
+        ds = self.level_downsample
+        return round(xy[0] / ds), round(xy[1] / ds)
+
+
+class TileBatch(NamedTuple):
+    """Tiles read together, and the ones that could not be read."""
+
+    coords: list[tuple[int, int]]
+    tiles: NDArray[np.uint8]
+    failed: list[tuple[tuple[int, int], str]]
+
+
+def slide_mpp(slide: SlideSource, tiling: TilingSection) -> float:
+    """Level-0 mpp from the file, else the site's fallback, else an error."""
+    if slide.mpp:
+        return slide.mpp
+    if tiling.fallback_mpp:
+        return tiling.fallback_mpp
+    raise SlideReadError(
+        str(slide.path),
+        "no resolution (mpp) in the file; set tiling.fallback_mpp in site.toml",
+    )
+
+
+def choose_level(downsamples: Sequence[float], ds: float) -> int:
+    """The coarsest level whose downsample is at most ``ds`` (with a tolerance)."""
+    level = 0
+    for i, d in enumerate(downsamples):
+        if d <= ds * (1 + _LEVEL_TOLERANCE):
+            level = i
+    return level
+
+
+def _tissue_fractions(
+    mask: NDArray[np.bool_],
+    mask_ds: float,
+    step0: float,
+    nx: int,
+    ny: int,
+) -> NDArray[np.float64]:
+    """Tissue fraction of each of (ny, nx) tiles of ``step0`` level-0 pixels."""
+    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
+    integral[1:, 1:] = mask.cumsum(axis=0, dtype=np.int64).cumsum(axis=1)
+
+    def bounds(n: int, size: int) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+        start = np.arange(n, dtype=np.float64) * step0 / mask_ds
+        lo = np.clip(np.floor(start).astype(np.intp), 0, size - 1)
+        hi = np.ceil(start + step0 / mask_ds).astype(np.intp)
+        hi = np.clip(np.maximum(hi, lo + 1), 1, size)
+        return lo, hi
+
+    x_lo, x_hi = bounds(nx, mask.shape[1])
+    y_lo, y_hi = bounds(ny, mask.shape[0])
+    sums = (
+        integral[np.ix_(y_hi, x_hi)]
+        - integral[np.ix_(y_lo, x_hi)]
+        - integral[np.ix_(y_hi, x_lo)]
+        + integral[np.ix_(y_lo, x_lo)]
+    )
+    area = np.outer(y_hi - y_lo, x_hi - x_lo)
+    return np.asarray(sums / np.maximum(area, 1), dtype=np.float64)
+
+
+def plan_tiles(slide: SlideSource, tiling: TilingSection) -> TileGrid:
+    """Lay a grid at ``tiling.target_mpp`` over the tissue of ``slide``.
+
+    Raises
+    ------
+    SlideReadError
+        If the slide has no mpp and the site gives none, if its resolution is
+        too coarse for the target, or if it is smaller than one tile.
+    """
+    mpp0 = slide_mpp(slide, tiling)
+    ds = tiling.target_mpp / mpp0
+    if ds < 1.0 / MAX_UPSAMPLE:
+        raise SlideReadError(
+            str(slide.path),
+            f"scan resolution {mpp0:.4g} um/px is too coarse for tiles at "
+            f"{tiling.target_mpp} um/px (they would be upsampled {1 / ds:.1f}x); "
+            f"set tiling.target_mpp to at least {mpp0 / MAX_UPSAMPLE:.4g}",
+        )
+    level = choose_level(slide.level_downsamples, ds)
+    level_ds = slide.level_downsamples[level]
+    read_size = max(round(tiling.tile_size * ds / level_ds), 1)
+    if abs(read_size - tiling.tile_size) <= _RESIZE_TOLERANCE * tiling.tile_size:
+        read_size = tiling.tile_size
+    width, height = slide.level_dimensions[level]
+    nx, ny = width // read_size, height // read_size
+    if nx == 0 or ny == 0:
+        w0, h0 = slide.level_dimensions[0]
+        raise SlideReadError(
+            str(slide.path),
+            f"slide is smaller than one tile ({w0} x {h0} px; a {tiling.tile_size}"
+            f"-px tile at {tiling.target_mpp} um/px needs "
+            f"{math.ceil(read_size * level_ds)} px)",
+        )
+    mask, mask_ds = tissue_mask(slide)
+    fractions = _tissue_fractions(mask, mask_ds, read_size * level_ds, nx, ny)
+    keep = np.argwhere(fractions >= tiling.tissue_fraction)
+    step0 = read_size * level_ds
+    coords = [(round(int(tx) * step0), round(int(ty) * step0)) for ty, tx in keep]
+    return TileGrid(
+        level=level,
+        read_size=read_size,
+        tile_size=tiling.tile_size,
+        mpp=tiling.target_mpp,
+        coords=coords,
+        level_downsample=level_ds,
+    )
+
+
+def _resize(arr: NDArray[np.uint8], size: int) -> NDArray[np.uint8]:
+    side = arr.shape[0]
+    if side > size and side % size == 0 and arr.shape[1] == side:
+        return box_reduce(arr, side // size)
+    img = Image.fromarray(arr)
+    return np.asarray(
+        img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8
+    )
+
+
+def read_tile(
+    slide: SlideSource, grid: TileGrid, xy: tuple[int, int]
+) -> NDArray[np.uint8]:
+    """Read one tile of ``grid`` at level-0 ``xy`` as (tile, tile, 3) uint8."""
+    size = (grid.read_size, grid.read_size)
+    arr = slide.read_level_region(grid.level, grid.level_xy(xy), size)
+    return _resize(arr, grid.tile_size) if grid.resize else arr
+
+
+def iter_tiles(
+    slide: SlideSource,
+    grid: TileGrid,
+    batch_size: int,
+    *,
+    coords: Sequence[tuple[int, int]] | None = None,
+    skip_unreadable: bool = False,
+) -> Iterator[TileBatch]:
+    """Yield the tiles of ``grid`` (or of ``coords``) in batches.
+
+    Parameters
+    ----------
+    slide : SlideSource
+        The open slide.
+    grid : TileGrid
+        Where to read.
+    batch_size : int
+        Tiles per batch; with the reader's bounded cache this bounds memory.
+    coords : sequence of (int, int), optional
+        A subset of the grid's level-0 positions (default: all of them).
+    skip_unreadable : bool
+        Leave out tiles that cannot be read (listed in ``failed``) instead of
+        raising.
+
+    Raises
+    ------
+    SlideReadError
+        If a tile cannot be read and ``skip_unreadable`` is false.
+    """
+    todo = grid.coords if coords is None else coords
+    ts, rs = grid.tile_size, grid.read_size
+    # A whole-number reduction (40x -> 20x) is done per stored tile, as soon as
+    # it is decoded; other resizes read the region, then resize it.
+    factor = rs // ts if grid.resize and rs % ts == 0 else 0
+    reduced = factor > 1 and isinstance(slide, StoredTileReader)
+    buf = np.empty((rs, rs, 3), dtype=np.uint8) if grid.resize else None
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        out = np.empty((len(chunk), ts, ts, 3), dtype=np.uint8)
+        kept: list[tuple[int, int]] = []
+        failed: list[tuple[tuple[int, int], str]] = []
+        n = 0
+        for xy in chunk:
+            lxy = grid.level_xy(xy)
+            try:
+                if reduced and isinstance(slide, StoredTileReader):
+                    slide.read_level_region_reduced(
+                        grid.level, lxy, (ts, ts), factor, out=out[n]
+                    )
+                elif buf is not None:
+                    slide.read_level_region(grid.level, lxy, (rs, rs), out=buf)
+                    out[n] = _resize(buf, ts)
+                else:
+                    slide.read_level_region(grid.level, lxy, (ts, ts), out=out[n])
+            except SlideReadError as exc:
+                if not skip_unreadable:
+                    raise
+                failed.append((xy, exc.reason))
+                continue
+            kept.append(xy)
+            n += 1
+        yield TileBatch(coords=kept, tiles=out[:n], failed=failed)
+
+
+def iter_tile_batches(
+    slide: SlideSource, grid: TileGrid, batch_size: int
+) -> Iterator[NDArray[np.uint8]]:
+    """Yield tiles in batches of (n, tile, tile, 3); memory stays bounded."""
+    for batch in iter_tiles(slide, grid, batch_size):
+        yield batch.tiles
+
+
+# Slides kept open by a worker process between chunks of the same slide.
+_OPEN_SLIDES: OrderedDict[str, SlideSource] = OrderedDict()
+_MAX_OPEN = 2
+
+
+def worker_slide(path: str) -> SlideSource:
+    """The slide at ``path``, kept open in this (worker) process between calls."""
+    slide = _OPEN_SLIDES.get(path)
+    if slide is None:
+        slide = open_slide(Path(path))
+        _OPEN_SLIDES[path] = slide
+        while len(_OPEN_SLIDES) > _MAX_OPEN:
+            _, old = _OPEN_SLIDES.popitem(last=False)
+            old.close()
+    else:
+        _OPEN_SLIDES.move_to_end(path)
+    return slide
+
+
+def read_tile_chunk(
+    path: str,
+    grid: TileGrid,
+    coords: Sequence[tuple[int, int]],
+    *,
+    skip_unreadable: bool = True,
+) -> TileBatch:
+    """Read some tiles of a slide in a worker process (the slide stays open).
+
+    Meant for a process pool: the parent plans the grid and sends chunks of
+    coordinates; each worker keeps its last slides open between chunks.
+    """
+    slide = worker_slide(path)
+    batches = list(
+        iter_tiles(
+            slide,
+            grid,
+            max(len(coords), 1),
+            coords=coords,
+            skip_unreadable=skip_unreadable,
+        )
+    )
+    if not batches:
+        ts = grid.tile_size
+        return TileBatch([], np.empty((0, ts, ts, 3), np.uint8), [])
+    return batches[0]
+
+
+__all__ = [
+    "GRID_VERSION",
+    "MAX_UPSAMPLE",
+    "TileBatch",
+    "TileGrid",
+    "choose_level",
+    "iter_tile_batches",
+    "iter_tiles",
+    "plan_tiles",
+    "read_tile",
+    "read_tile_chunk",
+    "slide_mpp",
+    "worker_slide",
+]
