@@ -49,11 +49,9 @@ from slidefed.common.audit.log import (
     line_hash,
     verify_and_read,
 )
+from slidefed.common.budget import EPSILON_TOLERANCE
 from slidefed.common.crypto import key_id, load_public_key
 from slidefed.common.errors import ConfigError
-
-EPSILON_TOLERANCE = 1e-9
-"""Slack of the budget check, the same as the site's own check before a round."""
 
 
 # ----------------------------------------------------------------- event payloads

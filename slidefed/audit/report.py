@@ -33,7 +33,6 @@ from pydantic import ValidationError
 
 from slidefed import __version__
 from slidefed.audit.check import (
-    EPSILON_TOLERANCE,
     CheckResult,
     LoadedLog,
     Reason,
@@ -46,6 +45,7 @@ from slidefed.audit.check import (
     summarise,
 )
 from slidefed.common.audit.log import AuditRecord
+from slidefed.common.budget import EPSILON_TOLERANCE
 from slidefed.common.errors import ConfigError
 
 BUDGET_COLOUR = "#d62728"

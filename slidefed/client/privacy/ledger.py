@@ -24,6 +24,7 @@ from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from pydantic import BaseModel, ConfigDict, Field
 
+from slidefed.common.budget import EPSILON_TOLERANCE
 from slidefed.common.errors import PrivacyBudgetExhausted
 
 Unit = Literal["patient", "slide", "tile"]
@@ -304,13 +305,13 @@ def charge_round(
         if plan is None:
             remaining = max_epsilon - before
             wanted = min(target_epsilon, max_epsilon)
-            if remaining <= 1e-9:
+            if remaining <= EPSILON_TOLERANCE:
                 raise PrivacyBudgetExhausted(
                     f"site budget spent: epsilon {before:.3f} of max_epsilon "
                     f"{max_epsilon:.3f} (policy in site.toml); no more training on "
                     "this dataset"
                 )
-            if remaining + 1e-9 < wanted:
+            if remaining + EPSILON_TOLERANCE < wanted:
                 raise PrivacyBudgetExhausted(
                     f"run asks for epsilon {target_epsilon:.3g} but only "
                     f"{remaining:.3f} of the site's max_epsilon {max_epsilon:.3g} "
@@ -339,7 +340,7 @@ def charge_round(
         after = epsilon(
             [*history, (sigma, sample_rate, steps)], delta, accountant=accountant
         )
-        if after > max_epsilon + 1e-9:
+        if after > max_epsilon + EPSILON_TOLERANCE:
             raise PrivacyBudgetExhausted(
                 f"round {server_round} would bring epsilon to {after:.3f}, over the "
                 f"site's max_epsilon {max_epsilon:.3f} (policy in site.toml); round "
