@@ -45,7 +45,7 @@ audit_app = typer.Typer(
 
 
 def _trusted_keys(keys: Path | None) -> dict[str, Ed25519PublicKey] | None:
-    from slidefed.audit.check import load_public_keys
+    from slidefed.audit.load import load_public_keys
 
     return None if keys is None else load_public_keys(keys)
 
@@ -101,8 +101,10 @@ def audit_report(
 
     Exit 1 when a log fails verification (the report is written and says why).
     """
-    from slidefed.audit.check import collector_paused, load_logs, summarise
+    from slidefed.audit.check import summarise
+    from slidefed.audit.load import load_logs
     from slidefed.audit.report import write_report
+    from slidefed.audit.verify import collector_paused
 
     _check_paths(logs)
     if out.is_dir():

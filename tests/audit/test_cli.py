@@ -18,23 +18,23 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from slidefed.audit.check import (
-    bench_verify,
-    check_logs,
-    load_public_keys,
-    write_bench_log,
-)
+from slidefed.audit import _lines as verify_lines
+from slidefed.audit.check import check_logs
+from slidefed.audit.load import load_public_keys
+from slidefed.audit.verify import verify_log
 from slidefed.cli import main
-from slidefed.common.audit import _verify as _audit_verify
-from slidefed.common.audit.log import (
-    Actor,
-    AuditLog,
-    AuditRecord,
-    line_hash,
-    read_records,
-    verify_log,
-)
+from slidefed.common.audit.records import Actor, AuditRecord
+from slidefed.common.audit.writer import AuditLog
 from slidefed.common.crypto import generate_audit_key, key_id, load_audit_key
+from tests.audit.builders import (
+    aggregated,
+    charge,
+    completed,
+    foreign,
+    joined,
+    release,
+    sha,
+)
 
 RUN_ID = 3315920926361214562
 BUDGET = 10.0
@@ -56,10 +56,6 @@ class Federation:
     @property
     def logs(self) -> list[str]:
         return [str(self.site_a), str(self.site_b), str(self.server)]
-
-
-def _sha(site: str, rnd: int) -> str:
-    return line_hash(f"{site}/{rnd}".encode())
 
 
 def _writer(
@@ -85,46 +81,12 @@ def write_site(
 ) -> tuple[Path, Ed25519PrivateKey]:
     """Write a site log with the client's events, one charge and release a round."""
     log, key = _writer(folder, keys, "site", name, "audit.jsonl")
-    log.append(
-        "run_joined",
-        run_id=RUN_ID,
-        round=1,
-        config_hash="f" * 64,
-        dataset={
-            "unit": "patient",
-            "manifest_sha256": "a" * 64,
-            "slides": 80,
-            "patients": 40,
-            "train_patients": 28,
-            "test_patients": 12,
-        },
-    )
+    log.append(joined(), run_id=RUN_ID, round=1)
     before = 0.0
     for rnd, after in enumerate(epsilons, 1):
-        log.append(
-            "round_charged",
-            run_id=RUN_ID,
-            round=rnd,
-            noise_multiplier=0.9560546875,
-            sample_rate=0.25,
-            steps=16,
-            delta=0.0035714285714285713,
-            unit="patient",
-            accountant="rdp",
-            epsilon_round=after - before,
-            epsilon_before=before,
-            epsilon_after=after,
-            epsilon_max=budget,
-        )
-        log.append(
-            "update_released",
-            run_id=RUN_ID,
-            round=rnd,
-            arrays=[{"name": "head.weight", "shape": [2, 24], "dtype": "float32"}],
-            bytes=192,
-            sha256=_sha(name, rnd),
-            metrics={"num-examples": 28, "train_loss": 0.6},
-        )
+        spent = charge(after, before=before, budget=budget)
+        log.append(spent, run_id=RUN_ID, round=rnd)
+        log.append(release(sha(name, rnd)), run_id=RUN_ID, round=rnd)
         before = after
     return log.path, key
 
@@ -135,16 +97,8 @@ def write_server(
     """Write a server log that aggregated the updates ``(site, round)``."""
     log, _key = _writer(folder, keys, "server", "server", "server-audit.jsonl")
     for node, (site, rnd) in enumerate(updates, 1):
-        log.append(
-            "update_aggregated",
-            run_id=RUN_ID,
-            round=rnd,
-            node=str(node),
-            sha256=_sha(site, rnd),
-            bytes=192,
-            weight=28.0,
-        )
-    log.append("round_completed", run_id=RUN_ID, round=2, sites_trained=2)
+        log.append(aggregated(str(node), sha(site, rnd)), run_id=RUN_ID, round=rnd)
+    log.append(completed(2), run_id=RUN_ID, round=2)
     return log.path, log
 
 
@@ -359,15 +313,7 @@ def test_server_claiming_an_update_no_site_released(
     log = AuditLog(
         fed.server, key=_server_key(fed), actor="server", actor_name="server"
     )
-    log.append(
-        "update_aggregated",
-        run_id=RUN_ID,
-        round=3,
-        node="77",
-        sha256=_sha("nobody", 3),
-        bytes=192,
-        weight=1.0,
-    )
+    log.append(aggregated("77", sha("nobody", 3)), run_id=RUN_ID, round=3)
 
     rc, out = _verify(capsys, *fed.logs)
 
@@ -433,7 +379,8 @@ def test_cross_check_reports_unreadable_payloads(tmp_path: Path) -> None:
     keys = tmp_path / "trusted"
     keys.mkdir()
     server, log = write_server(tmp_path / "s", keys, [])
-    log.append("update_aggregated", run_id=RUN_ID, round=1, node="1")  # no sha256
+    no_sha = foreign("update_aggregated", node="1", bytes=192, weight=28)
+    log.append(no_sha, run_id=RUN_ID, round=1)
 
     result = check_logs([server])
 
@@ -447,7 +394,7 @@ def test_a_site_key_cannot_speak_for_another_site(
 ) -> None:
     fake = tmp_path / "fake" / "audit.jsonl"
     log = AuditLog(fake, key=fed.key_a, actor="site", actor_name="hospital-b")
-    log.append("update_released", run_id=RUN_ID, round=9, sha256=_sha("x", 9), bytes=1)
+    log.append(release(sha("x", 9), nbytes=1), run_id=RUN_ID, round=9)
 
     rc, out = _verify(capsys, *fed.logs, str(fake), "--keys", str(fed.keys))
 
@@ -463,7 +410,7 @@ def test_a_record_in_the_name_of_another_actor(
     keys.mkdir()
     site, key = write_site(tmp_path / "c", keys, "hospital-c", [1.0])
     AuditLog(site, key=key, actor="server", actor_name="server").append(
-        "round_completed", run_id=RUN_ID, round=1
+        completed(1), run_id=RUN_ID, round=1
     )
 
     rc, out = _verify(capsys, str(site), "--keys", str(keys))
@@ -478,7 +425,7 @@ def test_another_actor_writing_into_a_site_log(
     server = AuditLog(
         fed.site_a, key=_server_key(fed), actor="server", actor_name="server"
     )
-    server.append("round_completed", run_id=RUN_ID, round=3, sites_trained=1)
+    server.append(completed(1), run_id=RUN_ID, round=3)
 
     rc, out = _verify(capsys, str(fed.site_a), "--keys", str(fed.keys))
 
@@ -602,8 +549,8 @@ def test_parallel_signature_checks_agree_with_serial(
 ) -> None:
     _insert_record_claiming_the_site_key(fed)
     serial = verify_log(fed.site_a, every_signature=True)
-    monkeypatch.setattr(_audit_verify, "_PARALLEL_MIN", 1)
-    monkeypatch.setattr(_audit_verify, "_CHUNK", 2)
+    monkeypatch.setattr(verify_lines, "_PARALLEL_MIN", 1)
+    monkeypatch.setattr(verify_lines, "_CHUNK", 2)
 
     parallel = verify_log(fed.site_a, every_signature=True)
 
@@ -616,25 +563,6 @@ def test_load_public_keys_indexes_by_key_id(fed: Federation) -> None:
 
     assert key_id(fed.key_a.public_key()) in keys
     assert len(keys) == 3
-
-
-def test_bench_log_verifies(tmp_path: Path) -> None:
-    key = Ed25519PrivateKey.generate()
-    path = tmp_path / "audit.jsonl"
-    write_bench_log(path, 7, key)
-
-    records = read_records(path)
-    result = verify_log(path, public_keys={key_id(key.public_key()): key.public_key()})
-
-    assert result.ok, result.summary()
-    assert [r.event for r in records[:2]] == ["round_charged", "update_released"]
-
-
-def test_bench_verify_reports_its_run() -> None:
-    result = bench_verify(12)
-
-    assert (result.records, result.ok) == (12, True)
-    assert result.verify_seconds >= 0
 
 
 def test_demo_like_logs_copied_elsewhere_still_verify(

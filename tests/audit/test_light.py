@@ -22,7 +22,9 @@ SCRIPT = textwrap.dedent(
     from pathlib import Path
 
     import slidefed.cli.audit
-    import slidefed.common.audit.log
+    import slidefed.common.audit.writer
+    import slidefed.audit.verify
+    import slidefed.bench.audit
     import slidefed.audit.check
     import slidefed.common.crypto
     import slidefed.audit.report
@@ -33,7 +35,7 @@ SCRIPT = textwrap.dedent(
     heavy = sys.argv[2].split(",")
     key = Ed25519PrivateKey.generate()
     log = folder / "audit.jsonl"
-    slidefed.audit.check.write_bench_log(log, 20, key)
+    slidefed.bench.audit.write_bench_log(log, 20, key)
     keys = folder / "keys"
     keys.mkdir()
     pub = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH)
@@ -80,7 +82,7 @@ ENTRY_POINT = textwrap.dedent(
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
     from slidefed.cli import main
-    from slidefed.audit.check import write_bench_log
+    from slidefed.bench.audit import write_bench_log
 
     folder = Path(sys.argv[1])
     log = folder / "audit.jsonl"

@@ -4,7 +4,7 @@ The Chromium tests skip when no Chromium binary is installed (CI installs Debian
 ``chromium`` package). Run this file as a script to redraw the screenshot in the
 docs::
 
-    python tests/test_audit_report.py docs/img/audit-report.png
+    python -m tests.audit.test_report docs/img/audit-report.png
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from slidefed.audit.check import RoundCharged, load_logs
+from slidefed.audit.load import load_logs
 from slidefed.audit.report import (
     BUDGET_COLOUR,
     SERIES_COLOURS,
@@ -31,8 +31,20 @@ from slidefed.audit.report import (
     build_report,
     epsilon_chart,
 )
-from slidefed.common.audit.log import Actor, AuditLog, line_hash, read_records
+from slidefed.audit.verify import read_records
+from slidefed.common.audit.events import (
+    EgressBlocked,
+    EgressGuardBlocked,
+    MetricWithheld,
+    RoundRefused,
+    RunFinished,
+    RunStarted,
+    UpdateRejected,
+)
+from slidefed.common.audit.records import Actor, line_hash
+from slidefed.common.audit.writer import AuditLog
 from slidefed.common.crypto import generate_audit_key
+from tests.audit.builders import aggregated, charge, completed, joined, release
 
 RUNS = (1111111111111111111, 2222222222222222222)
 
@@ -56,52 +68,27 @@ class _Site:
     released: list[tuple[int, int, str]] = field(default_factory=list)
 
     def join(self, run: int) -> None:
-        self.log.append(
-            "run_joined",
-            run_id=run,
-            round=1,
-            config_hash=line_hash(str(run).encode()),
-            dataset={
-                "unit": "patient",
-                "manifest_sha256": line_hash(self.log.actor_name.encode()),
-                "slides": 80,
-                "patients": 40,
-                "train_patients": 28,
-                "test_patients": 12,
-            },
+        fingerprint = joined(
+            line_hash(str(run).encode()),
+            manifest_sha256=line_hash(self.log.actor_name.encode()),
         )
+        self.log.append(fingerprint, run_id=run, round=1)
 
     def train(self, run: int, rnd: int, cost: float) -> None:
         after = round(self.spent + cost, 6)
-        self.log.append(
-            "round_charged",
-            run_id=run,
-            round=rnd,
+        spent = charge(
+            after,
+            before=self.spent,
+            budget=self.budget,
             noise_multiplier=1.1,
-            sample_rate=0.25,
-            steps=16,
             delta=3.5e-3,
-            unit="patient",
-            accountant="rdp",
             epsilon_round=cost,
-            epsilon_before=self.spent,
-            epsilon_after=after,
-            epsilon_max=self.budget,
         )
+        self.log.append(spent, run_id=run, round=rnd)
         self.spent = after
         sha = line_hash(f"{self.log.actor_name}/{run}/{rnd}".encode())
-        self.log.append(
-            "update_released",
-            run_id=run,
-            round=rnd,
-            arrays=[
-                {"name": f"layer{i}.weight", "shape": [24, 24], "dtype": "float32"}
-                for i in range(12)
-            ],
-            bytes=12 * 24 * 24 * 4,
-            sha256=sha,
-            metrics={"num-examples": 28, "train_loss": 0.6},
-        )
+        update = release(sha, nbytes=12 * 24 * 24 * 4, arrays=12)
+        self.log.append(update, run_id=run, round=rnd)
         self.released.append((run, rnd, sha))
 
 
@@ -111,65 +98,56 @@ def write_federation(root: Path) -> list[Path]:
     b = _Site(_writer(root, "site", "hospital-b", "audit.jsonl"), budget=8.0)
     c = _Site(_writer(root, "site", "hospital-c", "audit.jsonl"), budget=12.0)
     server = _writer(root, "server", "coordinator", "server-audit.jsonl")
-    server.append("run_started", run_id=RUNS[0], round=0, strategy="fedavg", rounds=3)
+    started = RunStarted(config_hash="c" * 64, strategy="fedavg", rounds=3)
+    server.append(started, run_id=RUNS[0], round=0)
     for site in (a, b, c):
         site.join(RUNS[0])
     for rnd, costs in enumerate([(2.1, 1.9, 1.2), (1.4, 1.3, 0.9), (1.1, 1.0, 0.8)], 1):
         for site, cost in zip((a, b, c), costs, strict=True):
             site.train(RUNS[0], rnd, cost)
     c.log.append(
-        "egress_blocked",
+        EgressGuardBlocked(
+            message_type="evaluate", rule="metric_not_allowed", detail="patient_count"
+        ),
         run_id=RUNS[0],
         round=3,
-        message_type="evaluate",
-        rule="metric_not_allowed",
-        detail="patient_count",
     )
     c.log.append(
-        "metric_withheld",
+        MetricWithheld(reason="4 held-out patients < policy minimum 10"),
         run_id=RUNS[0],
         round=3,
-        reason="4 held-out patients < policy minimum 10",
     )
     for site in (a, b):
         site.join(RUNS[1])
     a.train(RUNS[1], 1, 2.2)
     b.train(RUNS[1], 1, 2.6)
     b.log.append(
-        "egress_blocked",
+        EgressBlocked(reason="metric 'patient_ids' is not an allowed metric <b>"),
         run_id=RUNS[1],
         round=2,
-        reason="metric 'patient_ids' is not an allowed metric <b>",
     )
     a.train(RUNS[1], 2, 1.6)
     b.log.append(
-        "round_refused",
+        RoundRefused(
+            reason="round 3 would bring epsilon to 8.613, over the site's max_epsilon "
+            "8.000 (policy in site.toml); round refused"
+        ),
         run_id=RUNS[1],
         round=3,
-        reason="round 3 would bring epsilon to 8.613, over the site's max_epsilon "
-        "8.000 (policy in site.toml); round refused",
     )
     for site in (a, b, c):
         for node, (run, rnd, sha) in enumerate(site.released, 1):
-            server.append(
-                "update_aggregated",
-                run_id=run,
-                round=rnd,
-                node=f"{site.log.actor_name[-1]}{node}",
-                sha256=sha,
-                bytes=12 * 24 * 24 * 4,
-                weight=28.0,
-            )
+            name = f"{site.log.actor_name[-1]}{node}"
+            update = aggregated(name, sha, nbytes=12 * 24 * 24 * 4)
+            server.append(update, run_id=run, round=rnd)
     server.append(
-        "update_rejected",
+        UpdateRejected(node="9313", reason="array layer3.weight has non-finite values"),
         run_id=RUNS[1],
         round=2,
-        node="9313",
-        reason="array layer3.weight has non-finite values",
     )
     for rnd in (1, 2, 3):
-        server.append("round_completed", run_id=RUNS[0], round=rnd, sites_trained=3)
-    server.append("run_finished", run_id=RUNS[0], round=3, final_sha256="0" * 64)
+        server.append(completed(3), run_id=RUNS[0], round=rnd)
+    server.append(RunFinished(final_sha256="0" * 64), run_id=RUNS[0], round=3)
     return [a.log.path, b.log.path, c.log.path, server.path]
 
 
@@ -303,8 +281,8 @@ def test_report_lists_runs_releases_and_refusals(report: Path) -> None:
 
 def test_report_escapes_every_text_from_the_logs(tmp_path: Path) -> None:
     log = _writer(tmp_path, "site", "<img src=x onerror=alert(1)>", "audit.jsonl")
-    log.append("round_refused", run_id=1, round=1, reason="<script>alert(1)</script>")
-    log.append("round_charged", run_id=1, round=2, epsilon_after=1.0, epsilon_max=2.0)
+    log.append(RoundRefused(reason="<script>alert(1)</script>"), run_id=1, round=1)
+    log.append(charge(1.0, budget=2.0), run_id=1, round=2)
 
     page = build_report(load_logs([log.path]))
 
@@ -335,7 +313,7 @@ def test_report_flags_tampering_and_unmatched_updates(
 
 def test_site_without_charges(tmp_path: Path) -> None:
     log = _writer(tmp_path, "site", "quiet", "audit.jsonl")
-    log.append("round_refused", run_id=5, round=1, reason="no training patients")
+    log.append(RoundRefused(reason="no training patients"), run_id=5, round=1)
 
     page = build_report(load_logs([log.path]))
 
@@ -346,10 +324,8 @@ def test_site_without_charges(tmp_path: Path) -> None:
 def test_runs_are_numbered_alike_across_the_page(tmp_path: Path) -> None:
     early = _writer(tmp_path, "site", "early", "audit.jsonl")
     late = _writer(tmp_path, "site", "late", "audit.jsonl")
-    early.append(
-        "round_charged", run_id=70, round=1, epsilon_after=1.0, epsilon_max=5.0
-    )
-    late.append("round_charged", run_id=80, round=1, epsilon_after=2.0, epsilon_max=5.0)
+    early.append(charge(1.0, budget=5.0), run_id=70, round=1)
+    late.append(charge(2.0, budget=5.0), run_id=80, round=1)
 
     page = build_report(load_logs([late.path, early.path]))
 
@@ -366,7 +342,7 @@ def test_long_histories_keep_the_chart_small() -> None:
             7,
             i + 1,
             "2026-01-01T00:00:00+00:00",
-            data=RoundCharged(epsilon_after=0.0005 * i, epsilon_max=4.0),
+            data=charge(0.0005 * i, budget=4.0),
         )
         for i in range(5000)
     ]
@@ -377,7 +353,7 @@ def test_long_histories_keep_the_chart_small() -> None:
         over.run_id,
         over.round,
         over.time,
-        data=RoundCharged(epsilon_after=4.5, epsilon_max=4.0),
+        data=charge(4.5, budget=4.0),
     )
 
     svg = epsilon_chart("big", charges)

@@ -1,0 +1,343 @@
+"""The audit schema: one payload model for every event a site or the server writes.
+
+Writers pass a payload to :meth:`slidefed.common.audit.writer.AuditLog.append`,
+which stores ``payload.event`` as the record's ``event`` and the payload's fields as
+its ``data``; the auditor's cross-check and report read ``data`` back with the same
+models (:func:`parse_payload`). Every model refuses unknown fields, so a writer
+cannot add a key the auditor does not know, and a record with one reads as
+malformed.
+
+A model's fields are exactly the keys the writers have always written, so logs
+written before these models existed read back unchanged. ``egress_blocked`` has
+two shapes: the training handler's own check writes a ``reason``
+(:class:`EgressBlocked`), the egress guard around the ClientApp writes the rule it
+applied (:class:`EgressGuardBlocked`).
+
+This module imports only the standard library and pydantic.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from slidefed.common.audit.records import AuditRecord
+
+
+class AuditEvent(BaseModel):
+    """Base of the payload models; ``event`` is the record's event name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event: ClassVar[str]
+
+
+# ----------------------------------------------------------------- site events
+class RunJoined(AuditEvent):
+    """``run_joined``: the run's config hash and the site's dataset fingerprint."""
+
+    event: ClassVar[str] = "run_joined"
+
+    config_hash: str
+    dataset: dict[str, Any] = Field(
+        description="privacy unit, manifest sha256 and counts; never content"
+    )
+
+
+class RoundCharged(AuditEvent):
+    """``round_charged``: the privacy a round costs, written before training."""
+
+    event: ClassVar[str] = "round_charged"
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    delta: float
+    unit: Literal["patient", "slide", "tile"]
+    accountant: str
+    epsilon_round: float
+    epsilon_before: float
+    epsilon_after: float
+    epsilon_max: float
+    replay: bool
+
+
+class RoundReplayed(RoundCharged):
+    """``round_replayed``: a round charged before, trained again without a charge."""
+
+    event: ClassVar[str] = "round_replayed"
+
+
+class ArrayInfo(BaseModel):
+    """Name, shape and dtype of one array of a released update."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    shape: list[int]
+    dtype: str
+
+
+class UpdateReleased(AuditEvent):
+    """``update_released``: a model update that left the site."""
+
+    event: ClassVar[str] = "update_released"
+
+    arrays: list[ArrayInfo]
+    bytes: int = Field(ge=0)
+    sha256: str = Field(min_length=1)
+    metrics: dict[str, Any]
+
+
+class MetricsReleased(AuditEvent):
+    """``metrics_released``: held-out metrics sent to the server."""
+
+    event: ClassVar[str] = "metrics_released"
+
+    metrics: dict[str, Any]
+
+
+class _Because(AuditEvent):
+    """An event that says why something did not happen."""
+
+    reason: str
+
+
+class MetricWithheld(_Because):
+    """``metric_withheld``: an evaluation too small for the site's minimum."""
+
+    event: ClassVar[str] = "metric_withheld"
+
+
+class RoundRefused(_Because):
+    """``round_refused``: the site's policy (or its storage) refused the round."""
+
+    event: ClassVar[str] = "round_refused"
+
+
+class RoundFailed(_Because):
+    """``round_failed``: the round failed at the site."""
+
+    event: ClassVar[str] = "round_failed"
+
+
+class EgressBlocked(_Because):
+    """``egress_blocked`` by the training handler's check of its own reply."""
+
+    event: ClassVar[str] = "egress_blocked"
+
+
+class EgressGuardBlocked(AuditEvent):
+    """``egress_blocked`` by the egress guard around the ClientApp."""
+
+    event: ClassVar[str] = "egress_blocked"
+
+    message_type: str
+    rule: str
+    detail: str
+
+
+class AppRefused(_Because):
+    """``app_refused``: an app whose FAB hash the site did not approve."""
+
+    event: ClassVar[str] = "app_refused"
+
+    fab_hash: str
+    fab_id: str
+    fab_version: str
+
+
+# ----------------------------------------------------------------- server events
+class RunStarted(AuditEvent):
+    """``run_started`` (server): the run config's hash, strategy and rounds."""
+
+    event: ClassVar[str] = "run_started"
+
+    config_hash: str
+    strategy: str
+    rounds: int
+
+
+class RunResumed(RunStarted):
+    """``run_resumed`` (server): a run continued from its last checkpoint."""
+
+    event: ClassVar[str] = "run_resumed"
+
+
+class RunFinished(AuditEvent):
+    """``run_finished`` (server): the SHA-256 of the final model's bytes."""
+
+    event: ClassVar[str] = "run_finished"
+
+    final_sha256: str
+
+
+class RoundCompleted(AuditEvent):
+    """``round_completed`` (server): the round's totals."""
+
+    event: ClassVar[str] = "round_completed"
+
+    sites_trained: int
+    sites_evaluated: int
+    rejected: int
+    errors: int
+
+
+class _NodeBecause(_Because):
+    """A server event about one node's reply."""
+
+    node: str
+
+
+class ReplyError(_NodeBecause):
+    """``reply_error`` (server): a site replied with an error."""
+
+    event: ClassVar[str] = "reply_error"
+
+
+class UpdateRejected(_NodeBecause):
+    """``update_rejected`` (server): an update failed the server's validation."""
+
+    event: ClassVar[str] = "update_rejected"
+
+
+class UpdateAggregated(AuditEvent):
+    """``update_aggregated`` (server): an update that went into the global model."""
+
+    event: ClassVar[str] = "update_aggregated"
+
+    node: str
+    sha256: str = Field(min_length=1)
+    bytes: int
+    weight: int
+
+
+# ----------------------------------------------------------------- the registry
+EVENT_MODELS: tuple[type[AuditEvent], ...] = (
+    RunJoined,
+    RoundCharged,
+    RoundReplayed,
+    UpdateReleased,
+    MetricsReleased,
+    MetricWithheld,
+    RoundRefused,
+    RoundFailed,
+    EgressBlocked,
+    EgressGuardBlocked,
+    AppRefused,
+    RunStarted,
+    RunResumed,
+    RunFinished,
+    RoundCompleted,
+    ReplyError,
+    UpdateRejected,
+    UpdateAggregated,
+)
+"""Every payload model; an event name may have more than one (``egress_blocked``)."""
+
+
+def _by_event() -> dict[str, tuple[type[AuditEvent], ...]]:
+    found: dict[str, tuple[type[AuditEvent], ...]] = {}
+    for model in EVENT_MODELS:
+        found[model.event] = (*found.get(model.event, ()), model)
+    return found
+
+
+_BY_EVENT = _by_event()
+
+
+def models_for(event: str) -> tuple[type[AuditEvent], ...]:
+    """Return the payload models of an event name (empty when it is unknown)."""
+    return _BY_EVENT.get(event, ())
+
+
+def event_names() -> frozenset[str]:
+    """Return every event name that has a payload model."""
+    return frozenset(_BY_EVENT)
+
+
+def parse_payload(record: AuditRecord) -> AuditEvent | None:
+    """Read a record's ``data`` with the payload model of its event.
+
+    Parameters
+    ----------
+    record : AuditRecord
+        The record.
+
+    Returns
+    -------
+    AuditEvent or None
+        The payload, or None when no model has the record's event name.
+
+    Raises
+    ------
+    pydantic.ValidationError
+        If no model of the event accepts ``data`` (the error of the first model).
+    """
+    models = models_for(record.event)
+    errors: list[ValidationError] = []
+    for model in models:
+        try:
+            return model.model_validate(record.data)
+        except ValidationError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+    return None
+
+
+_Event = TypeVar("_Event", bound=AuditEvent)
+
+
+def event_data(record: AuditRecord, model: type[_Event]) -> _Event:
+    """Read a record's payload as ``model``.
+
+    Parameters
+    ----------
+    record : AuditRecord
+        The record.
+    model : type[AuditEvent]
+        The payload model of the record's event.
+
+    Returns
+    -------
+    AuditEvent
+        The payload.
+
+    Raises
+    ------
+    pydantic.ValidationError
+        If the payload lacks a field of ``model``, has one of the wrong type, or
+        has a field ``model`` does not know.
+    """
+    return model.model_validate(record.data)
+
+
+__all__ = [
+    "EVENT_MODELS",
+    "AppRefused",
+    "ArrayInfo",
+    "AuditEvent",
+    "EgressBlocked",
+    "EgressGuardBlocked",
+    "MetricWithheld",
+    "MetricsReleased",
+    "ReplyError",
+    "RoundCharged",
+    "RoundCompleted",
+    "RoundFailed",
+    "RoundRefused",
+    "RoundReplayed",
+    "RunFinished",
+    "RunJoined",
+    "RunResumed",
+    "RunStarted",
+    "UpdateAggregated",
+    "UpdateRejected",
+    "UpdateReleased",
+    "event_data",
+    "event_names",
+    "models_for",
+    "parse_payload",
+]
