@@ -1,16 +1,19 @@
-"""The site manifest and patient bags: one training sample is one patient."""
+"""The site manifest: which slides a site has, whose they are, and their labels.
+
+Each row names a slide, its patient, a label and a split; bad rows are rejected
+one by one with a reason, and a patient whose slides disagree on the label or
+the split is rejected whole. Grouping the slides' features into patient bags is
+:mod:`slidefed.client.data.bags`.
+"""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from slidefed.common.errors import ManifestError
@@ -65,7 +68,23 @@ def load_manifest(path: Path) -> Manifest:
     raw = path.read_bytes()
     text = raw.decode("utf-8-sig", errors="replace")
     reader = csv.DictReader(text.splitlines())
-    columns = list(reader.fieldnames or [])
+    unit = _privacy_unit(path, list(reader.fieldnames or []))
+    rows, rejected = _validate_rows(reader, unit)
+    rows, conflicts = _drop_conflicting_patients(rows)
+    rejected.extend(conflicts)
+    if not rows:
+        raise ManifestError(f"{path}: no usable row; fix the rows listed above")
+    return Manifest(
+        path=path,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        unit=unit,
+        rows=[r for _, r in rows],
+        rejected=rejected,
+    )
+
+
+def _privacy_unit(path: Path, columns: list[str]) -> Literal["patient", "slide"]:
+    """The privacy unit the header allows; refuses a header without its columns."""
     # Without patient ids each slide is its own sample: the privacy unit falls
     # back to the slide, and every record says so.
     unit: Literal["patient", "slide"] = (
@@ -81,6 +100,13 @@ def load_manifest(path: Path) -> Manifest:
             f"{path}: missing column(s) {', '.join(missing)}; the header must be "
             f"{','.join(REQUIRED_COLUMNS)}"
         )
+    return unit
+
+
+def _validate_rows(
+    reader: csv.DictReader[str], unit: Literal["patient", "slide"]
+) -> tuple[list[tuple[int, ManifestRow]], list[tuple[int, str]]]:
+    """(line, row) of each valid row, and (line, reason) of each rejected one."""
     rows: list[tuple[int, ManifestRow]] = []
     rejected: list[tuple[int, str]] = []
     seen: set[str] = set()
@@ -99,17 +125,7 @@ def load_manifest(path: Path) -> Manifest:
             continue
         seen.add(row.slide)
         rows.append((line, row))
-    rows, conflicts = _drop_conflicting_patients(rows)
-    rejected.extend(conflicts)
-    if not rows:
-        raise ManifestError(f"{path}: no usable row; fix the rows listed above")
-    return Manifest(
-        path=path,
-        sha256=hashlib.sha256(raw).hexdigest(),
-        unit=unit,
-        rows=[r for _, r in rows],
-        rejected=rejected,
-    )
+    return rows, rejected
 
 
 def _drop_conflicting_patients(
@@ -135,51 +151,4 @@ def _drop_conflicting_patients(
     return kept, rejected
 
 
-class PatientBag(BaseModel):
-    """All tile features of one patient (the privacy unit)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
-
-    patient_id: str
-    label: int
-    split: Literal["train", "test"]
-    features: NDArray[np.float32]
-
-
-def build_bags(
-    rows: Sequence[ManifestRow],
-    features: dict[str, NDArray[np.float32]],
-    *,
-    bag_size: int,
-    seed: int,
-) -> list[PatientBag]:
-    """Group slide features by patient and subsample each bag to ``bag_size``.
-
-    Slides without features (skipped in preparation, or no tissue) are left out;
-    a patient without any tile is left out.
-    """
-    grouped: dict[str, list[ManifestRow]] = defaultdict(list)
-    for row in rows:
-        grouped[row.patient_id].append(row)
-    bags: list[PatientBag] = []
-    for pid in sorted(grouped):
-        parts = [features[r.slide] for r in grouped[pid] if r.slide in features]
-        parts = [p for p in parts if len(p)]
-        if not parts:
-            continue
-        feats = np.concatenate(parts)
-        if len(feats) > bag_size:
-            # Seeded per patient so that a bag does not depend on the others.
-            digest = hashlib.sha256(f"{seed}:{pid}".encode()).digest()
-            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-            feats = feats[np.sort(rng.choice(len(feats), bag_size, replace=False))]
-        first = grouped[pid][0]
-        bags.append(
-            PatientBag(
-                patient_id=pid, label=first.label, split=first.split, features=feats
-            )
-        )
-    return bags
-
-
-__all__ = ["Manifest", "ManifestRow", "PatientBag", "build_bags", "load_manifest"]
+__all__ = ["REQUIRED_COLUMNS", "Manifest", "ManifestRow", "load_manifest"]

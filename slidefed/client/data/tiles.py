@@ -20,12 +20,8 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict
 
 from slidefed.client.config import SiteConfig, TilesSection
-from slidefed.client.prepare.features import (
-    FeatureCache,
-    cache_key,
-    file_sha256,
-    get_encoder,
-)
+from slidefed.client.prepare.cache import FeatureCache, cache_key, file_sha256
+from slidefed.client.prepare.encoders import get_encoder
 from slidefed.common.errors import ConfigError, ManifestError
 
 logger = logging.getLogger(__name__)
@@ -182,9 +178,39 @@ def load_tile_dataset(config: SiteConfig, labels: list[str]) -> TileDataset:
         if tiles.source == "folder"
         else scan_manifest(root, tiles)
     )
+    index = {name: i for i, name in enumerate(labels)}
+    usable, fingerprint = _encode_records(config, tiles, records, index, skipped)
+    if not usable:
+        raise ConfigError(f"{root}: no usable tile; fix the files listed as skipped")
+    for name, reason in skipped:
+        logger.warning(
+            "tile skipped: %s (%s)",
+            hashlib.sha256(name.encode()).hexdigest()[:12],
+            reason,
+        )
+    with_patients = all(rec.patient_id for rec, _ in usable)
+    return TileDataset(
+        unit="patient" if with_patients else "tile",
+        labels=labels,
+        samples=_group_samples(usable, index, with_patients=with_patients),
+        skipped=skipped,
+        fingerprint=fingerprint,
+    )
+
+
+def _encode_records(
+    config: SiteConfig,
+    tiles: TilesSection,
+    records: list[TileRecord],
+    index: dict[str, int],
+    skipped: list[tuple[str, str]],
+) -> tuple[list[tuple[TileRecord, NDArray[np.float32]]], str]:
+    """Features of each usable tile (cached per content), and their fingerprint.
+
+    Tiles that cannot be used are appended to ``skipped`` with the reason.
+    """
     encoder = get_encoder(config.features.encoder)
     cache = FeatureCache(config.cache_dir / "tiles")
-    index = {name: i for i, name in enumerate(labels)}
     usable: list[tuple[TileRecord, NDArray[np.float32]]] = []
     digest = hashlib.sha256()
     for rec in records:
@@ -209,15 +235,16 @@ def load_tile_dataset(config: SiteConfig, labels: list[str]) -> TileDataset:
             cache.save(key, feats, np.zeros((1, 2), np.int64))
         digest.update(f"{content}:{rec.label}:{rec.split}:{rec.patient_id}".encode())
         usable.append((rec, feats))
-    if not usable:
-        raise ConfigError(f"{root}: no usable tile; fix the files listed as skipped")
-    for name, reason in skipped:
-        logger.warning(
-            "tile skipped: %s (%s)",
-            hashlib.sha256(name.encode()).hexdigest()[:12],
-            reason,
-        )
-    with_patients = all(rec.patient_id for rec, _ in usable)
+    return usable, digest.hexdigest()
+
+
+def _group_samples(
+    usable: list[tuple[TileRecord, NDArray[np.float32]]],
+    index: dict[str, int],
+    *,
+    with_patients: bool,
+) -> list[TileSample]:
+    """One sample per patient (and split) when all tiles name one, else per tile."""
     groups: dict[tuple[str, str], list[tuple[TileRecord, NDArray[np.float32]]]] = (
         defaultdict(list)
     )
@@ -226,7 +253,7 @@ def load_tile_dataset(config: SiteConfig, labels: list[str]) -> TileDataset:
             rec.patient_id if with_patients and rec.patient_id else str(rec.path)
         )
         groups[(sample_id, rec.split)].append((rec, feats))
-    samples = [
+    return [
         TileSample(
             sample_id=hashlib.sha256(sid.encode()).hexdigest()[:16],
             split=split,
@@ -235,13 +262,6 @@ def load_tile_dataset(config: SiteConfig, labels: list[str]) -> TileDataset:
         )
         for (sid, split), items in sorted(groups.items())
     ]
-    return TileDataset(
-        unit="patient" if with_patients else "tile",
-        labels=labels,
-        samples=samples,
-        skipped=skipped,
-        fingerprint=digest.hexdigest(),
-    )
 
 
 __all__ = [

@@ -15,24 +15,22 @@ reader's cache, never by the slide size.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from cachetools import LRUCache
 from numpy.typing import NDArray
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from slidefed.client.config import TilingSection
 from slidefed.client.prepare.tissue import tissue_mask
-from slidefed.client.slides.core import (
-    SlideSource,
-    StoredTileReader,
-    box_reduce,
-    open_slide,
-)
+from slidefed.client.slides.base import SlideSource
+from slidefed.client.slides.pixels import box_reduce
+from slidefed.client.slides.sniff import open_slide
+from slidefed.client.slides.stored_tiles import StoredTileReader
 from slidefed.common.errors import SlideReadError
 
 # Level downsamples are floats (2.0005 on real scans): compare with a tolerance.
@@ -240,38 +238,53 @@ def iter_tiles(
         If a tile cannot be read and ``skip_unreadable`` is false.
     """
     todo = grid.coords if coords is None else coords
-    ts, rs = grid.tile_size, grid.read_size
-    # A whole-number reduction (40x -> 20x) is done per stored tile, as soon as
-    # it is decoded; other resizes read the region, then resize it.
-    factor = rs // ts if grid.resize and rs % ts == 0 else 0
-    reduced = factor > 1 and isinstance(slide, StoredTileReader)
-    buf = np.empty((rs, rs, 3), dtype=np.uint8) if grid.resize else None
+    ts = grid.tile_size
+    read = _tile_reader(slide, grid)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         out = np.empty((len(chunk), ts, ts, 3), dtype=np.uint8)
         kept: list[tuple[int, int]] = []
         failed: list[tuple[tuple[int, int], str]] = []
-        n = 0
         for xy in chunk:
-            lxy = grid.level_xy(xy)
             try:
-                if reduced and isinstance(slide, StoredTileReader):
-                    slide.read_level_region_reduced(
-                        grid.level, lxy, (ts, ts), factor, out=out[n]
-                    )
-                elif buf is not None:
-                    slide.read_level_region(grid.level, lxy, (rs, rs), out=buf)
-                    out[n] = _resize(buf, ts)
-                else:
-                    slide.read_level_region(grid.level, lxy, (ts, ts), out=out[n])
+                read(grid.level_xy(xy), out[len(kept)])
             except SlideReadError as exc:
                 if not skip_unreadable:
                     raise
                 failed.append((xy, exc.reason))
                 continue
             kept.append(xy)
-            n += 1
-        yield TileBatch(coords=kept, tiles=out[:n], failed=failed)
+        yield TileBatch(coords=kept, tiles=out[: len(kept)], failed=failed)
+
+
+def _tile_reader(
+    slide: SlideSource, grid: TileGrid
+) -> Callable[[tuple[int, int], NDArray[np.uint8]], None]:
+    """A function that reads the tile at a level position into a (tile, tile, 3) slot."""
+    ts, rs = grid.tile_size, grid.read_size
+    # A whole-number reduction (40x -> 20x) is done per stored tile, as soon as
+    # it is decoded; other resizes read the region, then resize it.
+    factor = rs // ts if grid.resize and rs % ts == 0 else 0
+    if factor > 1 and isinstance(slide, StoredTileReader):
+        reader = slide
+
+        def reduced(lxy: tuple[int, int], out: NDArray[np.uint8]) -> None:
+            reader.read_level_region_reduced(grid.level, lxy, (ts, ts), factor, out=out)
+
+        return reduced
+    if grid.resize:
+        buf = np.empty((rs, rs, 3), dtype=np.uint8)
+
+        def resized(lxy: tuple[int, int], out: NDArray[np.uint8]) -> None:
+            slide.read_level_region(grid.level, lxy, (rs, rs), out=buf)
+            out[...] = _resize(buf, ts)
+
+        return resized
+
+    def direct(lxy: tuple[int, int], out: NDArray[np.uint8]) -> None:
+        slide.read_level_region(grid.level, lxy, (ts, ts), out=out)
+
+    return direct
 
 
 def iter_tile_batches(
@@ -282,9 +295,18 @@ def iter_tile_batches(
         yield batch.tiles
 
 
+class _OpenSlides(LRUCache[str, SlideSource]):
+    """Slides kept open by a worker process; the least recently used is closed."""
+
+    def popitem(self) -> tuple[str, SlideSource]:
+        path, slide = super().popitem()
+        slide.close()
+        return path, slide
+
+
 # Slides kept open by a worker process between chunks of the same slide.
-_OPEN_SLIDES: OrderedDict[str, SlideSource] = OrderedDict()
 _MAX_OPEN = 2
+_OPEN_SLIDES = _OpenSlides(maxsize=_MAX_OPEN)
 
 
 def worker_slide(path: str) -> SlideSource:
@@ -293,11 +315,6 @@ def worker_slide(path: str) -> SlideSource:
     if slide is None:
         slide = open_slide(Path(path))
         _OPEN_SLIDES[path] = slide
-        while len(_OPEN_SLIDES) > _MAX_OPEN:
-            _, old = _OPEN_SLIDES.popitem(last=False)
-            old.close()
-    else:
-        _OPEN_SLIDES.move_to_end(path)
     return slide
 
 

@@ -21,7 +21,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from slidefed.client.slides.core import SlideSource
+from slidefed.client.slides.base import SlideSource
+from slidefed.client.slides.pixels import box_reduce
 
 # The mask is computed on the coarsest level whose long side is at least this.
 MASK_MIN_SIDE = 512
@@ -158,9 +159,7 @@ def thumbnail(
     for y in range(0, out_h * k, rows_per_band):
         rows = min(rows_per_band, out_h * k - y)
         band = slide.read_level_region(level, (0, y), (out_w * k, rows))
-        blocks = band.reshape(rows // k, k, out_w, k, 3)
-        sums = blocks.sum(axis=(1, 3), dtype=np.uint32)
-        thumb[y // k : (y + rows) // k] = (sums // (k * k)).astype(np.uint8)
+        thumb[y // k : (y + rows) // k] = box_reduce(band, k, rounding="floor")
     return thumb, level_ds * k
 
 

@@ -5,7 +5,7 @@ decoded here with imagecodecs, like the TIFF tiles, so that both readers give
 the same pixels for the same codestream.
 
 Two differences from the TIFF readers are hidden behind the
-:class:`~slidefed.client.slides.core.SlideSource` protocol:
+:class:`~slidefed.client.slides.base.SlideSource` protocol:
 
 * wsidicom's ``level`` is a log2 scale index (level 3 means 1/8) and its
   locations are in that level's pixels. Here levels are numbered 0 to
@@ -28,17 +28,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from slidefed.client.slides.core import (
+from slidefed.client.slides.base import (
     READ_ERRORS,
-    TILE_CACHE_BYTES,
     LevelInfo,
     SlideInfo,
-    StoredTileReader,
-    is_dicom_file,
     quiet_loggers,
-    to_rgb,
-    ycbcr_to_rgb,
 )
+from slidefed.client.slides.pixels import to_rgb, ycbcr_to_rgb
+from slidefed.client.slides.sniff import is_dicom_file
+from slidefed.client.slides.stored_tiles import TILE_CACHE_BYTES, StoredTileReader
 from slidefed.common.errors import SlideReadError
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slidefed.client.data.manifest import ManifestRow, build_bags, load_manifest
+from slidefed.client.data.bags import build_bags
+from slidefed.client.data.manifest import ManifestRow, load_manifest
 from slidefed.common.errors import ManifestError
 
 

@@ -6,8 +6,9 @@ import pytest
 
 from slidefed.client.config import load_site_config
 from slidefed.client.data.tiles import load_tile_dataset
+from slidefed.client.evaluation import evaluate_tiles
 from slidefed.client.site import tile_samples
-from slidefed.client.train import evaluate_tiles, train_dp
+from slidefed.client.train import train_dp
 from slidefed.common.errors import PolicyViolation
 from slidefed.common.model import build_model, feature_dim
 from slidefed.common.run_config import RunConfig

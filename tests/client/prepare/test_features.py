@@ -6,16 +6,18 @@ import numpy as np
 import pytest
 
 from slidefed.client.config import load_site_config
-from slidefed.client.prepare.features import (
+from slidefed.client.prepare.cache import (
     FeatureCache,
     HashMemo,
-    HedEncoder,
     cache_key,
+    readers_id,
+    slide_sha256,
+)
+from slidefed.client.prepare.encoders import (
+    HedEncoder,
     encoder_cache_id,
     get_encoder,
-    readers_id,
     rgb_to_hed,
-    slide_sha256,
 )
 from slidefed.client.prepare.pipeline import prepare_site
 from slidefed.common.errors import ConfigError
@@ -126,7 +128,7 @@ def test_encoder_cache_id_carries_the_weights_hash(tmp_path: Path) -> None:
 
 def test_timm_tiny_model_with_random_weights() -> None:
     pytest.importorskip("timm")
-    from slidefed.client.prepare.features import TimmEncoder
+    from slidefed.client.prepare.encoders import TimmEncoder
 
     enc = TimmEncoder("vit_tiny_patch16_224", None, device="cpu", batch_size=2)
     tiles = np.random.default_rng(0).integers(0, 255, (3, 224, 224, 3), np.uint8)

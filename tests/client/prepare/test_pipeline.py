@@ -18,9 +18,10 @@ import tifffile
 
 from slidefed.cli import main
 from slidefed.client.config import load_site_config
-from slidefed.client.prepare import pipeline as prepare_mod
-from slidefed.client.prepare.features import FeatureCache, HashMemo
-from slidefed.client.prepare.pipeline import PrepareReport, prepare_site
+from slidefed.client.prepare import slide as slide_mod
+from slidefed.client.prepare.cache import FeatureCache, HashMemo
+from slidefed.client.prepare.pipeline import prepare_site
+from slidefed.client.prepare.report import PrepareReport
 from slidefed.demo.synth import write_synthetic_slide
 
 REAL = [
@@ -57,7 +58,7 @@ def _forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_open(path: Path) -> None:
         raise AssertionError(f"slide opened on a cached run: {path}")
 
-    monkeypatch.setattr(prepare_mod, "open_slide", no_open)
+    monkeypatch.setattr(slide_mod, "open_slide", no_open)
 
 
 # --------------------------------------------------------------- real slides
@@ -249,7 +250,7 @@ def test_hash_memo_skips_rehashing_unchanged_slides(
     def no_hash(path: Path) -> str:
         raise AssertionError("unchanged slide hashed again")
 
-    monkeypatch.setattr("slidefed.client.prepare.features.slide_sha256", no_hash)
+    monkeypatch.setattr("slidefed.client.prepare.cache.slide_sha256", no_hash)
     _forbid_decoding(monkeypatch)
     report = prepare_site(config, workers=1)
     assert [s.status for s in report.slides] == ["cached"]
@@ -305,7 +306,7 @@ _BIG_SLIDE_CHILD = textwrap.dedent(
     import json, resource, sys
     from pathlib import Path
     from slidefed.client.prepare.pipeline import prepare_site
-    from slidefed.client.slides.core import open_slide
+    from slidefed.client.slides import open_slide
     from slidefed.client.prepare.tiling import iter_tiles, plan_tiles
     from slidefed.client.config import TilingSection, load_site_config
 
@@ -432,7 +433,7 @@ def test_big_slide_prepares_in_bounded_memory(tmp_path: Path) -> None:
 
 
 def test_skips_from_a_failing_disk_are_not_remembered(tmp_path: Path) -> None:
-    from slidefed.client.prepare.pipeline import _remember_skip
+    from slidefed.client.prepare.slide import _remember_skip
     from slidefed.common.errors import SlideReadError
 
     cache = FeatureCache(tmp_path)

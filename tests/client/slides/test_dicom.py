@@ -7,7 +7,7 @@ import pytest
 
 from slidefed.client.config import TilingSection
 from slidefed.client.prepare.tiling import plan_tiles
-from slidefed.client.slides.core import open_slide
+from slidefed.client.slides import open_slide
 from slidefed.common.errors import SlideReadError
 
 wsidicom = pytest.importorskip("wsidicom")

@@ -12,7 +12,7 @@ from slidefed.cli import main
 from slidefed.client.config import TilingSection
 from slidefed.client.prepare.tiling import iter_tiles, plan_tiles
 from slidefed.client.prepare.tissue import is_dark_background, mask_level, thumbnail
-from slidefed.client.slides.core import open_slide, sniff_format
+from slidefed.client.slides import open_slide, sniff_format
 from slidefed.common.errors import SlideReadError
 
 # The 16 x 16 px crop cannot hold a tile of 224 px at 0.5 um/px (nor of the

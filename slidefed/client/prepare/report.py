@@ -1,0 +1,91 @@
+"""What a preparation run did: one outcome per slide, and the site's report.
+
+The report is written to ``state/prepare-report.json``, during the run as well
+(with ``complete`` false), so that a killed run leaves a true account of what it
+had done.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from slidefed.common.fileio import atomic_write_text
+
+#: File name of the report inside the site's state folder.
+REPORT_FILE = "prepare-report.json"
+
+
+class SlideOutcome(BaseModel):
+    """What happened to one slide.
+
+    Attributes
+    ----------
+    slide : str
+        The slide as the manifest names it.
+    status : str
+        ``ok`` (prepared now), ``cached`` (features already cached, nothing
+        decoded) or ``skipped`` (see ``reason``).
+    tiles : int
+        Tiles with features.
+    reason : str
+        Why the slide was skipped, or a note (unreadable tiles left out).
+    key : str
+        Feature cache key.
+    seconds : float
+        Time spent on the slide.
+    row : int
+        Position of the slide among the manifest's accepted rows (1-based);
+        logs name slides by this number, never by path.
+    unreadable_tiles : int
+        Tiles left out because they could not be read.
+    decoded_tiles : int
+        Stored tiles decoded for this slide (0 for a cached slide).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    slide: str
+    status: str  # "ok", "cached" or "skipped"
+    tiles: int = 0
+    reason: str = ""
+    key: str = ""
+    seconds: float = 0.0
+    row: int = 0
+    unreadable_tiles: int = 0
+    decoded_tiles: int = 0
+
+
+class PrepareReport(BaseModel):
+    """The prepare report written to ``state/prepare-report.json``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: int = 2
+    site: str
+    encoder: str
+    encoder_id: str = ""
+    manifest_sha256: str
+    slides: list[SlideOutcome]
+    rejected_rows: list[tuple[int, str]]
+    seconds: float
+    tiles_per_second: float = 0.0
+    complete: bool = True
+
+    @property
+    def usable(self) -> list[SlideOutcome]:
+        """Slides with features."""
+        return [s for s in self.slides if s.status in ("ok", "cached") and s.tiles]
+
+    @property
+    def skipped(self) -> list[SlideOutcome]:
+        """Slides left out, each with its reason."""
+        return [s for s in self.slides if s.status == "skipped"]
+
+    def write(self, state_dir: Path) -> None:
+        """Write the report to ``state_dir/prepare-report.json`` atomically."""
+        atomic_write_text(state_dir / REPORT_FILE, self.model_dump_json(indent=2))
+
+
+__all__ = ["REPORT_FILE", "PrepareReport", "SlideOutcome"]

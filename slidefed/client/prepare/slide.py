@@ -1,0 +1,290 @@
+"""One slide becomes features: open, plan the tile grid, read, encode, cache.
+
+Two ways to read a slide's tiles (see :mod:`slidefed.client.prepare.pipeline`
+for when each is used):
+
+* :func:`prepare_slide`: this process reads the tiles and encodes them (a
+  worker process of the ``hed`` encoder, or a single-process run).
+* :func:`prepare_slide_in_main`: the main process holds the encoder; a pool of
+  reader processes decodes chunks of tiles ahead and sends them back.
+
+A bad slide never raises: it gives a ``skipped`` outcome with the reason, and a
+skip caused by the slide itself is remembered in the cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from slidefed.client.config import FeaturesSection, SiteConfig, TilingSection
+from slidefed.client.prepare.cache import FeatureCache, cache_key, slide_sha256
+from slidefed.client.prepare.encoders import Encoder, get_encoder
+from slidefed.client.prepare.report import SlideOutcome
+from slidefed.client.prepare.tiling import (
+    GRID_VERSION,
+    TileBatch,
+    TileGrid,
+    iter_tiles,
+    plan_tiles,
+    read_tile_chunk,
+)
+from slidefed.client.slides.sniff import open_slide
+from slidefed.common.errors import SlideReadError
+
+# Features of the tiles read, their level-0 positions, and why tiles failed.
+_Collected = tuple[list[NDArray[np.float32]], list[tuple[int, int]], list[str]]
+
+
+def tiling_params(tiling: TilingSection) -> dict[str, object]:
+    """The tiling parameters that key the feature cache."""
+    return {
+        "target_mpp": tiling.target_mpp,
+        "tile_size": tiling.tile_size,
+        "tissue_fraction": tiling.tissue_fraction,
+        "fallback_mpp": tiling.fallback_mpp,
+        "grid": GRID_VERSION,
+    }
+
+
+def known_outcome(
+    cache: FeatureCache, key: str, slide_rel: str, row: int
+) -> SlideOutcome | None:
+    """The outcome of a slide whose features, or skip, are cached; else None."""
+    if cache.has(key):
+        n = len(cache.load(key))
+        return SlideOutcome(slide=slide_rel, status="cached", tiles=n, key=key, row=row)
+    reason = cache.load_skip(key)
+    if reason is not None:
+        return SlideOutcome(slide=slide_rel, status="skipped", reason=reason, row=row)
+    return None
+
+
+def _remember_skip(cache: FeatureCache, key: str, exc: SlideReadError) -> None:
+    """Remember a skip caused by the slide itself, not by a failing disk or mount.
+
+    Unreadable tiles are not remembered either: they may come from the storage.
+    """
+    cause = exc.__cause__
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__
+    if cause is None:
+        cache.save_skip(key, exc.reason)
+
+
+def _collect(
+    batches: Iterable[TileBatch],
+    encode: Callable[[NDArray[np.uint8]], NDArray[np.float32]],
+) -> _Collected:
+    parts: list[NDArray[np.float32]] = []
+    coords: list[tuple[int, int]] = []
+    failed: list[str] = []
+    for batch in batches:
+        failed.extend(reason for _, reason in batch.failed)
+        if batch.coords:
+            parts.append(encode(batch.tiles))
+            coords.extend(batch.coords)
+    return parts, coords, failed
+
+
+def _finish(
+    slide_rel: str,
+    row: int,
+    key: str,
+    cache: FeatureCache,
+    collected: _Collected,
+    decoded: int,
+    start: float,
+) -> SlideOutcome:
+    """Save a slide's features (if any) and describe the outcome."""
+    parts, coords, failed = collected
+    seconds = round(time.perf_counter() - start, 3)
+    if not coords:
+        reason = f"all {len(failed)} tissue tiles unreadable ({failed[0]})"
+        return SlideOutcome(
+            slide=slide_rel,
+            status="skipped",
+            reason=reason,
+            row=row,
+            unreadable_tiles=len(failed),
+            decoded_tiles=decoded,
+            seconds=seconds,
+        )
+    feats = np.concatenate(parts).astype(np.float32)
+    cache.save(key, feats, np.asarray(coords, dtype=np.int64))
+    note = f"{len(failed)} unreadable tiles left out ({failed[0]})" if failed else ""
+    return SlideOutcome(
+        slide=slide_rel,
+        status="ok",
+        tiles=len(feats),
+        reason=note,
+        key=key,
+        row=row,
+        unreadable_tiles=len(failed),
+        decoded_tiles=decoded,
+        seconds=seconds,
+    )
+
+
+def _read_and_encode(
+    path: Path,
+    tiling: TilingSection,
+    batch_size: int,
+    encoder: Encoder,
+    *,
+    cache: FeatureCache,
+    key: str,
+) -> tuple[_Collected, int]:
+    """Encode the tissue tiles of one slide, read here; and the tiles decoded.
+
+    A :class:`SlideReadError` is remembered in ``cache`` under ``key`` when the
+    slide itself caused it, then raised.
+    """
+    try:
+        with open_slide(path) as slide:
+            grid = plan_tiles(slide, tiling)
+            if not grid.coords:
+                raise SlideReadError(str(path), "no tissue found")
+            batches = iter_tiles(slide, grid, batch_size, skip_unreadable=True)
+            collected = _collect(batches, encoder.encode)
+            return collected, int(getattr(slide, "tiles_decoded", 0))
+    except SlideReadError as exc:
+        _remember_skip(cache, key, exc)
+        raise
+
+
+def prepare_slide(
+    slide_rel: str,
+    path: Path,
+    tiling: TilingSection,
+    features: FeaturesSection,
+    cache_root: Path,
+    *,
+    content_hash: str | None = None,
+    encoder: Encoder | None = None,
+    row: int = 0,
+) -> SlideOutcome:
+    """Features of one slide, from the cache when its content is unchanged.
+
+    Parameters
+    ----------
+    slide_rel : str
+        The slide as the manifest names it.
+    path : Path
+        The slide file (or DICOM folder).
+    tiling, features : TilingSection, FeaturesSection
+        The site's settings.
+    cache_root : Path
+        Feature cache folder.
+    content_hash : str, optional
+        The slide's sha256 when the caller knows it already.
+    encoder : Encoder, optional
+        A loaded encoder (default: ``features.encoder`` loaded here).
+    row : int
+        The slide's position in the manifest, for the outcome.
+
+    Returns
+    -------
+    SlideOutcome
+        ``ok``, ``cached`` or ``skipped`` with a reason; never raises for a bad
+        slide.
+    """
+    start = time.perf_counter()
+    cache = FeatureCache(cache_root)
+    try:
+        if not path.exists():
+            raise SlideReadError(str(path), "file named in the manifest does not exist")
+        enc = encoder or get_encoder(
+            features.encoder, weights=features.weights, batch_size=features.batch_size
+        )
+        digest = content_hash or slide_sha256(path)
+        key = cache_key(digest, enc.encoder_id, tiling_params(tiling))
+        known = known_outcome(cache, key, slide_rel, row)
+        if known is not None:
+            return known
+        collected, decoded = _read_and_encode(
+            path, tiling, features.batch_size, enc, cache=cache, key=key
+        )
+    except SlideReadError as exc:
+        return SlideOutcome(
+            slide=slide_rel, status="skipped", reason=exc.reason, row=row
+        )
+    return _finish(slide_rel, row, key, cache, collected, decoded, start)
+
+
+# ------------------------------------------------------------- main-process mode
+def _read_ahead(
+    pool: ProcessPoolExecutor | None,
+    path: Path,
+    grid: TileGrid,
+    batch_size: int,
+    window: int,
+) -> Iterator[TileBatch]:
+    """Tile batches in order, read by ``pool`` with ``window`` chunks in flight."""
+    chunks = [
+        grid.coords[i : i + batch_size] for i in range(0, len(grid.coords), batch_size)
+    ]
+    if pool is None:
+        with open_slide(path) as slide:
+            yield from iter_tiles(slide, grid, batch_size, skip_unreadable=True)
+        return
+    pending: deque[Future[TileBatch]] = deque()
+    todo = iter(chunks)
+    for chunk in todo:
+        pending.append(pool.submit(read_tile_chunk, str(path), grid, chunk))
+        if len(pending) >= window:
+            break
+    while pending:
+        batch = pending.popleft().result()
+        nxt = next(todo, None)
+        if nxt is not None:
+            pending.append(pool.submit(read_tile_chunk, str(path), grid, nxt))
+        yield batch
+
+
+def prepare_slide_in_main(
+    slide_rel: str,
+    path: Path,
+    *,
+    row: int,
+    key: str,
+    config: SiteConfig,
+    encoder: Encoder,
+    pool: ProcessPoolExecutor | None,
+    window: int,
+) -> SlideOutcome:
+    """Features of one uncached slide, encoded here from tiles ``pool`` reads.
+
+    ``window`` chunks of tiles are in flight at once; without a pool the tiles
+    are read here. Never raises for a bad slide.
+    """
+    start = time.perf_counter()
+    cache = FeatureCache(config.cache_dir)
+    try:
+        with open_slide(path) as slide:
+            grid = plan_tiles(slide, config.tiling)
+        if not grid.coords:
+            raise SlideReadError(str(path), "no tissue found")
+        batches = _read_ahead(pool, path, grid, config.features.batch_size, window)
+        collected = _collect(batches, encoder.encode)
+    except SlideReadError as exc:
+        _remember_skip(cache, key, exc)
+        return SlideOutcome(
+            slide=slide_rel, status="skipped", reason=exc.reason, row=row
+        )
+    decoded = len(collected[1]) + len(collected[2])
+    return _finish(slide_rel, row, key, cache, collected, decoded, start)
+
+
+__all__ = [
+    "known_outcome",
+    "prepare_slide",
+    "prepare_slide_in_main",
+    "tiling_params",
+]
