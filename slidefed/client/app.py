@@ -21,16 +21,23 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from slidefed.client.egress import check_egress, egress_guard_mod
-from slidefed.client.privacy.ledger import charge_round, stable_run_id
+from slidefed.client.evaluation import TileEvalResult, evaluate, evaluate_tiles
+from slidefed.client.privacy.charging import Charge, charge_round
+from slidefed.client.privacy.ledger import stable_run_id
 from slidefed.client.site import Site, config_hash
-from slidefed.client.train import (
-    TileEvalResult,
-    batches_per_epoch,
-    evaluate,
-    evaluate_tiles,
-    train_dp,
-)
+from slidefed.client.train import batches_per_epoch, train_dp
 from slidefed.common.arrays import specs_of, update_nbytes, update_sha256
+from slidefed.common.audit.events import (
+    EgressBlocked,
+    MetricsReleased,
+    MetricWithheld,
+    RoundCharged,
+    RoundFailed,
+    RoundRefused,
+    RoundReplayed,
+    RunJoined,
+    UpdateReleased,
+)
 from slidefed.common.errors import AuditError, PolicyViolation, SlidefedError
 from slidefed.common.model import build_model, feature_dim
 from slidefed.common.run_config import RunConfig, parse_run_config
@@ -123,7 +130,9 @@ def train(msg: Message, context: Context) -> Message:
     try:
         return _train(msg, context, run, site, server_round)
     except PolicyViolation as exc:
-        _audit_quietly(site, "round_refused", context.run_id, server_round, str(exc))
+        _audit_quietly(
+            site, RoundRefused(reason=str(exc)), context.run_id, server_round
+        )
         return _error(msg, REFUSED, f"site {site.config.site.name} refused: {exc}")
     except (OSError, AuditError) as exc:
         # Disk full or read-only state: a ledger or audit write failed before
@@ -131,41 +140,62 @@ def train(msg: Message, context: Context) -> Message:
         # because both are written atomically or appended whole.
         logger.warning("storage error in round %s", server_round, exc_info=True)
         reason = f"site storage error ({getattr(exc, 'strerror', None) or exc}); round refused"
-        _audit_quietly(site, "round_refused", context.run_id, server_round, reason)
+        _audit_quietly(site, RoundRefused(reason=reason), context.run_id, server_round)
         return _error(msg, REFUSED, reason)
     except SlidefedError as exc:
-        _audit_quietly(site, "round_failed", context.run_id, server_round, str(exc))
+        _audit_quietly(site, RoundFailed(reason=str(exc)), context.run_id, server_round)
         return _error(msg, FAILED, str(exc))
 
 
 def _audit_quietly(
-    site: Site, event: str, run_id: int, server_round: int, reason: str
+    site: Site, event: RoundRefused | RoundFailed, run_id: int, server_round: int
 ) -> None:
     """Audit a refusal; if the audit log itself cannot be written, say so in the log."""
     try:
-        site.audit.append(event, run_id=run_id, round=server_round, reason=reason)
+        site.audit.append(event, run_id=run_id, round=server_round)
     except (OSError, AuditError):
-        logger.exception("the audit log could not record %s", event)
+        logger.exception("the audit log could not record %s", event.event)
 
 
 def _train(
     msg: Message, context: Context, run: RunConfig, site: Site, server_round: int
 ) -> Message:
+    train_bags, fingerprint = _training_samples(context, run, site, server_round)
+    charge = _charge(msg, context, run, site, server_round, train_bags, fingerprint)
+    state, metrics = _train_round(msg, run, site, server_round, train_bags, charge)
+    return _release(msg, context, site, server_round, state, metrics)
+
+
+def _training_samples(
+    context: Context, run: RunConfig, site: Site, server_round: int
+) -> tuple[list[Any], dict[str, Any]]:
+    """The site's training samples, once the run passes the site policy."""
     torch.set_num_threads(1)
     _check_policy(run, site)
     bags, fingerprint = site.samples(run)
-    unit = fingerprint["unit"]
     train_bags = [b for b in bags if b.split == "train"]
     if not train_bags:
         raise PolicyViolation("no training patients with features at this site")
     if server_round == 1:
         site.audit.append(
-            "run_joined",
+            RunJoined(config_hash=config_hash(run), dataset=fingerprint),
             run_id=context.run_id,
             round=server_round,
-            config_hash=config_hash(run),
-            dataset=fingerprint,
         )
+    return train_bags, fingerprint
+
+
+def _charge(
+    msg: Message,
+    context: Context,
+    run: RunConfig,
+    site: Site,
+    server_round: int,
+    train_bags: list[Any],
+    fingerprint: dict[str, Any],
+) -> Charge:
+    """Charge the round to the ledger (or recognise a replay), and audit it."""
+    unit = fingerprint["unit"]
     n_batches = batches_per_epoch(len(train_bags), run.batch_size)
     policy = site.config.policy
     delta = policy.delta_for(len(train_bags))
@@ -189,11 +219,30 @@ def _train(
         input_sha256=_input_key(incoming, fingerprint, run),
     )
     site.audit.append(
-        "round_replayed" if charge.replay else "round_charged",
+        (RoundReplayed if charge.replay else RoundCharged)(
+            **charge.model_dump(exclude={"run_id", "round"})
+        ),
         run_id=context.run_id,
         round=server_round,
-        **charge.model_dump(exclude={"run_id", "round"}),
     )
+    return charge
+
+
+def _train_round(
+    msg: Message,
+    run: RunConfig,
+    site: Site,
+    server_round: int,
+    train_bags: list[Any],
+    charge: Charge,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train the global model locally with the charged noise; its state and metrics.
+
+    Raises
+    ------
+    SlidefedError
+        If training took other steps or another sample rate than were charged.
+    """
     model = _load_model(run, site, msg)
     start = time.perf_counter()
     result = train_dp(
@@ -207,7 +256,7 @@ def _train(
         delta=charge.delta,
         seed=_round_seed(run, site.config.site.name, server_round),
         proximal_mu=_config(msg, "proximal-mu", 0.0),
-        secure_rng=policy.secure_rng,
+        secure_rng=site.config.policy.secure_rng,
         grad_sample_mode=run.grad_sample_mode,
     )
     if (
@@ -230,21 +279,34 @@ def _train(
         "noise_multiplier": charge.noise_multiplier,
         "train_seconds": time.perf_counter() - start,
     }
+    return state, metrics
+
+
+def _release(
+    msg: Message,
+    context: Context,
+    site: Site,
+    server_round: int,
+    state: dict[str, Any],
+    metrics: dict[str, Any],
+) -> Message:
+    """The reply with the update, once the egress guard passes it; audited."""
     expected = specs_of(state)
     problem = check_egress(state, metrics, expected)
     if problem:
         site.audit.append(
-            "egress_blocked", run_id=context.run_id, round=server_round, reason=problem
+            EgressBlocked(reason=problem), run_id=context.run_id, round=server_round
         )
         return _error(msg, BLOCKED, f"egress guard blocked the reply: {problem}")
     site.audit.append(
-        "update_released",
+        UpdateReleased(
+            arrays=[s.model_dump() for s in expected],
+            bytes=update_nbytes(state),
+            sha256=update_sha256(state),
+            metrics=metrics,
+        ),
         run_id=context.run_id,
         round=server_round,
-        arrays=[s.model_dump() for s in expected],
-        bytes=update_nbytes(state),
-        sha256=update_sha256(state),
-        metrics=metrics,
     )
     content = RecordDict(
         {
@@ -270,10 +332,11 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
         minimum = site.config.policy.min_eval_patients
         if len(test) < minimum:
             site.audit.append(
-                "metric_withheld",
+                MetricWithheld(
+                    reason=f"{len(test)} held-out patients < policy minimum {minimum}"
+                ),
                 run_id=context.run_id,
                 round=server_round,
-                reason=f"{len(test)} held-out patients < policy minimum {minimum}",
             )
             return _error(
                 msg,
@@ -299,7 +362,7 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
     if problem:
         return _error(msg, BLOCKED, f"egress guard blocked the reply: {problem}")
     site.audit.append(
-        "metrics_released", run_id=context.run_id, round=server_round, metrics=metrics
+        MetricsReleased(metrics=metrics), run_id=context.run_id, round=server_round
     )
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 

@@ -6,7 +6,7 @@ Two layers use the same rules:
 - :func:`egress_guard_mod`, a Flower client mod that inspects every reply as it
   leaves the ClientApp, whatever handler made it. The ClientApp attaches it
   (``ClientApp(mods=[egress_guard_mod])``), and the site's runtime wraps every
-  approved app in it as well (:mod:`slidefed.deploy.approval`).
+  approved app in it as well (:mod:`slidefed.deploy.approval_gate`).
 
 What may leave (anything else is blocked, the reply is replaced by an error reply
 with code :data:`EGRESS_BLOCKED`, and ``egress_blocked`` is audited):
@@ -290,6 +290,7 @@ def _audit_block(instruction: Any, context: Any, verdict: EgressVerdict) -> None
         )
         return
     from slidefed.client.keys import site_audit_log
+    from slidefed.common.audit.events import EgressGuardBlocked
 
     server_round = None
     if instruction.has_content():
@@ -299,12 +300,13 @@ def _audit_block(instruction: Any, context: Any, verdict: EgressVerdict) -> None
                 server_round = value
     try:
         site_audit_log(path).append(
-            "egress_blocked",
+            EgressGuardBlocked(
+                message_type=str(instruction.metadata.message_type),
+                rule=verdict.rule,
+                detail=verdict.detail,
+            ),
             run_id=int(context.run_id),
             round=server_round,
-            message_type=str(instruction.metadata.message_type),
-            rule=verdict.rule,
-            detail=verdict.detail,
         )
     except SlidefedError as exc:
         logger.error("egress guard could not audit a blocked reply: %s", exc)

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from slidefed.client.config import SiteConfig, load_site_config
-from slidefed.client.data.manifest import PatientBag, build_bags
+from slidefed.client.data.bags import PatientBag, build_bags
 from slidefed.client.keys import ensure_audit_key
 from slidefed.client.prepare.pipeline import load_site_features
 from slidefed.client.privacy.ledger import PrivacyLedger
-from slidefed.common.audit.log import AuditLog
+from slidefed.common.audit.writer import AuditLog
 from slidefed.common.crypto import load_audit_key
 from slidefed.common.errors import ConfigError, PolicyViolation
 from slidefed.common.run_config import RunConfig

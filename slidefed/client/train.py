@@ -1,22 +1,26 @@
-"""Patient-level DP-SGD (Opacus, hooks mode, Poisson sampling) and evaluation."""
+"""Local training: patient-level DP-SGD (Opacus, Poisson sampling), and plain training.
+
+Plain training (no clipping, no noise) is the reference that benchmarks and demos
+compare DP training against. Held-out evaluation is in
+:mod:`slidefed.client.evaluation`.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from slidefed.client.data.manifest import PatientBag
+from slidefed.client.data.bags import PatientBag
 from slidefed.common.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -124,63 +128,29 @@ def train_dp(
     ConfigError
         If ``secure_rng`` is asked for and Opacus cannot provide it.
     """
-    from opacus import PrivacyEngine
-
     torch.manual_seed(seed)
-    data = DataLoader(
-        BagDataset(bags),
-        batch_size=batch_size,
-        shuffle=True,
-        collate_fn=collate_bags,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    global_params = [p.detach().clone() for p in model.parameters()]
+    data = _bag_loader(bags, batch_size=batch_size, seed=seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    try:
-        engine = PrivacyEngine(accountant="rdp", secure_mode=secure_rng)
-    except ImportError as exc:
-        raise ConfigError(
-            "policy.secure_rng = true needs Opacus's cryptographically secure RNG "
-            f"(torchcsprng), which is not installed here ({exc}); install it or set "
-            "secure_rng = false in site.toml"
-        ) from exc
-    with warnings.catch_warnings():
-        # Opacus warns that its secure RNG is off; the site policy decides that.
-        warnings.simplefilter("ignore")
-        private, dp_opt, dp_data = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=data,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
-            poisson_sampling=True,
-            grad_sample_mode=grad_sample_mode,
-        )
+    engine, private, dp_opt, dp_data = _make_private(
+        model,
+        optimizer,
+        data,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        secure_rng=secure_rng,
+        grad_sample_mode=grad_sample_mode,
+    )
     private.train()
-    total, steps = 0.0, 0
-    for _ in range(epochs):
-        for x, mask, y in dp_data:
-            # Never skip an empty Poisson batch: the step adds noise and is counted.
-            dp_opt.zero_grad()
-            if len(y) == 0 and grad_sample_mode == "ew":
-                _empty_step(model, dp_opt)
-                steps += 1
-                continue
-            logits = private(x, mask)
-            loss = sample_losses(logits, y).sum() / dp_opt.expected_batch_size
-            if proximal_mu > 0:
-                prox = sum(
-                    ((p - g) ** 2).sum()
-                    for p, g in zip(model.parameters(), global_params, strict=True)
-                )
-                loss = (
-                    loss + proximal_mu / 2 * prox * len(y) / dp_opt.expected_batch_size
-                )
-            loss.backward()
-            dp_opt.step()
-            total += float(loss.detach())
-            steps += 1
+    total, steps = _dp_steps(
+        model,
+        private,
+        dp_opt,
+        dp_data,
+        epochs=epochs,
+        proximal_mu=proximal_mu,
+        grad_sample_mode=grad_sample_mode,
+    )
     eps = float(engine.accountant.get_epsilon(delta)) if steps else 0.0
     # Detach Opacus from the caller's model so that it can be used again.
     private._close()
@@ -193,6 +163,124 @@ def train_dp(
     )
 
 
+def _bag_loader(bags: Sequence[Any], *, batch_size: int, seed: int) -> DataLoader[Item]:
+    """Shuffled, padded batches; Opacus replaces it with Poisson sampling."""
+    return DataLoader(
+        BagDataset(bags),
+        batch_size=batch_size,
+        shuffle=True,
+        collate_fn=collate_bags,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _dp_steps(
+    model: nn.Module,
+    private: Any,
+    dp_opt: Any,
+    dp_data: Any,
+    *,
+    epochs: int,
+    proximal_mu: float,
+    grad_sample_mode: GradSampleMode,
+) -> tuple[float, int]:
+    """The DP steps of ``epochs`` passes over the Poisson batches.
+
+    Returns the summed loss and the number of steps taken, empty batches included.
+    The proximal term pulls towards the parameters ``model`` has on entry.
+    """
+    global_params = [p.detach().clone() for p in model.parameters()]
+    total, steps = 0.0, 0
+    for _ in range(epochs):
+        for x, mask, y in dp_data:
+            # Never skip an empty Poisson batch: the step adds noise and is counted.
+            dp_opt.zero_grad()
+            if len(y) == 0 and grad_sample_mode == "ew":
+                _empty_step(model, dp_opt)
+                steps += 1
+                continue
+            loss = _dp_loss(private, dp_opt, x, mask, y)
+            if proximal_mu > 0:
+                loss = loss + _proximal_term(
+                    model, global_params, proximal_mu, dp_opt, y
+                )
+            loss.backward()  # type: ignore[no-untyped-call]
+            dp_opt.step()
+            total += float(loss.detach())
+            steps += 1
+    return total, steps
+
+
+def _make_private(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: DataLoader[Item],
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    secure_rng: bool,
+    grad_sample_mode: GradSampleMode,
+) -> tuple[Any, Any, Any, Any]:
+    """Opacus's engine, private module, DP optimizer and Poisson data loader.
+
+    Raises
+    ------
+    ConfigError
+        If ``secure_rng`` is asked for and Opacus cannot provide it.
+    """
+    from opacus import PrivacyEngine
+
+    with warnings.catch_warnings():
+        # Opacus warns (when the engine is made) that its secure RNG is off; the
+        # site policy decides that.
+        warnings.filterwarnings(
+            "ignore", message="Secure RNG turned off", category=UserWarning
+        )
+        try:
+            engine = PrivacyEngine(accountant="rdp", secure_mode=secure_rng)
+        except ImportError as exc:
+            raise ConfigError(
+                "policy.secure_rng = true needs Opacus's cryptographically secure "
+                f"RNG (torchcsprng), which is not installed here ({exc}); install it "
+                "or set secure_rng = false in site.toml"
+            ) from exc
+        private, dp_opt, dp_data = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=data,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            poisson_sampling=True,
+            grad_sample_mode=grad_sample_mode,
+        )
+    return engine, private, dp_opt, dp_data
+
+
+def _dp_loss(
+    private: Any, dp_opt: Any, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """Summed patient losses over the expected (not the drawn) batch size."""
+    logits = private(x, mask)
+    loss: torch.Tensor = sample_losses(logits, y).sum() / dp_opt.expected_batch_size
+    return loss
+
+
+def _proximal_term(
+    model: nn.Module,
+    global_params: list[torch.Tensor],
+    proximal_mu: float,
+    dp_opt: Any,
+    y: torch.Tensor,
+) -> torch.Tensor:
+    """FedProx's pull towards the global model, scaled like the DP loss."""
+    prox = sum(
+        ((p - g) ** 2).sum()
+        for p, g in zip(model.parameters(), global_params, strict=True)
+    )
+    term: torch.Tensor = proximal_mu / 2 * prox * len(y) / dp_opt.expected_batch_size
+    return term
+
+
 def _empty_step(model: nn.Module, optimizer: Any) -> None:
     """A noise-only DP step for a batch of no patients (expanded-weights mode)."""
     for p in model.parameters():
@@ -201,115 +289,63 @@ def _empty_step(model: nn.Module, optimizer: Any) -> None:
     optimizer.step()
 
 
-def auc_score(labels: NDArray[np.int64], scores: NDArray[np.float64]) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties counted half); NaN if one class."""
-    pos = scores[labels == 1]
-    neg = scores[labels == 0]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class EvalResult(BaseModel):
-    """Held-out metrics of one site."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    loss: float
-    accuracy: float
-    auc: float
-    n_samples: int
+def mean_sample_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean of :func:`sample_losses` over the batch."""
+    return sample_losses(logits, y).mean()
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, bags: Sequence[PatientBag]) -> EvalResult:
-    """Loss, accuracy and AUC over ``bags``, one prediction per patient."""
-    model.eval()
-    losses, probs, labels = [], [], []
-    for bag in bags:
-        x, mask, y = collate_bags([BagDataset([bag])[0]])
-        logits = model(x, mask)
-        losses.append(float(F.cross_entropy(logits, y)))
-        probs.append(float(torch.softmax(logits, dim=1)[0, 1]))
-        labels.append(int(y[0]))
-    lab = np.asarray(labels, dtype=np.int64)
-    prob = np.asarray(probs, dtype=np.float64)
-    return EvalResult(
-        loss=float(np.mean(losses)),
-        accuracy=float(np.mean((prob >= 0.5) == (lab == 1))),
-        auc=auc_score(lab, prob),
-        n_samples=len(bags),
-    )
+def plain_step(
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    batch: Item,
+    *,
+    loss: Loss,
+) -> None:
+    """One optimiser step on a collated batch: zero_grad, forward, backward, step."""
+    x, mask, y = batch
+    optimizer.zero_grad()
+    loss(forward(x, mask), y).backward()  # type: ignore[no-untyped-call]
+    optimizer.step()
 
 
-class TileEvalResult(BaseModel):
-    """Held-out metrics of a tile classifier at one site."""
+def train_plain(
+    model: nn.Module,
+    samples: Sequence[Any],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    loss: Loss = mean_sample_loss,
+) -> None:
+    """Train ``model`` in place without DP: Adam over shuffled, padded batches.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    loss: float
-    accuracy: float
-    macro_f1: float
-    class_accuracy: list[float]
-    class_support: list[int]
-    n_samples: int
-    n_tiles: int
-
-
-def f1_scores(confusion: NDArray[np.int64]) -> NDArray[np.float64]:
-    """Per-class F1 from a confusion matrix (rows: truth); 0 where undefined."""
-    tp = np.diag(confusion).astype(np.float64)
-    fp = confusion.sum(axis=0) - tp
-    fn = confusion.sum(axis=1) - tp
-    denom = 2 * tp + fp + fn
-    return np.asarray(np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0))
-
-
-@torch.no_grad()
-def evaluate_tiles(
-    model: nn.Module, samples: Sequence[Any], n_classes: int
-) -> TileEvalResult:
-    """Per-tile loss, accuracy, macro-F1 (over classes present) and per-class accuracy."""
-    model.eval()
-    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
-    losses = []
-    for sample in samples:
-        x, mask, y = collate_bags([BagDataset([sample])[0]])
-        logits = model(x, mask)[0]
-        target = y[0]
-        losses.append(float(F.cross_entropy(logits, target, reduction="sum")))
-        for t, p in zip(target.tolist(), logits.argmax(dim=1).tolist(), strict=True):
-            confusion[t, p] += 1
-    support = confusion.sum(axis=1)
-    present = support > 0
-    per_class = np.divide(
-        np.diag(confusion), support, out=np.zeros(n_classes), where=present
-    )
-    n_tiles = int(support.sum())
-    return TileEvalResult(
-        loss=float(np.sum(losses) / max(n_tiles, 1)),
-        accuracy=float(np.trace(confusion) / max(n_tiles, 1)),
-        macro_f1=float(f1_scores(confusion)[present].mean()) if present.any() else 0.0,
-        class_accuracy=[float(v) for v in per_class],
-        class_support=[int(v) for v in support],
-        n_samples=len(samples),
-        n_tiles=n_tiles,
-    )
+    The reference that DP training is compared against (no clipping, no noise,
+    every sample in every epoch). ``seed`` seeds torch's global generator, which
+    shuffles the samples.
+    """
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    ds = BagDataset(samples)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(ds)).tolist()
+        for start in range(0, len(order), batch_size):
+            batch = collate_bags([ds[i] for i in order[start : start + batch_size]])
+            plain_step(model, optimizer, batch, loss=loss)
 
 
 __all__ = [
     "BagDataset",
-    "EvalResult",
-    "TileEvalResult",
     "TrainResult",
-    "auc_score",
     "batches_per_epoch",
     "collate_bags",
-    "evaluate",
-    "evaluate_tiles",
-    "f1_scores",
+    "mean_sample_loss",
+    "plain_step",
     "sample_losses",
     "train_dp",
+    "train_plain",
 ]

@@ -6,15 +6,23 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from slidefed.common.arrays import specs_of
-from slidefed.common.audit.log import AuditLog
+from slidefed.common.audit.events import (
+    RoundCompleted,
+    RunFinished,
+    RunResumed,
+    RunStarted,
+)
+from slidefed.common.audit.writer import AuditLog
 from slidefed.common.crypto import generate_audit_key, load_audit_key, public_key_path
 from slidefed.common.errors import FederationError
 from slidefed.common.model import build_model, feature_dim
@@ -22,18 +30,18 @@ from slidefed.common.run_config import RunConfig, parse_run_config
 from slidefed.server.checkpoints import CheckpointManifest, Checkpoints
 from slidefed.server.metrics import MetricsLog, write_model_card
 from slidefed.server.strategy import (
-    WEIGHT_KEY,
     SlidefedFedAvg,
-    ValidatingMixin,
     build_strategy,
     load_strategy_state,
     strategy_state,
-    weighted_metrics,
 )
+from slidefed.server.validation import WEIGHT_KEY, ValidatingMixin, weighted_metrics
 
 logger = logging.getLogger(__name__)
 
 app = ServerApp()
+
+Arrays = dict[str, np.ndarray]
 
 
 def run_dir_of(run: RunConfig, context: Context) -> Path:
@@ -112,45 +120,25 @@ def _row(
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the federated rounds; checkpoint, log and audit each one."""
-    from safetensors.numpy import save_file
-
     run = parse_run_config(dict(context.run_config))
     run_dir = run_dir_of(run, context)
     run_dir.mkdir(parents=True, exist_ok=True)
     audit = server_audit(run_dir)
     checkpoints = Checkpoints(run_dir)
-    model = build_model(
-        run.task, feature_dim(run.encoder), seed=run.seed, n_classes=run.n_classes()
-    )
-    arrays = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    offset, state, rows = 0, {}, []
-    if run.resume and (last := checkpoints.latest()) is not None:
-        if last.manifest.resume_hash not in ("", resume_hash(run)):
-            raise FederationError(
-                f"{checkpoints.folder}: the checkpoint was made with another run "
-                "config; resume with the same config, or start a new run-dir"
-            )
-        if set(last.arrays) != set(arrays):
-            raise FederationError(
-                f"{checkpoints.folder}: the checkpoint holds other arrays than the "
-                f"{run.task} model; start a new run-dir"
-            )
-        # safetensors returns names sorted; keep the model's own order.
-        offset, state, rows = last.manifest.round, last.state, last.manifest.metrics
-        arrays = {k: last.arrays[k] for k in arrays}
-        logger.info("resuming after round %d from %s", offset, checkpoints.folder)
+    offset, arrays, state, rows = _initial_state(run, checkpoints)
     metrics_log = MetricsLog(run_dir)
     # After a resume the log holds exactly the checkpointed rounds: rounds that ran
     # after the last checkpoint are run again.
     for row in rows:
         metrics_log.append(row)
     audit.append(
-        "run_started" if not offset else "run_resumed",
+        (RunResumed if offset else RunStarted)(
+            config_hash=config_hash(run),
+            strategy=run.strategy,
+            rounds=run.num_server_rounds,
+        ),
         run_id=context.run_id,
         round=offset,
-        config_hash=config_hash(run),
-        strategy=run.strategy,
-        rounds=run.num_server_rounds,
     )
     remaining = run.num_server_rounds - offset
     strategy = build_strategy(
@@ -162,6 +150,68 @@ def main(grid: Grid, context: Context) -> None:
     )
     assert isinstance(strategy, ValidatingMixin)  # noqa: S101 - for the type checker
     load_strategy_state(strategy, state)
+    after_round = _round_recorder(
+        run,
+        context,
+        strategy=strategy,
+        offset=offset,
+        metrics_log=metrics_log,
+        checkpoints=checkpoints,
+        audit=audit,
+    )
+    final = arrays
+    if remaining > 0:
+        wait_for_sites(grid, run.min_sites, run.connect_timeout)
+        final = _run_rounds(grid, run, strategy, arrays, remaining, after_round)
+    _finish(run_dir, run, context, audit=audit, metrics_log=metrics_log, final=final)
+
+
+def _initial_state(
+    run: RunConfig, checkpoints: Checkpoints
+) -> tuple[int, Arrays, Arrays, list[dict[str, Any]]]:
+    """Rounds done, global model, strategy state and metric rows to start from.
+
+    A new run starts from the seeded model; a resumed one from its last checkpoint.
+
+    Raises
+    ------
+    FederationError
+        If the checkpoint was made with another run config or another model.
+    """
+    model = build_model(
+        run.task, feature_dim(run.encoder), seed=run.seed, n_classes=run.n_classes()
+    )
+    arrays = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    if not run.resume or (last := checkpoints.latest()) is None:
+        return 0, arrays, {}, []
+    if last.manifest.resume_hash not in ("", resume_hash(run)):
+        raise FederationError(
+            f"{checkpoints.folder}: the checkpoint was made with another run "
+            "config; resume with the same config, or start a new run-dir"
+        )
+    if set(last.arrays) != set(arrays):
+        raise FederationError(
+            f"{checkpoints.folder}: the checkpoint holds other arrays than the "
+            f"{run.task} model; start a new run-dir"
+        )
+    offset = last.manifest.round
+    logger.info("resuming after round %d from %s", offset, checkpoints.folder)
+    # safetensors returns names sorted; keep the model's own order.
+    resumed = {k: last.arrays[k] for k in arrays}
+    return offset, resumed, last.state, last.manifest.metrics
+
+
+def _round_recorder(
+    run: RunConfig,
+    context: Context,
+    *,
+    strategy: ValidatingMixin,
+    offset: int,
+    metrics_log: MetricsLog,
+    checkpoints: Checkpoints,
+    audit: AuditLog,
+) -> Callable[[int, ArrayRecord], MetricRecord | None]:
+    """Flower's ``evaluate_fn``: after each round, log, checkpoint and audit it."""
     clock = [time.perf_counter()]
 
     def after_round(
@@ -174,53 +224,92 @@ def main(grid: Grid, context: Context) -> None:
         row = _row(strategy, absolute, now - clock[0])
         clock[0] = now
         metrics_log.append(row)
-        checkpoints.save(
-            CheckpointManifest(
-                round=absolute,
-                config_hash=config_hash(run),
-                resume_hash=resume_hash(run),
-                run_name=run.run_name,
-                strategy=run.strategy,
-                metrics=metrics_log.rows(),
-            ),
-            {k: v.numpy() for k, v in global_arrays.items()},
-            strategy_state(strategy),
-        )
+        _checkpoint(checkpoints, run, absolute, metrics_log, global_arrays, strategy)
         audit.append(
-            "round_completed",
+            RoundCompleted(
+                sites_trained=row.get("sites_trained", 0),
+                sites_evaluated=row.get("sites_evaluated", 0),
+                rejected=len(row.get("rejected", [])),
+                errors=len(row.get("errors", [])),
+            ),
             run_id=context.run_id,
             round=absolute,
-            sites_trained=row.get("sites_trained", 0),
-            sites_evaluated=row.get("sites_evaluated", 0),
-            rejected=len(row.get("rejected", [])),
-            errors=len(row.get("errors", [])),
         )
-        logger.info(
-            "round %d/%d: train loss %.4f, held-out loss %.4f, accuracy %.3f, AUC %.3f",
-            absolute,
-            run.num_server_rounds,
-            float(row.get("train_loss", np.nan)),
-            float(row.get("eval_loss", np.nan)),
-            float(row.get("accuracy", np.nan)),
-            float(row.get("auc", np.nan)),
-        )
+        _log_round(run, absolute, row)
         return None
 
-    final = arrays
-    if remaining > 0:
-        wait_for_sites(grid, run.min_sites, run.connect_timeout)
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(
-                {k: Array(np.asarray(v)) for k, v in arrays.items()}
-            ),
-            num_rounds=remaining,
-            timeout=run.round_timeout,
-            train_config=ConfigRecord({"wire-dtype": run.wire_dtype}),
-            evaluate_config=ConfigRecord({}),
-            evaluate_fn=after_round,
-        )
-        final = {k: np.ascontiguousarray(v.numpy()) for k, v in result.arrays.items()}
+    return after_round
+
+
+def _checkpoint(
+    checkpoints: Checkpoints,
+    run: RunConfig,
+    absolute: int,
+    metrics_log: MetricsLog,
+    global_arrays: ArrayRecord,
+    strategy: ValidatingMixin,
+) -> None:
+    checkpoints.save(
+        CheckpointManifest(
+            round=absolute,
+            config_hash=config_hash(run),
+            resume_hash=resume_hash(run),
+            run_name=run.run_name,
+            strategy=run.strategy,
+            metrics=metrics_log.rows(),
+        ),
+        {k: v.numpy() for k, v in global_arrays.items()},
+        strategy_state(strategy),
+    )
+
+
+def _log_round(run: RunConfig, absolute: int, row: dict[str, Any]) -> None:
+    logger.info(
+        "round %d/%d: train loss %.4f, held-out loss %.4f, accuracy %.3f, AUC %.3f",
+        absolute,
+        run.num_server_rounds,
+        float(row.get("train_loss", np.nan)),
+        float(row.get("eval_loss", np.nan)),
+        float(row.get("accuracy", np.nan)),
+        float(row.get("auc", np.nan)),
+    )
+
+
+def _run_rounds(
+    grid: Grid,
+    run: RunConfig,
+    strategy: Strategy,
+    arrays: Arrays,
+    remaining: int,
+    after_round: Callable[[int, ArrayRecord], MetricRecord | None],
+) -> Arrays:
+    """The remaining rounds with Flower's strategy loop; the final global model."""
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(
+            {k: Array(np.asarray(v)) for k, v in arrays.items()}
+        ),
+        num_rounds=remaining,
+        timeout=run.round_timeout,
+        train_config=ConfigRecord({"wire-dtype": run.wire_dtype}),
+        evaluate_config=ConfigRecord({}),
+        evaluate_fn=after_round,
+    )
+    return {k: np.ascontiguousarray(v.numpy()) for k, v in result.arrays.items()}
+
+
+def _finish(
+    run_dir: Path,
+    run: RunConfig,
+    context: Context,
+    *,
+    audit: AuditLog,
+    metrics_log: MetricsLog,
+    final: Arrays,
+) -> None:
+    """Write the final model, model card and run record; audit the end of the run."""
+    from safetensors.numpy import save_file
+
     save_file(
         {k: np.ascontiguousarray(v) for k, v in final.items()},
         str(run_dir / "final.safetensors"),
@@ -245,12 +334,13 @@ def main(grid: Grid, context: Context) -> None:
         )
     )
     audit.append(
-        "run_finished",
+        RunFinished(
+            final_sha256=hashlib.sha256(
+                b"".join(np.ascontiguousarray(v).tobytes() for v in final.values())
+            ).hexdigest()
+        ),
         run_id=context.run_id,
         round=run.num_server_rounds,
-        final_sha256=hashlib.sha256(
-            b"".join(np.ascontiguousarray(v).tobytes() for v in final.values())
-        ).hexdigest(),
     )
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+
+from slidefed.common.fileio import atomic_write_text
 
 
 class CheckpointManifest(BaseModel):
@@ -66,7 +66,7 @@ class Checkpoints:
                 {k: np.ascontiguousarray(v) for k, v in state.items()},
                 str(stem) + ".state.safetensors",
             )
-        _atomic_write(
+        atomic_write_text(
             Path(str(stem) + ".json"), json.dumps(manifest.model_dump(), indent=1)
         )
         return Path(str(stem) + ".safetensors")
@@ -89,15 +89,6 @@ class Checkpoints:
             arrays=load_file(str(stem) + ".safetensors"),
             state=load_file(str(state_path)) if state_path.is_file() else {},
         )
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    Path(tmp).replace(path)
 
 
 __all__ = ["Checkpoint", "CheckpointManifest", "Checkpoints"]

@@ -88,9 +88,6 @@ def _num(value: Any) -> float:
     return float(value) if isinstance(value, int | float) else math.nan
 
 
-__all__ = ["MetricsLog", "write_model_card"]
-
-
 def write_model_card(
     run_dir: Path, *, run: Any, rows: list[dict[str, Any]], config_hash: str
 ) -> Path:
@@ -136,3 +133,6 @@ def write_model_card(
 
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, int | float) else "-"
+
+
+__all__ = ["MetricsLog", "write_model_card"]

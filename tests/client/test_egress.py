@@ -33,7 +33,7 @@ from slidefed.client.egress import (
 )
 from slidefed.common.crypto import generate_audit_key
 from slidefed.common.errors import ConfigError
-from slidefed.deploy import approval
+from slidefed.deploy import approval, approval_gate
 
 PATIENT = "P-000417"
 MODEL = {
@@ -306,7 +306,7 @@ def test_approval_gate_refuses_and_audits_before_unpacking(
         rc, "pull_task_input", lambda _c: (None, _context(site_toml), None, None)
     )
     monkeypatch.setattr(rc, "get_load_client_app_fn", lambda **_k: None)
-    approval._install_hooks(site_toml)
+    approval_gate._install_hooks(site_toml)
     rc.pull_task_input(None)
     with pytest.raises(approval.AppNotApproved, match="not approved"):
         rc.install_from_fab(b"unapproved fab bytes", skip_prompt=True)
@@ -335,7 +335,7 @@ def test_approval_gate_puts_the_egress_guard_around_any_app(
     foreign = ClientApp()  # an app that attaches no mods of its own
     foreign.train()(leaky)
     monkeypatch.setattr(rc, "get_load_client_app_fn", lambda **_k: lambda *_a: foreign)
-    approval._install_hooks(site_toml)
+    approval_gate._install_hooks(site_toml)
     loaded = rc.get_load_client_app_fn(
         default_app_ref="", app_path=None, multi_app=True
     )
@@ -358,7 +358,7 @@ def test_gated_executor_launches_only_client_apps_through_the_gate(
 
     started: list[list[str]] = []
     monkeypatch.setattr(subprocess, "Popen", lambda args, **_k: started.append(args))
-    executor = approval._gated_executor_class(site_toml)()
+    executor = approval_gate._gated_executor_class(site_toml)()
 
     def spec(kind: TaskType) -> ExecutionSpec:
         return ExecutionSpec(
@@ -381,6 +381,6 @@ def test_gated_executor_launches_only_client_apps_through_the_gate(
         executor.launch(spec(TaskType.CLIENT_APP)).status == LaunchResultStatus.ACCEPTED
     )
     [args] = started
-    assert args[1:4] == ["-m", "slidefed.deploy.approval", "clientapp"]
+    assert args[1:4] == ["-m", "slidefed.deploy.approval_gate", "clientapp"]
     assert args[args.index("--site-config") + 1] == str(site_toml)
     assert "--insecure" in args

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from slidefed.audit.verify import verify_log
 from slidefed.client.config import load_site_config
-from slidefed.common.audit.log import verify_log
 from slidefed.demo.synth import synth_site
 
 pytestmark = pytest.mark.reliability
@@ -98,7 +98,7 @@ def test_disk_full_while_the_ledger_is_written_refuses_the_round(
     assert not first.has_error()
     ledger_before = config.ledger_path.read_bytes()
 
-    monkeypatch.setattr("slidefed.client.privacy.ledger.os.fsync", _enospc)
+    monkeypatch.setattr("slidefed.common.fileio.os.fsync", _enospc)
     reply = _train_once(app_site, run_id=2)
     assert reply.has_error()
     assert "storage error" in str(reply.error.reason)
@@ -111,7 +111,7 @@ def test_disk_full_while_the_audit_log_is_written_refuses_the_round(
     app_site: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = load_site_config(app_site)
-    monkeypatch.setattr("slidefed.common.audit.log.os.write", _enospc)
+    monkeypatch.setattr("slidefed.common.audit.writer.os.write", _enospc)
     reply = _train_once(app_site)
     assert reply.has_error()
     assert "storage error" in str(reply.error.reason)

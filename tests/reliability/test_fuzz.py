@@ -141,14 +141,28 @@ def test_fuzz_manifest_gives_manifest_error_or_rows(
 
 @pytest.fixture(scope="module")
 def valid_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from slidefed.common.audit.log import AuditLog
+    from slidefed.common.audit.events import RoundCharged
+    from slidefed.common.audit.writer import AuditLog
     from slidefed.common.crypto import generate_audit_key
 
     folder = tmp_path_factory.mktemp("log")
     key = generate_audit_key(folder / "audit_key")
     log = AuditLog(folder / "audit.jsonl", key=key, actor="site", actor_name="fuzz")
     for r in range(1, 4):
-        log.append("round_charged", run_id=1, round=r, epsilon_after=float(r))
+        charge = RoundCharged(
+            noise_multiplier=1.0,
+            sample_rate=0.5,
+            steps=2,
+            delta=1e-5,
+            unit="patient",
+            accountant="rdp",
+            epsilon_round=1.0,
+            epsilon_before=float(r - 1),
+            epsilon_after=float(r),
+            epsilon_max=10.0,
+            replay=False,
+        )
+        log.append(charge, run_id=1, round=r)
     return folder / "audit.jsonl"
 
 

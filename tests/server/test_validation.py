@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+from flwr.app import MetricRecord, RecordDict
+
+from slidefed.server.validation import weighted_metrics
+from tests.server.replies import EXPECTED, reply, validating_strategy
+
+
+def test_weighted_metrics_skip_missing_keys() -> None:
+    contents = [
+        RecordDict({"m": MetricRecord({"num-examples": 10, "auc": 0.9, "loss": 1.0})}),
+        RecordDict({"m": MetricRecord({"num-examples": 30, "loss": 2.0})}),
+    ]
+    out = weighted_metrics(contents, "num-examples")
+    assert out["auc"] == pytest.approx(0.9)
+    assert out["loss"] == pytest.approx(1.75)
+    assert out["num-examples"] == 40
+
+
+def test_invalid_and_error_replies_are_dropped_and_recorded() -> None:
+    strategy = validating_strategy()
+    good = {k: v * 3 for k, v in EXPECTED.items()}
+    replies = [
+        reply(11, good, {"num-examples": 5, "epsilon": 1.5, "train_loss": 0.5}),
+        reply(
+            12,
+            {"w": np.full((2, 3), np.nan, np.float32), "b": EXPECTED["b"]},
+            {"num-examples": 5},
+        ),
+        reply(13, {**good, "extra": np.ones(2, np.float32)}, {"num-examples": 5}),
+        reply(14, good, {"num-examples": 0}),
+        reply(15, None, {}, error="site refused: budget"),
+    ]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    assert metrics is not None
+    np.testing.assert_allclose(arrays["w"].numpy(), good["w"])
+    info = strategy.round_info[1]
+    assert info["sites_trained"] == 1
+    assert info["epsilon_per_site"] == {"11": 1.5}
+    reasons = {r["node"]: r["reason"] for r in info["rejected"]}
+    assert "NaN" in reasons["12"]
+    assert "extra" in reasons["13"]
+    assert "num-examples" in reasons["14"]
+    assert info["errors"] == [{"node": "15", "reason": "site refused: budget"}]
+
+
+def test_no_valid_reply_keeps_the_model() -> None:
+    strategy = validating_strategy()
+    arrays, metrics = strategy.aggregate_train(2, [reply(1, None, {}, error="down")])
+    assert arrays is None
+    assert metrics is None
+
+
+def test_update_norm_bound_rejects_large_updates() -> None:
+    strategy = validating_strategy(max_update_norm=1.0)
+    strategy.current_global = {k: v.copy() for k, v in EXPECTED.items()}
+    far = {k: v + 10.0 for k, v in EXPECTED.items()}
+    near = {k: v + 0.01 for k, v in EXPECTED.items()}
+    arrays, _ = strategy.aggregate_train(
+        1, [reply(1, far, {"num-examples": 3}), reply(2, near, {"num-examples": 3})]
+    )
+    assert arrays is not None
+    assert "max-update-norm" in strategy.round_info[1]["rejected"][0]["reason"]
+
+
+def test_float16_updates_are_aggregated_in_float32() -> None:
+    strategy = validating_strategy()
+    half = {k: (v * 2).astype(np.float16) for k, v in EXPECTED.items()}
+    arrays, _ = strategy.aggregate_train(1, [reply(1, half, {"num-examples": 3})])
+    assert arrays is not None
+    assert arrays["w"].numpy().dtype == np.float32
