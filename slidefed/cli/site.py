@@ -1,4 +1,9 @@
-"""``slidefed slide ...`` and ``slidefed site ...``: commands for hospital IT."""
+"""``slidefed site ...``: commands for hospital IT.
+
+``init``, ``prepare`` and ``budget`` look after the site's data and privacy budget;
+``node-key``, ``start``, ``doctor`` and ``approve`` run the site's node (the work
+is done by :mod:`slidefed.deploy`).
+"""
 
 from __future__ import annotations
 
@@ -9,70 +14,45 @@ from typing import Annotated
 
 import typer
 
-from slidefed.common.errors import ConfigError, SlidefedError
+from slidefed.common.errors import ConfigError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Path of site.toml.")]
+SuperlinkOpt = Annotated[
+    str | None,
+    typer.Option("--superlink", help="SuperLink address HOST:PORT."),
+]
+CaOpt = Annotated[
+    Path | None,
+    typer.Option("--ca", help="The federation's CA certificate (pki/ca.crt)."),
+]
+InsecureOpt = Annotated[
+    bool,
+    typer.Option("--insecure", help="No TLS, no node authentication: tests only."),
+]
 
-slide_app = typer.Typer(
-    help="Look at slide files.", no_args_is_help=True, rich_markup_mode=None
-)
 site_app = typer.Typer(
     help="Run a hospital site.", no_args_is_help=True, rich_markup_mode=None
 )
 
+_INSECURE_WARNING = """\
+WARNING: --insecure: this site connects WITHOUT TLS and WITHOUT node
+WARNING: authentication. Model updates travel in clear text and the coordinator
+WARNING: cannot tell this site from anyone else. For tests only."""
 
-# -------------------------------------------------------------------------- slide
-@slide_app.command("inspect")
-def slide_inspect(
-    paths: Annotated[
-        list[Path], typer.Argument(help="Slide files, or DICOM series folders.")
-    ],
-    as_json: JsonOpt = False,
-) -> None:
-    """Format, vendor, levels, mpp and tile size of each slide.
-
-    A file that cannot be read gets one line on stderr naming it and the
-    reason; the command then exits with code 2 after the other slides.
-    """
-    from slidefed.client.slides.core import open_slide
-
-    failed = 0
-    for path in paths:
-        try:
-            with open_slide(path) as slide:
-                info = slide.info()
-        except SlidefedError as exc:
-            failed += 1
-            print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-            continue
-        if as_json:
-            print(info.model_dump_json())
-            continue
-        mpp = f"{info.mpp:.4f} um/px" if info.mpp else "unknown"
-        tile = (
-            f"{info.tile_size[0]} x {info.tile_size[1]}" if info.tile_size else "none"
-        )
-        print(f"{info.path}")
-        print(
-            f"  format {info.format}, vendor {info.vendor}, {info.level_count} "
-            f"level{'s' if info.level_count != 1 else ''}, mpp {mpp}, tile {tile}"
-        )
-        for i, lv in enumerate(info.levels):
-            lv_tile = (
-                f", tile {lv.tile_width} x {lv.tile_height}"
-                if lv.tile_width and lv.tile_height
-                else ""
-            )
-            print(
-                f"  level {i}: {lv.width} x {lv.height}, "
-                f"downsample {lv.downsample:g}{lv_tile}"
-            )
-    if failed:
-        raise typer.Exit(2)
+_CAUSES = {
+    "not_registered": (
+        "the SuperLink does not know this site's node key; the coordinator must "
+        "register state/keys/node_key.pub ('slidefed server register-site')"
+    ),
+    "tls_untrusted": (
+        "the SuperLink's certificate does not verify with --ca; use the federation's "
+        "CA (pki/ca.crt from the coordinator) and an address its certificate names"
+    ),
+}
 
 
-# --------------------------------------------------------------------------- site
+# --------------------------------------------------------------- data and budget
 @site_app.command("init")
 def site_init(
     folder: Annotated[Path, typer.Argument(help="Site folder to create.")],
@@ -98,20 +78,6 @@ def site_init(
     )
 
 
-def _manifest_slides(path: Path) -> dict[int, str]:
-    """Slide named on each line of the manifest (for messages about its rows)."""
-    import csv
-
-    try:
-        text = path.read_text(encoding="utf-8-sig", errors="replace")
-    except OSError:
-        return {}
-    reader = csv.DictReader(text.splitlines())
-    return {
-        line: (rec.get("slide") or "").strip() for line, rec in enumerate(reader, 2)
-    }
-
-
 @site_app.command("prepare")
 def site_prepare(
     config: ConfigOpt,
@@ -126,56 +92,16 @@ def site_prepare(
     state/prepare-report.json. Exits 2 only when no slide is usable or the
     manifest is invalid.
     """
-    import time
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
+    from slidefed.cli._prepare_view import prepare_with_progress, report_lines
     from slidefed.client.config import load_site_config
-    from slidefed.client.data.manifest import load_manifest
-    from slidefed.client.prepare.pipeline import SlideOutcome, prepare_site
 
     cfg = load_site_config(config)
-    total = len(load_manifest(cfg.manifest_path).rows)
-    started = time.perf_counter()
-    fresh_tiles = 0
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("slides, {task.fields[rate]} tiles/s"),
-    )
-    with Progress(*columns, disable=as_json, transient=False) as progress:
-        task = progress.add_task("Preparing", total=total, rate="-")
-
-        def advance(outcome: SlideOutcome) -> None:
-            nonlocal fresh_tiles
-            if outcome.status == "ok":
-                fresh_tiles += outcome.tiles
-            elapsed = max(time.perf_counter() - started, 1e-9)
-            progress.update(task, advance=1, rate=f"{fresh_tiles / elapsed:.0f}")
-
-        report = prepare_site(cfg, workers=workers or None, progress=advance)
+    report = prepare_with_progress(cfg, workers=workers, quiet=as_json)
     if as_json:
         print(report.model_dump_json(indent=2))
     else:
-        by_line = _manifest_slides(cfg.manifest_path)
-        for s in report.slides:
-            if s.status == "skipped":
-                print(f"skipped {s.slide}: {' '.join(s.reason.split())}")
-            elif s.unreadable_tiles:
-                print(f"note {s.slide}: {s.reason}")
-        for line, reason in report.rejected_rows:
-            name = by_line.get(line) or "?"
-            print(f"manifest line {line} ({name}) rejected: {reason}")
-        ok = sum(s.status == "ok" for s in report.slides)
-        cached = sum(s.status == "cached" for s in report.slides)
-        tiles = sum(s.tiles for s in report.usable)
-        print(
-            f"{len(report.usable)} of {len(report.slides)} slides ready ({ok} prepared, "
-            f"{cached} cached, {len(report.skipped)} skipped), {tiles} tiles, "
-            f"{report.seconds:.1f} s, {report.tiles_per_second:.0f} tiles/s; "
-            f"report in {cfg.state_dir / 'prepare-report.json'}"
-        )
+        for line in report_lines(cfg, report):
+            print(line)
     if not report.usable:
         raise ConfigError(
             "no usable slide at this site; fix the slides listed above and run again"
@@ -186,7 +112,8 @@ def site_prepare(
 def site_budget(config: ConfigOpt, as_json: JsonOpt = False) -> None:
     """Privacy spent and remaining, per run and in total."""
     from slidefed.client.config import load_site_config
-    from slidefed.client.privacy.ledger import PrivacyLedger, epsilon
+    from slidefed.client.privacy.accountant import epsilon
+    from slidefed.client.privacy.ledger import PrivacyLedger
 
     cfg = load_site_config(config)
     ledger = PrivacyLedger(cfg.ledger_path).load()
@@ -227,3 +154,125 @@ def site_budget(config: ConfigOpt, as_json: JsonOpt = False) -> None:
             f"  run {r['run_id']}: {r['rounds']} rounds, sigma {r['noise_multiplier']:.3f}, "
             f"epsilon {r['epsilon_before']:.3f} -> {r['epsilon_after']:.3f}"
         )
+
+
+# ---------------------------------------------------------------------- the node
+@site_app.command("node-key")
+def site_node_key(config: ConfigOpt) -> None:
+    """Create the site's SuperNode key if missing; print its public half."""
+    from slidefed.client.config import load_site_config
+    from slidefed.deploy.site_node import ensure_node_key
+
+    public = ensure_node_key(load_site_config(config))
+    print(public.read_text(encoding="ascii").strip())
+    print(
+        f"send {public} to the coordinator; it runs "
+        "'slidefed server register-site node_key.pub --name SITE --config server.toml'",
+        file=sys.stderr,
+    )
+
+
+@site_app.command("start")
+def site_start(
+    config: ConfigOpt,
+    superlink: Annotated[
+        str, typer.Option("--superlink", help="SuperLink address HOST:PORT.")
+    ],
+    ca: CaOpt = None,
+    insecure: InsecureOpt = False,
+    runtime_port: Annotated[
+        int,
+        typer.Option(help="Local port of the SuperNode's Runtime API (0: any free)."),
+    ] = 0,
+    max_wait_time: Annotated[
+        float | None,
+        typer.Option(help="Give up reaching the SuperLink after this many seconds."),
+    ] = None,
+) -> None:
+    """Run the site's SuperNode (TLS, node key) and its app-approving executor."""
+    from slidefed.client.config import load_site_config
+    from slidefed.deploy.approval import approvals_path, load_approved_apps
+    from slidefed.deploy.doctor.node_status import (
+        clear_node_status,
+        record_node_status,
+    )
+    from slidefed.deploy.site_node import build_site_launch
+    from slidefed.deploy.supervisor import supervise
+
+    launch = build_site_launch(
+        config,
+        superlink=superlink,
+        ca=ca,
+        insecure=insecure,
+        runtime_port=runtime_port,
+        max_wait_time=max_wait_time,
+    )
+    if insecure:
+        print(_INSECURE_WARNING, file=sys.stderr)
+    approvals = approvals_path(config)
+    if not load_approved_apps(approvals).app:
+        print(
+            f"warning: no app approved in {approvals}: every run will be refused; "
+            f"approve one with 'slidefed site approve --config {config} --app-dir APP'",
+            file=sys.stderr,
+        )
+    print(
+        f"starting site node: SuperLink {superlink}, Runtime API "
+        f"127.0.0.1:{launch.runtime_port}, FLWR_HOME {launch.env['FLWR_HOME']}",
+        flush=True,
+    )
+    site = load_site_config(config)
+    ended = supervise(
+        [launch.supernode, launch.executor],
+        launch.env,
+        on_connected=lambda: clear_node_status(site),
+    )
+    record_node_status(site, ended.code, ended.flower_code, ended.cause)
+    if ended.cause in _CAUSES:
+        print(f"error: {_CAUSES[ended.cause]}", file=sys.stderr)
+    raise typer.Exit(ended.code)
+
+
+@site_app.command("doctor")
+def site_doctor(
+    config: ConfigOpt,
+    superlink: SuperlinkOpt = None,
+    ca: CaOpt = None,
+    insecure: InsecureOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check data, cache, disk, GPU, certificates, SuperLink, key, approvals, budget."""
+    from slidefed.deploy.doctor import render_json, render_text, run_doctor
+
+    report = run_doctor(config, superlink=superlink, ca=ca, insecure=insecure)
+    print(render_json(report) if as_json else render_text(report))
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@site_app.command("approve")
+def site_approve(
+    config: ConfigOpt,
+    app_dir: Annotated[
+        Path | None, typer.Option("--app-dir", help="A Flower app folder.")
+    ] = None,
+    fab: Annotated[
+        Path | None, typer.Option("--fab", help="A built .fab file.")
+    ] = None,
+    fab_hash: Annotated[
+        str | None, typer.Option("--hash", help="A FAB's SHA-256 (64 hex digits).")
+    ] = None,
+    note: Annotated[str, typer.Option(help="Who approved it and why.")] = "",
+) -> None:
+    """Approve one app version (by FAB hash) for this site."""
+    from slidefed.client.config import load_site_config
+    from slidefed.deploy.approval import approvals_path, approve_app, resolve_fab_hash
+
+    load_site_config(config)
+    digest, name = resolve_fab_hash(app_dir=app_dir, fab=fab, fab_hash=fab_hash)
+    path = approvals_path(config)
+    approve_app(path, digest, name=name, note=note)
+    print(f"approved {digest} ({name or 'by hash'}) in {path}")
+
+
+__all__ = ["site_app"]

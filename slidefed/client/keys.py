@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from slidefed.client.config import SiteConfig, load_site_config
-from slidefed.common.audit.log import AuditLog
+from slidefed.common.audit.writer import AuditLog
 from slidefed.common.crypto import generate_audit_key, load_audit_key, public_key_path
 
 
@@ -36,7 +36,7 @@ def site_audit_log(site_config: Path) -> AuditLog:
 
     Returns
     -------
-    slidefed.common.audit.log.AuditLog
+    slidefed.common.audit.writer.AuditLog
         The writer.
 
     Raises

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import stat
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     PublicKeyTypes,
 )
 
+from slidefed.common._new_file import write_new_pair
 from slidefed.common.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -229,35 +229,7 @@ def _write_key_pair(path: Path, private: bytes, public: bytes) -> None:
                 f"{existing} already exists; slidefed never overwrites a key file. "
                 "Keep using it, or move it (and its .pub) aside to create a new key"
             )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_new_file(path, private, mode=0o600)
-    try:
-        _write_new_file(pub_path, public, mode=0o644)
-    except BaseException:
-        # Half a key pair is worse than none: the next run would refuse both paths.
-        path.unlink(missing_ok=True)
-        raise
-
-
-def _write_new_file(path: Path, data: bytes, *, mode: int) -> None:
-    """Create ``path`` exclusively with ``mode`` and write ``data`` durably."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError as exc:
-        raise ConfigError(
-            f"{path} already exists; slidefed never overwrites a key file. "
-            "Keep using it, or move it aside to create a new key"
-        ) from exc
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot create key file {path}: {exc.strerror}; "
-            "check that its directory exists and is writable"
-        ) from exc
-    with os.fdopen(fd, "wb") as handle:
-        os.fchmod(handle.fileno(), mode)  # the umask must not widen or narrow it
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    write_new_pair(path, private, pub_path, public)
 
 
 def _read_key_file(path: Path, what: str) -> bytes:

@@ -1,56 +1,29 @@
-"""Code approval: a site runs only the app versions (FAB hashes) it has approved.
+"""Code approval: the list of app versions (FAB hashes) a site runs.
 
-Where it is enforced, and why there
------------------------------------
-Flower 1.42 has one mechanism of its own, ``flower-supernode --trusted-entities``: the
-SuperNode then runs only FABs that carry an Ed25519 signature by a trusted key. Those
-signatures are attached by the SuperLink only to apps it downloads from Flower Hub
-(``valid_license``); an app sent with ``flwr run ./app`` has none, so every such run
-is refused. A federation of hospitals that builds its own app offline cannot use it.
+``approved_apps.toml`` sits next to ``site.toml``; ``slidefed site approve`` adds to
+it (:func:`approve_app`) and the site's runtime reads it for every message
+(:func:`check_fab`), so approving or revoking takes effect without a restart.
+Anything not on the list is refused before any of its code runs, and the refusal is
+audited (:func:`audit_refusal`).
 
-A Flower mod is too late: mods belong to the ``ClientApp`` object, which exists only
-after the app's modules were imported, and importing is running the app's code.
-
-So slidefed enforces approval in the site's runtime, before the FAB is even unpacked:
-
-- ``slidefed site start`` runs ``flower-supernode --isolation process`` and, next to
-  it, the site's own executor (:func:`run_executor`, ``python -m
-  slidefed.deploy.approval executor``): Flower's SuperExec loop, whose launcher starts
-  this module's :func:`run_gated_clientapp` for each ClientApp task instead of
-  ``flwr-clientapp``.
-- :func:`run_gated_clientapp` is Flower's ClientApp process (``run_clientapp``) with
-  two hooks. The first sits in front of Flower's FAB installation: it hashes the
-  FAB bytes that arrived (SHA-256, the hash ``flwr build`` and the SuperLink use),
-  and unless ``approved_apps.toml`` next to ``site.toml`` lists that hash, it audits
-  ``app_refused`` and raises :class:`AppNotApproved`. Flower then answers the
-  message with an error reply; nothing of the app was unpacked or imported. The
-  second wraps the loaded ClientApp in :func:`slidefed.client.egress.egress_guard_mod`,
-  so the site's egress guard applies to every approved app as well, whatever mods
-  the app itself declares.
-- The executor and the SuperNode share a secret (``--superexec-auth-secret-file``),
-  so no other local process can take the SuperNode's tasks.
-
-The approval list is read for every message: approving or revoking takes effect
-without a restart.
+Where the list is enforced, inside Flower's ClientApp process, is
+:mod:`slidefed.deploy.approval_gate`. This module loads neither torch nor Flower
+(:func:`fab_hash_of_app_dir` imports Flower's FAB builder when called).
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
-import importlib
 import logging
-import os
-import sys
 import tomllib
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from slidefed.common.errors import ConfigError, PolicyViolation, SlidefedError
+from slidefed.common.fileio import atomic_write_text
+from slidefed.common.tomlfile import dump_toml
 
 logger = logging.getLogger(__name__)
 
@@ -185,10 +158,27 @@ def approve_app(
     if current.approves(entry.fab_hash):
         return current
     updated = ApprovedApps(app=(*current.app, entry))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(_dump(updated), encoding="utf-8")
-    tmp.replace(path)
+    # A unique temp file per writer: two approvals at once cannot collide.
+    atomic_write_text(path, dump_approved_apps(updated))
+    path.chmod(0o644)
     return updated
+
+
+def dump_approved_apps(apps: ApprovedApps) -> str:
+    """Render an approval list as TOML, under its header of comments for people.
+
+    Parameters
+    ----------
+    apps : ApprovedApps
+        The list.
+
+    Returns
+    -------
+    str
+        The header, a blank line, then one ``[[app]]`` table per approved app
+        (written through ``tomli-w``: any name or note comes back as it went in).
+    """
+    return _HEADER + "\n" + dump_toml(apps.model_dump())
 
 
 def fab_hash_of_bytes(content: bytes) -> str:
@@ -273,7 +263,13 @@ def check_fab(site_config: Path, content: bytes) -> str:
 
 
 def audit_refusal(
-    site_config: Path, fab_hash: str, *, run_id: int | None, **data: Any
+    site_config: Path,
+    fab_hash: str,
+    *,
+    run_id: int | None,
+    fab_id: str = "",
+    fab_version: str = "",
+    reason: str = "not in approved_apps.toml",
 ) -> None:
     """Write ``app_refused`` to the site audit log; never raises.
 
@@ -285,228 +281,21 @@ def audit_refusal(
         The refused FAB's hash.
     run_id : int or None
         Flower run.
-    **data : Any
-        More JSON-safe facts (FAB id and version).
+    fab_id, fab_version : str
+        What the SuperLink called the app.
+    reason : str
+        Why it was refused.
     """
     from slidefed.client.keys import site_audit_log
+    from slidefed.common.audit.events import AppRefused
 
+    event = AppRefused(
+        fab_hash=fab_hash, fab_id=fab_id, fab_version=fab_version, reason=reason
+    )
     try:
-        site_audit_log(site_config).append(
-            "app_refused", run_id=run_id, fab_hash=fab_hash, **data
-        )
+        site_audit_log(site_config).append(event, run_id=run_id)
     except SlidefedError as exc:
         logger.error("could not audit the refused app %s: %s", fab_hash, exc)
-
-
-# --------------------------------------------------------------- gated ClientApp
-class _GuardedClientApp:
-    """A loaded ClientApp with the site's egress guard in front of its replies."""
-
-    def __init__(self, inner: Callable[[Any, Any], Any]) -> None:
-        self._inner = inner
-
-    def __call__(self, message: Any, context: Any) -> Any:
-        from slidefed.client.egress import egress_guard_mod
-
-        return egress_guard_mod(message, context, self._inner)
-
-
-def _install_hooks(site_config: Path) -> None:
-    """Put the approval check and the egress guard into Flower's ClientApp process.
-
-    Raises
-    ------
-    ConfigError
-        If this Flower version lacks the hook points (fail closed: no app runs).
-    """
-    # The module is patched by name: typed as Any, its helpers are not re-exports.
-    rc: Any = importlib.import_module("flwr.supernode.runtime.run_clientapp")
-    names = ("pull_task_input", "install_from_fab", "get_load_client_app_fn")
-    missing = [n for n in names if not callable(getattr(rc, n, None))]
-    if missing:
-        raise ConfigError(
-            f"this Flower version has no {missing} in its ClientApp runtime; the site "
-            "cannot check apps before they run, so it runs none (install flwr 1.42)"
-        )
-    pulled: dict[str, Any] = {}
-    original_pull = rc.pull_task_input
-    original_install = rc.install_from_fab
-    original_loader = rc.get_load_client_app_fn
-
-    def pull_task_input(client: Any) -> Any:
-        result = original_pull(client)
-        pulled["context"], pulled["run"] = result[1], result[2]
-        return result
-
-    def install_from_fab(fab_file: Any, *args: Any, **kwargs: Any) -> Any:
-        content = (
-            fab_file if isinstance(fab_file, bytes) else Path(fab_file).read_bytes()
-        )
-        try:
-            check_fab(site_config, content)
-        except AppNotApproved as exc:
-            run = pulled.get("run")
-            context = pulled.get("context")
-            fab_hash = fab_hash_of_bytes(content)
-            audit_refusal(
-                site_config,
-                fab_hash,
-                run_id=getattr(context, "run_id", None),
-                fab_id=str(getattr(run, "fab_id", "")),
-                fab_version=str(getattr(run, "fab_version", "")),
-                reason="not in approved_apps.toml",
-            )
-            logger.error("refused app %s: not approved by this site", fab_hash)
-            raise AppNotApproved(str(exc)) from None
-        return original_install(fab_file, *args, **kwargs)
-
-    def get_load_client_app_fn(*args: Any, **kwargs: Any) -> Any:
-        load = original_loader(*args, **kwargs)
-
-        def guarded(*a: Any, **k: Any) -> Any:
-            return _GuardedClientApp(load(*a, **k))
-
-        return guarded
-
-    rc.pull_task_input = pull_task_input
-    rc.install_from_fab = install_from_fab
-    rc.get_load_client_app_fn = get_load_client_app_fn
-
-
-def run_gated_clientapp(argv: Sequence[str]) -> None:
-    """Flower's ClientApp process, with approval and egress checks (see module doc).
-
-    Parameters
-    ----------
-    argv : sequence of str
-        ``--site-config PATH`` and ``flwr-clientapp``'s own arguments.
-    """
-    from flwr.common.args import add_args_flwr_app_common, try_obtain_flwr_app_token
-    from flwr.supercore.tls import validate_and_resolve_root_certificates
-
-    parser = argparse.ArgumentParser(prog="slidefed-clientapp")
-    parser.add_argument("--runtime-api-address", required=True)
-    parser.add_argument("--site-config", type=Path, required=True)
-    add_args_flwr_app_common(parser=parser)
-    args = parser.parse_args(list(argv))
-    token = try_obtain_flwr_app_token(args)
-    _install_hooks(args.site_config)
-    from flwr.supernode.runtime.run_clientapp import run_clientapp
-
-    run_clientapp(
-        runtime_api_address=args.runtime_api_address,
-        token=token,
-        insecure=args.insecure,
-        certificates=validate_and_resolve_root_certificates(
-            args.root_certificates, args.insecure
-        ),
-        parent_pid=args.parent_pid,
-        runtime_dependency_install=False,
-    )
-
-
-# ---------------------------------------------------------------- the executor
-def _gated_executor_class(site_config: Path) -> Any:
-    from flwr.supercore.constant import TaskType
-    from flwr.supercore.superexec.executor.subprocess_executor import (
-        SubprocessExecutor,
-    )
-    from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResult
-
-    class GatedExecutor(SubprocessExecutor):
-        """Launches only ClientApps, and only through the gate."""
-
-        def launch(self, spec: ExecutionSpec) -> LaunchResult:
-            if spec.task_type != TaskType.CLIENT_APP:
-                return LaunchResult.failed(
-                    f"this site runs ClientApps only, not {spec.task_type}"
-                )
-            return LaunchResult.accepted() if _spawn(spec) else LaunchResult.failed()
-
-    def _spawn(spec: ExecutionSpec) -> bool:
-        import subprocess
-
-        args = [
-            sys.executable,
-            "-m",
-            "slidefed.deploy.approval",
-            "clientapp",
-            "--site-config",
-            str(site_config),
-            "--runtime-api-address",
-            spec.runtime_api_address,
-            "--token",
-            spec.token,
-        ]
-        if spec.insecure:
-            args.append("--insecure")
-        elif spec.root_certificates_path is not None:
-            args += ["--root-certificates", spec.root_certificates_path]
-        if spec.parent_pid is not None:
-            args += ["--parent-pid", str(spec.parent_pid)]
-        try:
-            subprocess.Popen(args)
-        except OSError as exc:
-            logger.error("cannot start the ClientApp process: %s", exc.strerror)
-            return False
-        return True
-
-    return GatedExecutor
-
-
-def run_executor(argv: Sequence[str]) -> None:
-    """The site's SuperExec: Flower's task loop with the gated launcher.
-
-    Parameters
-    ----------
-    argv : sequence of str
-        ``--runtime-api-address HOST:PORT --site-config PATH
-        [--superexec-auth-secret-file PATH] [--parent-pid PID]``.
-    """
-    parser = argparse.ArgumentParser(prog="slidefed-executor")
-    parser.add_argument("--runtime-api-address", required=True)
-    parser.add_argument("--site-config", type=Path, required=True)
-    parser.add_argument("--superexec-auth-secret-file", type=Path, default=None)
-    parser.add_argument("--parent-pid", type=int, default=None)
-    args = parser.parse_args(list(argv))
-    rs: Any = importlib.import_module("flwr.supercore.superexec.run_superexec")
-    executor_class = _gated_executor_class(args.site_config.resolve())
-    rs.get_executor = lambda *_a, **_k: executor_class()
-    secret = None
-    if args.superexec_auth_secret_file is not None:
-        secret = args.superexec_auth_secret_file.read_bytes()
-    rs.run_superexec(
-        runtime_api_address=args.runtime_api_address,
-        insecure=True,
-        superexec_auth_secret=secret,
-        parent_pid=args.parent_pid,
-        runtime_dependency_install=False,
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m slidefed.deploy.approval {executor|clientapp} ...``.
-
-    Parameters
-    ----------
-    argv : sequence of str, optional
-        Arguments (default: ``sys.argv[1:]``).
-    """
-    args = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    commands = {"executor": run_executor, "clientapp": run_gated_clientapp}
-    if not args or args[0] not in commands:
-        print(  # noqa: T201 - a process entry point
-            "usage: python -m slidefed.deploy.approval {executor|clientapp} ...",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
-    try:
-        commands[args[0]](args[1:])
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)  # noqa: T201
-        raise SystemExit(exc.exit_code) from None
 
 
 def _check_hash(value: str) -> str:
@@ -519,15 +308,42 @@ def _check_hash(value: str) -> str:
     return text
 
 
-def _dump(apps: ApprovedApps) -> str:
-    lines = [_HEADER]
-    for entry in apps.app:
-        lines.append("[[app]]")
-        for key, value in entry.model_dump().items():
-            escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-            lines.append(f'{key} = "{escaped}"')
-        lines.append("")
-    return "\n".join(lines)
+def resolve_fab_hash(
+    *, app_dir: Path | None, fab: Path | None, fab_hash: str | None
+) -> tuple[str, str]:
+    """The FAB hash to approve, from exactly one of an app folder, a FAB or a hash.
+
+    Parameters
+    ----------
+    app_dir : Path or None
+        A Flower app folder (the hash of the FAB ``flwr run`` would send).
+    fab : Path or None
+        A built ``.fab`` file.
+    fab_hash : str or None
+        The hash itself.
+
+    Returns
+    -------
+    tuple of (str, str)
+        The hash and a name for the list (empty when given by hash).
+
+    Raises
+    ------
+    ConfigError
+        If not exactly one is given, or the FAB file does not exist.
+    """
+    given = [x for x in (app_dir, fab, fab_hash) if x is not None]
+    if len(given) != 1:
+        raise ConfigError(
+            "give exactly one of --app-dir DIR, --fab FILE, --hash SHA256"
+        )
+    if app_dir is not None:
+        return fab_hash_of_app_dir(app_dir), app_dir.resolve().name
+    if fab is not None:
+        if not fab.is_file():
+            raise ConfigError(f"--fab {fab}: no such file")
+        return fab_hash_of_bytes(fab.read_bytes()), fab.name
+    return str(fab_hash), ""
 
 
 __all__ = [
@@ -539,16 +355,9 @@ __all__ = [
     "approve_app",
     "audit_refusal",
     "check_fab",
+    "dump_approved_apps",
     "fab_hash_of_app_dir",
     "fab_hash_of_bytes",
     "load_approved_apps",
-    "main",
-    "run_executor",
-    "run_gated_clientapp",
+    "resolve_fab_hash",
 ]
-
-if __name__ == "__main__":  # pragma: no cover
-    # Import the module by name, so that its classes exist once (not in __main__).
-    from slidefed.deploy.approval import main as _main
-
-    _main()

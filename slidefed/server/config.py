@@ -33,14 +33,12 @@ relative paths are resolved against the file's folder.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from slidefed.common.tomlfile import load_toml_model
+from slidefed.common.fileio import atomic_write_text
+from slidefed.common.tomlfile import dump_toml, load_toml_model
 
 CONNECTION = "slidefed"
 """Name of the coordinator's connection in its ``$FLWR_HOME/config.toml``."""
@@ -159,6 +157,8 @@ def load_server_config(path: Path) -> ServerConfig:
 def dump_server_config(config: ServerConfig) -> str:
     """Render a server config as TOML (the inverse of :func:`load_server_config`).
 
+    Written through ``tomli-w``: any path or name comes back as it went in.
+
     Parameters
     ----------
     config : ServerConfig
@@ -167,21 +167,15 @@ def dump_server_config(config: ServerConfig) -> str:
     Returns
     -------
     str
-        TOML text.
+        TOML text: ``[server]``, ``[tls]``, ``[state]``, then one ``[[sites]]``
+        table per registered site (none when no site is registered).
     """
     data = config.model_dump(mode="json", exclude={"base_dir", "sites"})
-    lines: list[str] = []
-    for section, values in data.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
-        lines.append("")
-    for site in config.sites:
-        lines.append("[[sites]]")
-        for key, value in site.model_dump(mode="json").items():
-            if value is not None:
-                lines.append(f"{key} = {_toml(value)}")
-        lines.append("")
-    return "\n".join(lines)
+    if config.sites:
+        data["sites"] = [
+            site.model_dump(mode="json", exclude_none=True) for site in config.sites
+        ]
+    return dump_toml(data)
 
 
 def save_server_config(config: ServerConfig, path: Path) -> None:
@@ -192,29 +186,10 @@ def save_server_config(config: ServerConfig, path: Path) -> None:
     config : ServerConfig
         The config.
     path : Path
-        Destination.
+        Destination (mode 0644: it holds no secret).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".server.toml.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(dump_server_config(config))
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(tmp).chmod(0o644)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
+    atomic_write_text(path, dump_server_config(config))
+    path.chmod(0o644)
 
 
 __all__ = [

@@ -234,10 +234,11 @@ def test_compose_healthcheck_is_valid_python() -> None:
 def test_site_executor_entry_point_runs() -> None:
     for command in ("executor", "clientapp"):
         done = subprocess.run(
-            [sys.executable, "-m", "slidefed.deploy.approval", command, "--help"],
+            [sys.executable, "-m", "slidefed.deploy.approval_gate", command, "--help"],
             capture_output=True,
             text=True,
             timeout=120,
         )
         assert done.returncode == 0, done.stderr
         assert "--site-config" in done.stdout
+        assert "Warning" not in done.stderr  # e.g. runpy's "found in sys.modules"

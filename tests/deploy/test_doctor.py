@@ -22,6 +22,8 @@ from slidefed.common.pki import ensure_ca, ensure_server_certificate
 from slidefed.demo.synth import SynthSite
 from slidefed.deploy import doctor
 from slidefed.deploy import site_node as deploy
+from slidefed.deploy.doctor.superlink_checks import skew_check
+from slidefed.deploy.supervisor import supervise
 
 
 @pytest.fixture
@@ -141,8 +143,8 @@ def test_doctor_fails_when_nothing_listens(
 
 
 def test_doctor_clock_skew_rules() -> None:
-    assert doctor._skew_check("Mon, 01 Jan 2001 00:00:00 GMT").status == "fail"
-    assert doctor._skew_check(None).status == "skip"
+    assert skew_check("Mon, 01 Jan 2001 00:00:00 GMT").status == "fail"
+    assert skew_check(None).status == "skip"
 
 
 def test_doctor_reports_unreadable_slides_and_a_bad_manifest(
@@ -227,7 +229,7 @@ def test_site_launch_uses_tls_node_key_process_isolation_and_own_flwr_home(
     assert argv[argv.index("--isolation") + 1] == "process"
     assert argv[argv.index("--port") + 1] == "9555"
     assert "--insecure" not in argv
-    assert launch.executor[1:4] == ["-m", "slidefed.deploy.approval", "executor"]
+    assert launch.executor[1:4] == ["-m", "slidefed.deploy.approval_gate", "executor"]
     assert "127.0.0.1:9555" in launch.executor
     assert launch.env["FLWR_HOME"] == str(config.state_dir / "flwr")
     secret = Path(argv[argv.index("--superexec-auth-secret-file") + 1])
@@ -281,7 +283,7 @@ def test_supervisor_stops_the_other_process_and_reads_flowers_reason(
         ".write_text('x'), sys.exit(0)))\n"
         "time.sleep(60)",
     ]
-    ended = deploy.supervise([supernode, executor], dict(os.environ), grace=5)
+    ended = supervise([supernode, executor], dict(os.environ), grace=5)
     assert ended.code == 1
     assert ended.flower_code == 305
     assert ended.cause == "not_registered"

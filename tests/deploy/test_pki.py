@@ -11,7 +11,6 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from slidefed.cli import main
-from slidefed.cli.server import superlink_command
 from slidefed.common.crypto import generate_audit_key, generate_node_key
 from slidefed.common.errors import ConfigError
 from slidefed.common.pki import (
@@ -21,6 +20,7 @@ from slidefed.common.pki import (
     load_certificate,
     verify_issued_by,
 )
+from slidefed.deploy.coordinator import superlink_command
 from slidefed.server.config import (
     RegisteredSite,
     ServerConfig,

@@ -46,7 +46,8 @@ from typing import Any
 import pytest
 
 from slidefed.bench.memory import tree_rss_bytes
-from slidefed.client.privacy.ledger import PrivacyLedger, epsilon, stable_run_id
+from slidefed.client.privacy.accountant import epsilon
+from slidefed.client.privacy.ledger import PrivacyLedger, stable_run_id
 from slidefed.common.crypto import generate_node_key
 from slidefed.demo.synth import synth_site
 from slidefed.deploy.site_node import free_port
