@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import subprocess
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from slidefed.common.errors import ConfigError, FederationError
+from slidefed.common.flower_env import flower_env
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +87,7 @@ def launch(
     FederationError
         If the run could not start, did not complete, or ran past ``timeout``.
     """
-    env = dict(os.environ)
-    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    env = flower_env()
     args = ["run", str(app_dir), connection, "--format", "json"]
     if run_config:
         args += ["--run-config", run_config]

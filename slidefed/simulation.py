@@ -14,55 +14,47 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from slidefed.common.errors import FederationError
-from slidefed.common.run_config import RunConfig
+from slidefed.common.errors import ConfigError, FederationError
+from slidefed.common.flower_env import quiet_flower_defaults
+from slidefed.common.run_config import RunConfig, parse_run_config
+from slidefed.common.tomlfile import dump_toml
 
 logger = logging.getLogger(__name__)
 
-_APP_PYPROJECT = """\
-[build-system]
-requires = ["setuptools>=68"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "slidefed-run"
-version = "0.1.0"
-dependencies = ["slidefed"]
-
-[tool.flwr.app]
-publisher = "slidefed"
-
-[tool.flwr.app.components]
-serverapp = "slidefed.server.app:app"
-clientapp = "slidefed.client.app:app"
-
-[tool.flwr.app.config]
-{defaults}
-"""
+_APP_PROJECT: dict[str, Any] = {
+    "build-system": {
+        "requires": ["setuptools>=68"],
+        "build-backend": "setuptools.build_meta",
+    },
+    "project": {
+        "name": "slidefed-run",
+        "version": "0.1.0",
+        "dependencies": ["slidefed"],
+    },
+}
+_APP_COMPONENTS = {
+    "serverapp": "slidefed.server.app:app",
+    "clientapp": "slidefed.client.app:app",
+}
 
 
-def _toml_scalar(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+def app_pyproject(config: dict[str, Any]) -> str:
+    """The app folder's ``pyproject.toml`` (through ``tomli-w``), run config ``config``."""
+    app = {"publisher": "slidefed", "components": _APP_COMPONENTS, "config": config}
+    return dump_toml({**_APP_PROJECT, "tool": {"flwr": {"app": app}}})
 
 
 def write_app_dir(folder: Path) -> Path:
     """Write the tiny Flower app folder; its config holds the run defaults."""
     folder.mkdir(parents=True, exist_ok=True)
     defaults = RunConfig().model_dump(by_alias=True)
-    lines = "\n".join(f"{k} = {_toml_scalar(v)}" for k, v in defaults.items())
-    (folder / "pyproject.toml").write_text(_APP_PYPROJECT.format(defaults=lines))
+    (folder / "pyproject.toml").write_text(app_pyproject(defaults))
     return folder
 
 
 def quiet_flower_environment() -> None:
     """Environment for runs started by slidefed: no telemetry, no dep install."""
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    quiet_flower_defaults(os.environ)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -85,22 +77,56 @@ def run_simulation(
         If the ServerApp or the engine failed.
     """
     quiet_flower_environment()
-    from flwr.app import Context, RecordDict
-    from flwr.common.config import get_fused_config_from_dir
-    from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.simulation.run_simulation import _run_simulation
-    from flwr.supercore.constant import NOOP_FEDERATION_ID
-    from flwr.supercore.run import Run
-    from flwr.supercore.task_identity import TaskIdentity
     from flwr.supercore.telemetry import EventType
 
     # flwr resets its logger when imported; quiet it here, after the import.
-    flwr_logger = logging.getLogger("flwr")
-    flwr_logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    flwr_logger.propagate = False
+    _quiet_flower_logger(verbose)
     if not run.run_dir:
         raise FederationError("run-dir must be set for a simulated run")
     app_dir = write_app_dir(Path(run.run_dir) / "app")
+    flwr_run, context = _server_run(run, app_dir)
+    cpus = total_cpus or os.cpu_count() or 1
+    try:
+        _run_simulation(
+            num_supernodes=n_sites,
+            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+            server_app_attr="slidefed.server.app:app",
+            client_app_attr=client_app_attr,
+            backend_name="ray",
+            backend_config=_backend_config(cpus_per_site, cpus, verbose),
+            app_dir=str(app_dir),
+            run=flwr_run,
+            server_app_context=context,
+            is_app=True,
+            verbose_logging=verbose,
+        )
+    except Exception as exc:
+        raise FederationError(f"the simulated federation failed: {exc}") from exc
+    finally:
+        _shutdown_ray()
+
+
+def _quiet_flower_logger(verbose: bool) -> None:
+    """Flower's logger at WARNING (DEBUG with ``verbose``), not passed to ours."""
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    flwr_logger.propagate = False
+
+
+def _server_run(run: RunConfig, app_dir: Path) -> tuple[Any, Any]:
+    """Flower's ``Run`` and the ServerApp's ``Context``, as ``flwr run`` makes them.
+
+    The run config reaches both apps as the fused config of ``app_dir`` and the
+    overrides from ``run``.
+    """
+    from flwr.app import Context, RecordDict
+    from flwr.common.config import get_fused_config_from_dir
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.constant import NOOP_FEDERATION_ID
+    from flwr.supercore.run import Run
+    from flwr.supercore.task_identity import TaskIdentity
+
     overrides = run.model_dump(by_alias=True)
     run_id = secrets.randbits(63)
     flwr_run = Run.create_empty(run_id=run_id)
@@ -117,8 +143,12 @@ def run_simulation(
         state=RecordDict(),
         run_config=get_fused_config_from_dir(app_dir, overrides),
     )
-    cpus = total_cpus or os.cpu_count() or 1
-    backend_config: dict[str, Any] = {
+    return flwr_run, context
+
+
+def _backend_config(cpus_per_site: float, cpus: int, verbose: bool) -> dict[str, Any]:
+    """Ray backend settings: CPUs per site and in all, quiet unless ``verbose``."""
+    return {
         "client_resources": {"num_cpus": cpus_per_site, "num_gpus": 0.0},
         "init_args": {
             "num_cpus": cpus,
@@ -127,30 +157,100 @@ def run_simulation(
             "include_dashboard": False,
         },
     }
+
+
+def _shutdown_ray() -> None:
+    """Stop Ray if the run started it, so that the next run starts clean."""
     try:
-        _run_simulation(
-            num_supernodes=n_sites,
-            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-            server_app_attr="slidefed.server.app:app",
-            client_app_attr=client_app_attr,
-            backend_name="ray",
-            backend_config=backend_config,
-            app_dir=str(app_dir),
-            run=flwr_run,
-            server_app_context=context,
-            is_app=True,
-            verbose_logging=verbose,
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except ImportError:  # pragma: no cover - ray comes with flwr[simulation]
+        pass
+
+
+def simulation_sites(sites: list[Path]) -> list[Path]:
+    """The ``site.toml`` of each ``--sites`` entry (the file, or its folder).
+
+    Raises
+    ------
+    ConfigError
+        If an entry has no ``site.toml``.
+    """
+    paths = [p / "site.toml" if p.is_dir() else p for p in sites]
+    for p in paths:
+        if not p.is_file():
+            raise ConfigError(
+                f"--sites {p}: no site.toml there; run 'slidefed site init'"
+            )
+    return paths
+
+
+def check_run_folder(out: Path, *, resume: bool) -> Path:
+    """``out``, resolved: a fresh run folder, or one holding a run to resume.
+
+    Raises
+    ------
+    ConfigError
+        If ``out`` holds a run and ``resume`` is false, or holds none to resume.
+    """
+    out = out.resolve()
+    if not resume and (out / "checkpoints").is_dir():
+        raise ConfigError(
+            f"--out {out} already holds a run; pass --resume to continue it or "
+            "choose a new folder"
         )
-    except Exception as exc:
-        raise FederationError(f"the simulated federation failed: {exc}") from exc
-    finally:
-        try:
-            import ray
-
-            if ray.is_initialized():
-                ray.shutdown()
-        except ImportError:  # pragma: no cover - ray comes with flwr[simulation]
-            pass
+    if resume and not (out / "checkpoints").is_dir():
+        raise ConfigError(f"--resume: {out} holds no checkpoint to resume from")
+    return out
 
 
-__all__ = ["quiet_flower_environment", "run_simulation", "write_app_dir"]
+def simulation_run_config(
+    sites: list[Path],
+    out: Path,
+    *,
+    rounds: int,
+    seed: int,
+    resume: bool,
+    strategy: str,
+    target_epsilon: float,
+    local_epochs: int,
+    lr: float,
+    wire_dtype: str,
+) -> RunConfig:
+    """Make the run folder ``out`` and the run config of a simulated federation.
+
+    Raises
+    ------
+    ConfigError
+        If a value breaks a rule of :class:`RunConfig`.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    return parse_run_config(
+        {
+            "num-server-rounds": rounds,
+            "seed": seed,
+            "strategy": strategy,
+            "target-epsilon": target_epsilon,
+            "local-epochs": local_epochs,
+            "lr": lr,
+            "wire-dtype": wire_dtype,
+            "resume": resume,
+            "min-sites": len(sites),
+            "run-dir": str(out),
+            "run-name": f"sim:{out}",
+            "sim-sites": ",".join(str(p.resolve()) for p in sites),
+        }
+    )
+
+
+__all__ = [
+    "app_pyproject",
+    "check_run_folder",
+    "quiet_flower_environment",
+    "run_simulation",
+    "simulation_run_config",
+    "simulation_sites",
+    "write_app_dir",
+]

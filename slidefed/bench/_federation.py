@@ -1,8 +1,14 @@
-"""A small in-process federation for utility sweeps (no transport)."""
+"""A small in-process federation for utility sweeps (no transport).
+
+Three synthetic sites, prepared with the sites' own pipeline, train with the
+ClientApp's training code and are averaged in process; :func:`held_out` scores a
+model on every site's held-out patients (also used by ``bench robust``).
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +16,17 @@ import numpy as np
 import torch
 
 from slidefed.client.config import SiteConfig, SiteSection, TilingSection
-from slidefed.client.data.manifest import PatientBag, build_bags
+from slidefed.client.data.bags import PatientBag, build_bags
+from slidefed.client.evaluation import auc_score, evaluate
 from slidefed.client.prepare.pipeline import load_site_features
-from slidefed.client.privacy.ledger import calibrate_noise
-from slidefed.client.train import auc_score, batches_per_epoch, evaluate, train_dp
+from slidefed.client.privacy.accountant import calibrate_noise
+from slidefed.client.train import (
+    BagDataset,
+    batches_per_epoch,
+    collate_bags,
+    train_dp,
+    train_plain,
+)
 from slidefed.common.model import build_model, feature_dim
 from slidefed.demo.synth import synth_site
 
@@ -44,24 +57,6 @@ def synth_sites(root: Path, *, seed: int) -> list[list[PatientBag]]:
     return out
 
 
-def _train_plain(
-    model: torch.nn.Module, bags: list[PatientBag], *, epochs: int, lr: float, seed: int
-) -> None:
-    from slidefed.client.train import BagDataset, collate_bags
-
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    ds = BagDataset(bags)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(ds)).tolist()
-        for start in range(0, len(order), 8):
-            x, mask, y = collate_bags([ds[i] for i in order[start : start + 8]])
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x, mask), y).backward()  # type: ignore[no-untyped-call]
-            opt.step()
-
-
 def run_inprocess_fedavg(
     sites: list[list[PatientBag]],
     *,
@@ -75,6 +70,49 @@ def run_inprocess_fedavg(
     """FedAvg over ``sites`` with DP at ``epsilon`` per site; held-out AUC."""
     torch.set_num_threads(1)
     global_model = build_model("abmil", feature_dim("hed"), seed=seed)
+    sigmas = _noise_multipliers(
+        sites, epsilon=epsilon, rounds=rounds, epochs=epochs, batch_size=batch_size
+    )
+    for rnd in range(rounds):
+        states, weights = [], []
+        for i, bags in enumerate(sites):
+            train = [b for b in bags if b.split == "train"]
+            local = build_model("abmil", feature_dim("hed"), seed=seed)
+            local.load_state_dict(global_model.state_dict())
+            _train_local(
+                local,
+                train,
+                sigma=None if math.isinf(epsilon) else sigmas[i],
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                seed=seed,
+                rnd=rnd,
+                i=i,
+            )
+            states.append(local.state_dict())
+            weights.append(len(train))
+        global_model.load_state_dict(_weighted_average(states, weights))
+    held = held_out(global_model, sites)
+    pooled_auc = auc_score(np.asarray(held.labels), np.asarray(held.scores))
+    n = sum(k for _, k in held.accuracies)
+    return {
+        "auc": round(pooled_auc, 4),
+        "accuracy": round(sum(a * k for a, k in held.accuracies) / n, 4),
+        "test_patients": n,
+        "noise_multipliers": [round(s, 3) for s in sigmas],
+    }
+
+
+def _noise_multipliers(
+    sites: list[list[PatientBag]],
+    *,
+    epsilon: float,
+    rounds: int,
+    epochs: int,
+    batch_size: int,
+) -> list[float]:
+    """Noise multiplier of each site for ``epsilon`` over the whole run (0 at inf)."""
     sigmas = []
     for bags in sites:
         train = [b for b in bags if b.split == "train"]
@@ -91,55 +129,100 @@ def run_inprocess_fedavg(
                 delta=1 / (10 * len(train)),
             )
         )
-    for rnd in range(rounds):
-        states, weights = [], []
-        for i, bags in enumerate(sites):
-            train = [b for b in bags if b.split == "train"]
-            local = build_model("abmil", feature_dim("hed"), seed=seed)
-            local.load_state_dict(global_model.state_dict())
-            if math.isinf(epsilon):
-                _train_plain(local, train, epochs=epochs, lr=lr, seed=seed + rnd)
-            else:
-                train_dp(
-                    local,
-                    train,
-                    epochs=epochs,
-                    batch_size=batch_size,
-                    lr=lr,
-                    noise_multiplier=sigmas[i],
-                    max_grad_norm=1.0,
-                    delta=1 / (10 * len(train)),
-                    seed=seed * 1000 + rnd * 10 + i,
-                )
-            states.append(local.state_dict())
-            weights.append(len(train))
-        total = float(sum(weights))
-        global_model.load_state_dict(
-            {
-                k: sum(w / total * s[k] for w, s in zip(weights, states, strict=True))
-                for k in states[0]
-            }
-        )
-    labels, scores, accs = [], [], []
-    for bags in sites:
-        test = [b for b in bags if b.split == "test"]
-        result = evaluate(global_model, test)
-        accs.append((result.accuracy, len(test)))
-        with torch.no_grad():
-            for bag in test:
-                from slidefed.client.train import BagDataset, collate_bags
+    return sigmas
 
-                x, mask, _ = collate_bags([BagDataset([bag])[0]])
-                scores.append(float(torch.softmax(global_model(x, mask), 1)[0, 1]))
-                labels.append(bag.label)
-    pooled_auc = auc_score(np.asarray(labels), np.asarray(scores))
-    n = sum(k for _, k in accs)
+
+def _train_local(
+    local: torch.nn.Module,
+    train: list[PatientBag],
+    *,
+    sigma: float | None,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    rnd: int,
+    i: int,
+) -> None:
+    """Site ``i``'s training in round ``rnd``: DP with noise ``sigma``, plain if None."""
+    if sigma is None:
+        train_plain(
+            local,
+            train,
+            epochs=epochs,
+            batch_size=8,
+            lr=lr,
+            seed=seed + rnd,
+            loss=torch.nn.functional.cross_entropy,
+        )
+    else:
+        train_dp(
+            local,
+            train,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            noise_multiplier=sigma,
+            max_grad_norm=1.0,
+            delta=1 / (10 * len(train)),
+            seed=seed * 1000 + rnd * 10 + i,
+        )
+
+
+def _weighted_average(
+    states: list[dict[str, torch.Tensor]], weights: list[int]
+) -> dict[str, Any]:
+    """FedAvg: the average of ``states`` weighted by ``weights``."""
+    total = float(sum(weights))
     return {
-        "auc": round(pooled_auc, 4),
-        "accuracy": round(sum(a * k for a, k in accs) / n, 4),
-        "test_patients": n,
-        "noise_multipliers": [round(s, 3) for s in sigmas],
+        k: sum(w / total * s[k] for w, s in zip(weights, states, strict=True))
+        for k in states[0]
     }
 
 
-__all__ = ["run_inprocess_fedavg", "synth_sites"]
+@dataclass(frozen=True)
+class HeldOut:
+    """Predictions of a model on every site's held-out patients.
+
+    Attributes
+    ----------
+    labels : list of int
+        The patients' labels, pooled over sites.
+    scores : list of float
+        The model's tumour probability for each of them.
+    accuracies : list of tuple
+        ``(accuracy, patients)`` of each site.
+    """
+
+    labels: list[int]
+    scores: list[float]
+    accuracies: list[tuple[float, int]]
+
+
+def held_out(
+    model: torch.nn.Module,
+    sites: list[list[PatientBag]],
+    *,
+    nonfinite: float | None = None,
+) -> HeldOut:
+    """Evaluate ``model`` on each site's test patients; pooled labels and scores.
+
+    A score that is not finite becomes ``nonfinite`` where that is given.
+    """
+    labels, scores, accs = [], [], []
+    for bags in sites:
+        test = [b for b in bags if b.split == "test"]
+        result = evaluate(model, test)
+        accs.append((result.accuracy, len(test)))
+        with torch.no_grad():
+            for bag in test:
+                x, mask, _ = collate_bags([BagDataset([bag])[0]])
+                score = float(torch.softmax(model(x, mask), 1)[0, 1])
+                if nonfinite is not None and not math.isfinite(score):
+                    score = nonfinite
+                scores.append(score)
+                labels.append(bag.label)
+    return HeldOut(labels=labels, scores=scores, accuracies=accs)
+
+
+__all__ = ["HeldOut", "held_out", "run_inprocess_fedavg", "synth_sites"]

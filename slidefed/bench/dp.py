@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -11,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from slidefed.bench.timing import interleaved_medians
-from slidefed.client.data.manifest import PatientBag
-from slidefed.client.train import BagDataset, collate_bags
+from slidefed.client.data.bags import PatientBag
+from slidefed.client.train import BagDataset, collate_bags, plain_step
 from slidefed.common.model import ABMIL
 
 
@@ -55,36 +56,16 @@ def step_ratio(
     Both Opacus per-sample modes are timed: ``ew`` (the default) and ``hooks``.
     A step is zero_grad, forward, backward and optimizer step (clip and noise for DP).
     """
-    from opacus import GradSampleModule
-    from opacus.grad_sample import GradSampleModuleExpandedWeights
-    from opacus.optimizers import DPOptimizer
-
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     batches = _batches(
         4, batch=batch, dim=dim, min_len=min_len, max_len=max_len, seed=seed
     )
-    reference = ABMIL(dim, hidden=hidden, attention=attention)
-    wrappers: dict[str, Any] = {
-        "plain": None,
-        "ew": GradSampleModuleExpandedWeights,
-        "hooks": GradSampleModule,
-    }
-    steps = {}
-    cleanup = []
-    for name, wrapper in wrappers.items():
-        model = ABMIL(dim, hidden=hidden, attention=attention)
-        model.load_state_dict(reference.state_dict())
-        sgd = torch.optim.SGD(model.parameters(), lr=0.01)
-        if wrapper is None:
-            forward, optimizer = model, sgd
-        else:
-            forward = wrapper(model, batch_first=True, loss_reduction="mean")
-            cleanup.append(forward)
-            optimizer = DPOptimizer(
-                sgd, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=batch
-            )
-        steps[name] = _stepper(forward, optimizer, batches)
+
+    def make() -> ABMIL:
+        return ABMIL(dim, hidden=hidden, attention=attention)
+
+    steps, cleanup = _steppers(make, batches, batch=batch)
     with warnings.catch_warnings():
         # Inputs need no gradient, which full backward hooks note on every step.
         warnings.simplefilter("ignore", UserWarning)
@@ -106,15 +87,50 @@ def step_ratio(
     }
 
 
+def _steppers(
+    make: Callable[[], ABMIL], batches: list[Any], *, batch: int
+) -> tuple[dict[str, Any], list[Any]]:
+    """One step function per variant, each on a copy of one model from ``make``.
+
+    ``plain`` is SGD on the model; ``ew`` and ``hooks`` wrap it in Opacus's
+    expanded-weights and hooks grad-sample modules with a DP optimizer.  Also
+    returns the wrapped modules, to close after timing.
+    """
+    from opacus import GradSampleModule
+    from opacus.grad_sample import GradSampleModuleExpandedWeights
+    from opacus.optimizers import DPOptimizer
+
+    wrappers: dict[str, Any] = {
+        "plain": None,
+        "ew": GradSampleModuleExpandedWeights,
+        "hooks": GradSampleModule,
+    }
+    reference = make()
+    steps = {}
+    cleanup = []
+    for name, wrapper in wrappers.items():
+        model = make()
+        model.load_state_dict(reference.state_dict())
+        sgd = torch.optim.SGD(model.parameters(), lr=0.01)
+        if wrapper is None:
+            forward, optimizer = model, sgd
+        else:
+            forward = wrapper(model, batch_first=True, loss_reduction="mean")
+            cleanup.append(forward)
+            optimizer = DPOptimizer(
+                sgd, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=batch
+            )
+        steps[name] = _stepper(forward, optimizer, batches)
+    return steps, cleanup
+
+
 def _stepper(forward: Any, optimizer: Any, batches: list[Any]) -> Any:
     count = [0]
 
     def step() -> None:
-        x, mask, y = batches[count[0] % len(batches)]
+        batch = batches[count[0] % len(batches)]
         count[0] += 1
-        optimizer.zero_grad()
-        F.cross_entropy(forward(x, mask), y).backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
+        plain_step(forward, optimizer, batch, loss=F.cross_entropy)
 
     return step
 

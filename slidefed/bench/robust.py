@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from slidefed.client.data.manifest import PatientBag
-from slidefed.client.train import auc_score, evaluate, train_dp
+from slidefed.bench._federation import held_out
+from slidefed.client.data.bags import PatientBag
+from slidefed.client.evaluation import auc_score
+from slidefed.client.train import train_dp
 from slidefed.common.arrays import specs_of
 from slidefed.common.model import build_model, feature_dim
 from slidefed.common.run_config import RunConfig
@@ -72,7 +74,8 @@ def run_attack(
     seed: int = 0,
 ) -> dict[str, Any]:
     """One federation with site 0's data also used by an attacker (node 99)."""
-    from slidefed.server.strategy import ValidatingMixin, build_strategy
+    from slidefed.server.strategy import build_strategy
+    from slidefed.server.validation import ValidatingMixin
 
     torch.set_num_threads(1)
     model = build_model("abmil", feature_dim("hed"), seed=seed)
@@ -85,22 +88,8 @@ def run_attack(
         replies = []
         for node, bags in members:
             train = [b for b in bags if b.split == "train"]
-            local = build_model("abmil", feature_dim("hed"), seed=seed)
-            local.load_state_dict(
-                {k: torch.from_numpy(v.copy()) for k, v in glob.items()}
-            )
-            train_dp(
-                local,
-                train,
-                epochs=4,
-                batch_size=8,
-                lr=0.03,
-                noise_multiplier=1.0,
-                max_grad_norm=1.0,
-                delta=1e-3,
-                seed=seed * 1000 + rnd * 100 + node,
-            )
-            arrays = {k: v.detach().numpy() for k, v in local.state_dict().items()}
+            train_seed = seed * 1000 + rnd * 100 + node
+            arrays = _local_arrays(glob, train, seed=seed, train_seed=train_seed)
             if node == 99:
                 arrays = _attack(attack, arrays, glob)
             replies.append(_message(node + 1, arrays, len(train)))
@@ -111,26 +100,39 @@ def run_attack(
         if aggregated is not None:
             glob = {k: v.numpy().astype(np.float32) for k, v in aggregated.items()}
     model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in glob.items()})
-    labels, scores = [], []
-    for bags in sites:
-        test = [b for b in bags if b.split == "test"]
-        evaluate(model, test)
-        with torch.no_grad():
-            from slidefed.client.train import BagDataset, collate_bags
-
-            for bag in test:
-                x, mask, _ = collate_bags([BagDataset([bag])[0]])
-                out = torch.softmax(model(x, mask), 1)[0, 1]
-                scores.append(float(out) if torch.isfinite(out) else 0.5)
-                labels.append(bag.label)
+    held = held_out(model, sites, nonfinite=0.5)
     rejected = sum(len(i.get("rejected", [])) for i in strat.round_info.values())
-    auc = auc_score(np.asarray(labels), np.asarray(scores))
+    auc = auc_score(np.asarray(held.labels), np.asarray(held.scores))
     return {
         "strategy": strategy,
         "attack": attack,
         "auc": round(auc, 4) if math.isfinite(auc) else None,
         "rejected_updates": rejected,
     }
+
+
+def _local_arrays(
+    glob: dict[str, np.ndarray],
+    train: list[PatientBag],
+    *,
+    seed: int,
+    train_seed: int,
+) -> dict[str, np.ndarray]:
+    """One site's DP training from the global arrays ``glob``; its new arrays."""
+    local = build_model("abmil", feature_dim("hed"), seed=seed)
+    local.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in glob.items()})
+    train_dp(
+        local,
+        train,
+        epochs=4,
+        batch_size=8,
+        lr=0.03,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        delta=1e-3,
+        seed=train_seed,
+    )
+    return {k: v.detach().numpy() for k, v in local.state_dict().items()}
 
 
 def sweep(

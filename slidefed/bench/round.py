@@ -17,9 +17,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from slidefed.common.run_config import RunConfig
 
 
 def _shared_site(root: Path, seed: int) -> Path:
@@ -93,8 +96,8 @@ def measure(
     n_sites: int, *, rounds: int = 2, seed: int = 0, workdir: Path | None = None
 ) -> dict[str, Any]:
     """One federation of ``n_sites``; the last round's overhead."""
+    from slidefed.bench.memory import PeakMemory
     from slidefed.common.model import build_model, feature_dim
-    from slidefed.common.run_config import RunConfig
     from slidefed.simulation import run_simulation
 
     root = workdir or Path(tempfile.mkdtemp(prefix="slidefed-bench-round-"))
@@ -104,18 +107,7 @@ def measure(
     fed = root / f"n{n_sites}-{time.time_ns()}"
     sites = _sites(fed, shared, n_sites)
     cpus = os.cpu_count() or 1
-    run = RunConfig(
-        num_server_rounds=rounds,
-        local_epochs=4,
-        batch_size=8,
-        lr=0.03,
-        min_sites=n_sites,
-        run_dir=str(fed / "run"),
-        run_name=str(fed),
-        sim_sites=",".join(str(s) for s in sites),
-    )
-    from slidefed.bench.memory import PeakMemory
-
+    run = _run_config(fed, sites, rounds)
     started = time.perf_counter()
     with PeakMemory() as memory:
         run_simulation(run, n_sites=n_sites, total_cpus=cpus)
@@ -149,6 +141,22 @@ def measure(
         "peak_rss_mib": round(memory.peak / 2**20, 1),
         "peak_rss_mib_per_site": round(memory.peak / 2**20 / n_sites, 2),
     }
+
+
+def _run_config(fed: Path, sites: list[Path], rounds: int) -> RunConfig:
+    """The demo's settings, for a federation of ``sites`` in ``fed``."""
+    from slidefed.common.run_config import RunConfig
+
+    return RunConfig(
+        num_server_rounds=rounds,
+        local_epochs=4,
+        batch_size=8,
+        lr=0.03,
+        min_sites=len(sites),
+        run_dir=str(fed / "run"),
+        run_name=str(fed),
+        sim_sites=",".join(str(s) for s in sites),
+    )
 
 
 def bytes_ratio_large() -> float:

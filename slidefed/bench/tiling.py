@@ -18,14 +18,11 @@ reading its share of a larger slide's tiles (as ``site prepare`` does).
 
 from __future__ import annotations
 
-import math
 import os
 import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,9 +31,15 @@ import numpy as np
 import tifffile
 from numpy.typing import NDArray
 
+from slidefed.bench._tile_readers import (
+    compare_processes,
+    floor_reader,
+    full_grid,
+    naive_reader,
+    ours_reader,
+)
 from slidefed.bench.timing import interleaved_medians
-from slidefed.client.prepare.tiling import TileGrid, iter_tiles, worker_slide
-from slidefed.client.slides.core import TiffSlideSource
+from slidefed.client.slides import TiffSlideSource, box_reduce
 from slidefed.demo.synth import write_synthetic_slide
 
 #: Goals from the issue that asked for this benchmark.
@@ -67,13 +70,7 @@ def write_pyramid(
         for i, ds in enumerate(downsamples):
             level = image
             if ds > 1:
-                h, w = image.shape[0] // ds, image.shape[1] // ds
-                level = (
-                    image[: h * ds, : w * ds]
-                    .reshape(h, ds, w, ds, 3)
-                    .mean(axis=(1, 3))
-                    .astype(np.uint8)
-                )
+                level = box_reduce(image, ds, rounding="floor")
             tw.write(
                 level,
                 photometric="rgb",
@@ -96,101 +93,6 @@ def _synthetic_image(folder: Path, size: int, seed: int) -> NDArray[np.uint8]:
     image = np.asarray(tifffile.imread(tmp, key=0), dtype=np.uint8)
     tmp.unlink()
     return image
-
-
-def _full_grid(
-    slide: TiffSlideSource, *, level: int, read_size: int, tile_size: int
-) -> TileGrid:
-    """Every whole tile of ``level`` (no tissue filter), row by row."""
-    width, height = slide.level_dimensions[level]
-    ds = slide.level_downsamples[level]
-    step0 = read_size * ds
-    coords = [
-        (round(tx * step0), round(ty * step0))
-        for ty in range(height // read_size)
-        for tx in range(width // read_size)
-    ]
-    return TileGrid(
-        level=level,
-        read_size=read_size,
-        tile_size=tile_size,
-        mpp=0.5,
-        coords=coords,
-        level_downsample=ds,
-    )
-
-
-def _floor_reader(path: Path, grid: TileGrid) -> Callable[[], int]:
-    """Read and decode the stored tiles under ``grid`` with imagecodecs only."""
-    import imagecodecs
-
-    with tifffile.TiffFile(path) as tf:
-        page: Any = tf.pages[grid.level]
-        offsets = [int(o) for o in page.dataoffsets]
-        counts = [int(c) for c in page.databytecounts]
-        tw, th = int(page.tilewidth), int(page.tilelength)
-        nx = math.ceil(int(page.imagewidth) / tw)
-        compression = int(page.compression)
-        tables = page.jpegtables
-    indices: list[int] = []
-    for x0, y0 in grid.coords:
-        lx, ly = grid.level_xy((x0, y0))
-        for ty in range(ly // th, (ly + grid.read_size - 1) // th + 1):
-            for tx in range(lx // tw, (lx + grid.read_size - 1) // tw + 1):
-                indices.append(ty * nx + tx)
-    jobs = [(offsets[i], counts[i]) for i in indices]
-    if compression == 7:
-        jpeg8_decode = imagecodecs.jpeg8_decode
-
-        def decode(data: bytes) -> Any:
-            return jpeg8_decode(data, tables=tables, outcolorspace="RGB")
-
-    else:
-        jpeg2k_decode = imagecodecs.jpeg2k_decode
-
-        def decode(data: bytes) -> Any:
-            return jpeg2k_decode(data, numthreads=1)
-
-    def run() -> int:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            for offset, count in jobs:
-                decode(os.pread(fd, count, offset))
-        finally:
-            os.close(fd)
-        return len(grid.coords)
-
-    return run
-
-
-def _ours_reader(slide: TiffSlideSource, grid: TileGrid) -> Callable[[], int]:
-    def run() -> int:
-        slide.clear_cache()
-        n = 0
-        for batch in iter_tiles(slide, grid, 64):
-            n += len(batch.coords)
-        return n
-
-    return run
-
-
-def _naive_reader(path: Path, grid: TileGrid) -> Callable[[], int]:
-    import tiffslide
-    from PIL import Image
-
-    ts = tiffslide.TiffSlide(str(path))
-
-    def run() -> int:
-        size = (grid.read_size, grid.read_size)
-        for xy in grid.coords:
-            arr = ts.read_region(xy, grid.level, size, as_array=True)
-            if grid.resize:
-                Image.fromarray(arr).resize(
-                    (grid.tile_size, grid.tile_size), Image.Resampling.BILINEAR
-                )
-        return len(grid.coords)
-
-    return run
 
 
 @contextmanager
@@ -231,13 +133,13 @@ def _case(
     Each timed call reads the grid ``passes`` times (small grids time better).
     """
     with TiffSlideSource(path) as slide:
-        grid = _full_grid(slide, level=level, read_size=read_size, tile_size=tile_size)
+        grid = full_grid(slide, level=level, read_size=read_size, tile_size=tile_size)
         n = len(grid.coords) * passes
         medians = interleaved_medians(
             {
-                "ours": _passes(_ours_reader(slide, grid), passes),
-                "floor": _passes(_floor_reader(path, grid), passes),
-                "naive": _passes(_naive_reader(path, grid), passes),
+                "ours": _passes(ours_reader(slide, grid), passes),
+                "floor": _passes(floor_reader(path, grid), passes),
+                "naive": _passes(naive_reader(path, grid), passes),
             },
             reps=reps,
             warmup=1,
@@ -253,74 +155,6 @@ def _case(
         "naive_tiles_per_s": round(naive, 1),
         "ratio_to_floor": round(ours / floor, 3),
         "ratio_to_naive": round(ours / naive, 3),
-    }
-
-
-def _count_tiles(
-    path: str, grid: TileGrid, coords: list[tuple[int, int]]
-) -> tuple[int, float]:
-    """Worker: read its share of the tiles in batches, as ``site prepare`` does.
-
-    Returns the tiles read and the CPU seconds this worker spent on them.
-    """
-    cpu = time.process_time()
-    slide = worker_slide(path)
-    if isinstance(slide, TiffSlideSource):
-        slide.clear_cache()
-    n = sum(len(b.coords) for b in iter_tiles(slide, grid, 64, coords=coords))
-    return n, time.process_time() - cpu
-
-
-def _processes(path: Path, *, reps: int, workers: int = 2) -> dict[str, Any]:
-    """Tiles/s of one worker process against ``workers``, each with its share."""
-    with TiffSlideSource(path) as slide:
-        grid = _full_grid(slide, level=0, read_size=256, tile_size=256)
-    coords = grid.coords
-    pools = {1: ProcessPoolExecutor(1), workers: ProcessPoolExecutor(workers)}
-    cpu: dict[int, list[float]] = {1: [], workers: []}
-    try:
-
-        def runner(n: int) -> Callable[[], int]:
-            # One contiguous share (rows of tiles) per worker and call.
-            share = math.ceil(len(coords) / n)
-            parts = [coords[i : i + share] for i in range(0, len(coords), share)]
-
-            def run() -> int:
-                futures = [
-                    pools[n].submit(_count_tiles, str(path), grid, part)
-                    for part in parts
-                ]
-                results = [f.result() for f in futures]
-                cpu[n].append(max(c for _, c in results))
-                return sum(k for k, _ in results)
-
-            return run
-
-        medians = interleaved_medians(
-            {"one": runner(1), "two": runner(workers)}, reps=reps, warmup=1
-        )
-    finally:
-        for pool in pools.values():
-            pool.shutdown()
-    one, two = len(coords) / medians["one"], len(coords) / medians["two"]
-    # CPU time of the busiest worker over wall time: 1.0 when each worker had
-    # a core to itself, lower when other work on the machine took its share.
-    share_one = statistics.median(cpu[1]) / medians["one"]
-    share_two = statistics.median(cpu[workers]) / medians["two"]
-    # CPU cost per tile in each worker: equal when nothing is shared or
-    # serialised between workers, so that free cores would scale throughput.
-    cpu_one = statistics.median(cpu[1]) / len(coords)
-    cpu_two = statistics.median(cpu[workers]) / math.ceil(len(coords) / workers)
-    return {
-        "tiles": len(coords),
-        "workers": workers,
-        "one_process_tiles_per_s": round(one, 1),
-        "two_processes_tiles_per_s": round(two, 1),
-        "speedup_2_processes": round(two / one, 3),
-        "core_share_one_process": round(share_one, 3),
-        "core_share_two_processes": round(share_two, 3),
-        "cpu_ms_per_tile_one_process": round(cpu_one * 1e3, 4),
-        "cpu_ms_per_tile_two_processes": round(cpu_two * 1e3, 4),
     }
 
 
@@ -351,32 +185,13 @@ def bench_tiling(
     load_before = _load_average()
     with tempfile.TemporaryDirectory(prefix="slidefed-bench-") as tmp:
         folder = Path(tmp)
-        image = _synthetic_image(folder, size, seed)
-        jpeg = folder / "jpeg-20x.tif"
-        write_pyramid(jpeg, image, mpp=0.5, downsamples=(1, 2, 4, 8))
-        scan40 = folder / "jpeg-40x.tif"
-        write_pyramid(scan40, image, mpp=0.25, downsamples=(1, 4, 16))
-        j2k = folder / "j2k-20x.tif"
-        write_pyramid(
-            j2k,
-            image[: size // 2, : size // 2],
-            mpp=0.5,
-            downsamples=(1, 4),
-            compression="jpeg2000",
-            quality=80,
-        )
-        with _one_core() as pinning:
-            aligned = _case(jpeg, level=0, read_size=256, tile_size=256, reps=reps)
-            from40 = _case(
-                scan40, level=0, read_size=512, tile_size=256, reps=reps, passes=4
-            )
-            jpeg2000 = _case(j2k, level=0, read_size=256, tile_size=256, reps=reps)
-        del image
+        cases, pinning = _single_process_cases(folder, size=size, reps=reps, seed=seed)
         large = folder / "jpeg-large.tif"
         write_pyramid(
             large, _synthetic_image(folder, big, seed + 1), mpp=0.5, downsamples=(1, 4)
         )
-        procs = _processes(large, reps=reps)
+        procs = compare_processes(large, reps=reps)
+    aligned = cases["aligned_jpeg"]
     result: dict[str, Any] = {
         "tiles_per_s": aligned["tiles_per_s"],
         "floor_tiles_per_s": aligned["floor_tiles_per_s"],
@@ -384,31 +199,75 @@ def bench_tiling(
         "ratio_to_floor": aligned["ratio_to_floor"],
         "ratio_to_naive": aligned["ratio_to_naive"],
         "speedup_2_processes": procs["speedup_2_processes"],
-        "aligned_jpeg": aligned,
-        "20x_from_40x_jpeg": from40,
-        "aligned_jpeg2000": jpeg2000,
+        **cases,
         "processes": procs,
-        "goals": {
-            "ratio_to_floor>=0.8": aligned["ratio_to_floor"] >= GOALS["ratio_to_floor"],
-            "ratio_to_naive>=2": aligned["ratio_to_naive"] >= GOALS["ratio_to_naive"],
-            "speedup_2_processes>=1.7": procs["speedup_2_processes"]
-            >= GOALS["speedup_2_processes"],
-        },
-        "machine": {
-            "cpus": os.cpu_count(),
-            "cpus_usable": len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "single_process_cases": pinning,
-            # Other work on the machine skews the process comparison most.
-            "load_average_1min": [load_before, _load_average()],
-        },
+        "goals": _goals(aligned, procs),
+        "machine": _machine(pinning, load_before),
         "reps": reps,
         "seconds": round(time.perf_counter() - started, 1),
     }
     return result
+
+
+def _single_process_cases(
+    folder: Path, *, size: int, reps: int, seed: int
+) -> tuple[dict[str, dict[str, Any]], str]:
+    """Write the three single-process slides and time them on one core.
+
+    Returns the cases by name and how the process was pinned.
+    """
+    image = _synthetic_image(folder, size, seed)
+    jpeg = folder / "jpeg-20x.tif"
+    write_pyramid(jpeg, image, mpp=0.5, downsamples=(1, 2, 4, 8))
+    scan40 = folder / "jpeg-40x.tif"
+    write_pyramid(scan40, image, mpp=0.25, downsamples=(1, 4, 16))
+    j2k = folder / "j2k-20x.tif"
+    write_pyramid(
+        j2k,
+        image[: size // 2, : size // 2],
+        mpp=0.5,
+        downsamples=(1, 4),
+        compression="jpeg2000",
+        quality=80,
+    )
+    del image
+    with _one_core() as pinning:
+        aligned = _case(jpeg, level=0, read_size=256, tile_size=256, reps=reps)
+        from40 = _case(
+            scan40, level=0, read_size=512, tile_size=256, reps=reps, passes=4
+        )
+        jpeg2000 = _case(j2k, level=0, read_size=256, tile_size=256, reps=reps)
+    cases = {
+        "aligned_jpeg": aligned,
+        "20x_from_40x_jpeg": from40,
+        "aligned_jpeg2000": jpeg2000,
+    }
+    return cases, pinning
+
+
+def _goals(aligned: dict[str, Any], procs: dict[str, Any]) -> dict[str, bool]:
+    """Whether each of :data:`GOALS` is met."""
+    return {
+        "ratio_to_floor>=0.8": aligned["ratio_to_floor"] >= GOALS["ratio_to_floor"],
+        "ratio_to_naive>=2": aligned["ratio_to_naive"] >= GOALS["ratio_to_naive"],
+        "speedup_2_processes>=1.7": procs["speedup_2_processes"]
+        >= GOALS["speedup_2_processes"],
+    }
+
+
+def _machine(pinning: str, load_before: float | None) -> dict[str, Any]:
+    """The machine the benchmark ran on, and how busy it was."""
+    return {
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "single_process_cases": pinning,
+        # Other work on the machine skews the process comparison most.
+        "load_average_1min": [load_before, _load_average()],
+    }
 
 
 __all__ = ["GOALS", "bench_tiling", "write_pyramid"]

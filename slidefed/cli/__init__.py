@@ -1,7 +1,8 @@
 """The ``slidefed`` command: one module per command group, heavy imports inside commands.
 
 ``root`` holds the top-level app and the one table that turns error types into exit
-codes; ``site``, ``server``, ``audit`` and ``bench`` hold the groups of each user.
+codes; ``site``, ``slide``, ``server``, ``audit``, ``bench``, ``demo`` and
+``federation`` (simulate, launch) hold the commands of each user.
 """
 
 from slidefed.cli.root import app as app

@@ -1,4 +1,9 @@
-"""``slidefed demo``: a synthetic federation of hospitals, end to end."""
+"""The synthetic hospitals of ``slidefed demo``: plan, slides, configs, run config.
+
+:func:`plan_sites` names and sizes the sites, :func:`synthesise` writes their
+slides (in parallel processes) and ``site.toml``, :func:`demo_run_config` is the
+researcher's side; :mod:`slidefed.demo.runner` runs it all end to end.
+"""
 
 from __future__ import annotations
 

@@ -124,16 +124,10 @@ def centralised_baseline(
     sites: list[Path], run: RunConfig, *, epochs: int
 ) -> dict[str, Any]:
     """Non-private training on the pooled training tiles of all sites."""
-    import torch
-
     from slidefed.client.config import load_site_config
     from slidefed.client.data.tiles import load_tile_dataset
-    from slidefed.client.train import (
-        BagDataset,
-        collate_bags,
-        evaluate_tiles,
-        sample_losses,
-    )
+    from slidefed.client.evaluation import evaluate_tiles
+    from slidefed.client.train import train_plain
     from slidefed.common.model import build_model, feature_dim
 
     train, test = [], []
@@ -141,22 +135,12 @@ def centralised_baseline(
         data = load_tile_dataset(load_site_config(path), run.label_list())
         train += [s for s in data.samples if s.split == "train"]
         test += [s for s in data.samples if s.split == "test"]
-    torch.manual_seed(run.seed)
     model = build_model(
         "tiles", feature_dim(run.encoder), seed=run.seed, n_classes=run.n_classes()
     )
-    opt = torch.optim.Adam(model.parameters(), lr=run.lr)
-    ds = BagDataset(train)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(ds)).tolist()
-        for start in range(0, len(order), run.batch_size):
-            x, mask, y = collate_bags(
-                [ds[i] for i in order[start : start + run.batch_size]]
-            )
-            opt.zero_grad()
-            sample_losses(model(x, mask), y).mean().backward()  # type: ignore[no-untyped-call]
-            opt.step()
+    train_plain(
+        model, train, epochs=epochs, batch_size=run.batch_size, lr=run.lr, seed=run.seed
+    )
     result = evaluate_tiles(model, test, run.n_classes())
     return {
         "accuracy": result.accuracy,
@@ -168,6 +152,19 @@ def centralised_baseline(
         "train_tiles": len(train),
         "test_tiles": result.n_tiles,
     }
+
+
+def spent_epsilons(sites: list[Path]) -> dict[str, float]:
+    """Epsilon each site has spent after its last round, from its own ledger."""
+    from slidefed.client.config import load_site_config
+    from slidefed.client.privacy.ledger import PrivacyLedger
+
+    eps = {}
+    for path in sites:
+        cfg = load_site_config(path)
+        ledger = PrivacyLedger(cfg.ledger_path).load()
+        eps[cfg.site.name] = ledger.rounds[-1].epsilon_after if ledger.rounds else 0.0
+    return eps
 
 
 def federated_summary(row: dict[str, Any], labels: list[str]) -> dict[str, Any]:
@@ -189,5 +186,6 @@ __all__ = [
     "centralised_baseline",
     "federated_summary",
     "find_tiles_dir",
+    "spent_epsilons",
     "tiles_run_config",
 ]

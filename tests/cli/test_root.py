@@ -41,6 +41,8 @@ def test_every_help_answers_without_heavy_imports() -> None:
         (["demo", "--rounds", "0"], "--rounds 0 must be at least 1"),
         (["demo", "--no-such-option"], "No such option"),
         (["demo", "--sites", "three"], "'three' is not a valid integer"),
+        (["demo", "--data", "tiles", "--rounds", "0"], "try --rounds 5"),
+        (["demo", "--data", "bogus"], "must be 'slides' or 'tiles'"),
         (["nonsense"], "No such command"),
     ],
 )
@@ -139,3 +141,46 @@ def test_site_prepare_missing_config(
 ) -> None:
     assert main(["site", "prepare", "--config", str(tmp_path / "site.toml")]) == 2
     assert "site init" in capsys.readouterr().err
+
+
+def test_simulate_site_without_site_toml(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["simulate", "--sites", str(tmp_path), "--rounds", "1", "--out"]
+    assert main([*argv, str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no site.toml there" in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("resume", "has_run", "needle"),
+    [(False, True, "already holds a run"), (True, False, "no checkpoint to resume")],
+)
+def test_simulate_run_folder_rules(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    resume: bool,
+    has_run: bool,
+    needle: str,
+) -> None:
+    (tmp_path / "site.toml").write_text('[site]\nname = "a"\n')
+    out = tmp_path / "run"
+    if has_run:
+        (out / "checkpoints").mkdir(parents=True)
+    argv = ["simulate", "--sites", str(tmp_path), "--rounds", "1", "--out", str(out)]
+    assert main([*argv, *(["--resume"] if resume else [])]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_demo_and_bench_packages_import_light() -> None:
+    probe = (
+        "import sys, slidefed, slidefed.demo, slidefed.bench, slidefed.demo.runner; "
+        "print(sorted(m for m in ('torch', 'opacus', 'flwr', 'ray', 'tiffslide') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"

@@ -14,7 +14,8 @@ import tifffile
 import tiffslide
 
 from slidefed.common.errors import ConfigError
-from slidefed.demo.synth import SynthSite, _render, synth_site, write_synthetic_slide
+from slidefed.demo.synth import SynthSite, synth_site, write_synthetic_slide
+from slidefed.demo.synth._render import render
 
 # Ruifrok & Johnston stain matrix (H, E, residual), rows normalised.
 _STAINS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
@@ -158,7 +159,7 @@ def test_tumour_tiles_separate_on_haematoxylin() -> None:
     normal_tiles: list[float] = []
     for seed in (11, 12):
         for tumour in (False, True):
-            rgb, weight = _render(seed, tumour, width, height)
+            rgb, weight = render(seed, tumour, width, height)
             # Every second pixel is plenty for a tile mean, and 4x faster.
             rgb = rgb[::2, ::2]
             h_od, tissue = _haematoxylin(rgb), _tissue(rgb)
@@ -181,13 +182,13 @@ def test_tumour_tiles_separate_on_haematoxylin() -> None:
 
 def test_tumour_region_is_part_of_the_tissue() -> None:
     for seed in range(4):
-        rgb, weight = _render(seed, True, 1024, 768)
+        rgb, weight = render(seed, True, 1024, 768)
         tissue_low = _tissue(rgb)[4::8, 4::8]
         region = weight > 0.5
         fraction = region.sum() / max(int(tissue_low.sum()), 1)
         assert 0.2 < fraction < 0.55
         assert (region & ~tissue_low).mean() < 0.01
-        _, none = _render(seed, False, 1024, 768)
+        _, none = render(seed, False, 1024, 768)
         assert not none.any()
 
 

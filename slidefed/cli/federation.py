@@ -1,0 +1,96 @@
+"""``slidefed simulate`` and ``slidefed launch``: run a federation, local or real."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slidefed.cli._console import console, setup_logging
+
+
+def simulate(
+    sites: Annotated[
+        list[Path], typer.Option("--sites", help="site.toml (or its folder); repeat.")
+    ],
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")],
+    out: Annotated[Path, typer.Option(help="Run folder.")],
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue after the last checkpoint.")
+    ] = False,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="fedavg, fedprox, fedadam, fedmedian, fedtrimmedavg or krum."
+        ),
+    ] = "fedavg",
+    target_epsilon: Annotated[
+        float, typer.Option(help="Epsilon this run may spend per site.")
+    ] = 8.0,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 4,
+    lr: Annotated[float, typer.Option(help="Local learning rate.")] = 0.03,
+    wire_dtype: Annotated[
+        str, typer.Option(help="float32 or float16 on the wire.")
+    ] = "float32",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run a federation of local site folders on Flower's simulation engine."""
+    from slidefed import simulation as sim
+    from slidefed.progress import LiveRounds, rounds_table
+
+    paths = sim.simulation_sites(sites)
+    out = sim.check_run_folder(out, resume=resume)
+    setup_logging(verbose)
+    run = sim.simulation_run_config(
+        paths,
+        out,
+        rounds=rounds,
+        seed=seed,
+        resume=resume,
+        strategy=strategy,
+        target_epsilon=target_epsilon,
+        local_epochs=local_epochs,
+        lr=lr,
+        wire_dtype=wire_dtype,
+    )
+    with LiveRounds(out / "metrics.jsonl", rounds, console()) as live:
+        sim.run_simulation(run, n_sites=len(paths), verbose=verbose)
+    console().print(rounds_table(live.rows(), rounds))
+    print(f"run finished: {out / 'metrics.jsonl'}, {out / 'final.safetensors'}")
+
+
+def launch(
+    connection: Annotated[
+        str, typer.Argument(help="Flower connection (see 'flwr config ls').")
+    ],
+    app_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--app", help="App folder (default: one made for the installed slidefed)."
+        ),
+    ] = None,
+    run_config: Annotated[
+        str,
+        typer.Option(
+            help="Overrides, e.g. \"num-server-rounds=5 run-dir='/runs/r1'\"."
+        ),
+    ] = "",
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the run.")
+    ] = 86400.0,
+) -> None:
+    """Start a run on a real federation and exit non-zero unless it completes."""
+    import tempfile
+
+    from slidefed.launch import launch as do_launch
+    from slidefed.simulation import write_app_dir
+
+    setup_logging(False)
+    folder = app_dir or write_app_dir(Path(tempfile.mkdtemp(prefix="slidefed-app-")))
+    run_id = do_launch(folder, connection, run_config=run_config, timeout=timeout)
+    print(f"run {run_id} completed")
+
+
+__all__ = ["launch", "simulate"]
