@@ -49,7 +49,9 @@ def _top_level_imports(path: Path) -> set[str]:
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
-        elif isinstance(node, ast.If):  # TYPE_CHECKING blocks import nothing at run time
+        elif isinstance(
+            node, ast.If
+        ):  # TYPE_CHECKING blocks import nothing at run time
             continue
     return found
 
