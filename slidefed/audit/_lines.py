@@ -92,7 +92,10 @@ def parse(number: int, raw: bytes, torn: bool) -> Line:
     # A record that validated in strict mode and lists every field reads back as
     # the same JSON, so its canonical form is the canonical form of ``obj``.
     complete = len(obj) == len(AuditRecord.model_fields)
-    canonical = raw == (canonical_json(obj) if complete else record.to_line())
+    try:
+        canonical = raw == (canonical_json(obj) if complete else record.to_line())
+    except (TypeError, ValueError):  # e.g. a number edited out of float range
+        return Line(number, raw, digest, False, None, "not canonical JSON", False)
     return Line(number, raw, digest, False, record, "", canonical)
 
 

@@ -3,9 +3,12 @@
 - every update that a server log says it aggregated (``update_aggregated``) has a
   release with the same sha256 (``update_released``) in one of the site logs given,
   otherwise ``unmatched_update`` on the server log's line;
-- no site's cumulative epsilon (``round_charged``: ``epsilon_after``) exceeds the
-  maximum its policy allowed (``epsilon_max``), otherwise ``over_budget`` on the site
-  log's line. This needs no server log;
+- no site's cumulative epsilon (``round_charged`` and ``evaluation_charged``:
+  ``epsilon_after``) exceeds the maximum its policy allowed (``epsilon_max``),
+  otherwise ``over_budget`` on the site log's line. This needs no server log;
+- each site's charges, composed by the auditor's own accountant, stay within the
+  maximum and agree with the epsilon the site claimed (:mod:`slidefed.audit.budget`:
+  ``over_budget`` and ``epsilon_mismatch``);
 - every payload reads as its event's model (:mod:`slidefed.common.audit.events`),
   otherwise ``malformed``;
 - each record speaks for the actor of its log (``malformed`` otherwise), and one
@@ -21,6 +24,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from slidefed.audit.budget import CHARGE_MODELS, budget_problems
 from slidefed.audit.load import LoadedLog
 from slidefed.audit.problems import Problem
 from slidefed.common.audit.events import (
@@ -70,8 +74,11 @@ def cross_check(logs: Sequence[LoadedLog]) -> list[list[Problem]]:
     list[list[Problem]]
         For each log, in the order given, the problems found in it, by line:
         ``unmatched_update`` on a server's ``update_aggregated`` without a site
-        release of that sha256, ``over_budget`` on a site's ``round_charged``
-        whose cumulative epsilon exceeds its maximum, ``malformed`` on a record
+        release of that sha256, ``over_budget`` on a site's ``round_charged`` or
+        ``evaluation_charged`` whose cumulative epsilon exceeds its maximum,
+        ``over_budget`` and ``epsilon_mismatch`` from the auditor's recomputation
+        of each site's composed epsilon (:mod:`slidefed.audit.budget`),
+        ``malformed`` on a record
         whose payload cannot be read as its event's model (or on an
         ``update_released`` without a sha256). Records must also speak for the
         actor of their log (``malformed`` otherwise), and one key for one actor
@@ -95,6 +102,8 @@ def cross_check_counted(logs: Sequence[LoadedLog]) -> tuple[list[list[Problem]],
             payload, matches = _payload_problems(line, record, released, site_names)
             problems.extend(payload)
             matched += matches
+        problems.extend(budget_problems(log))
+        problems.sort(key=lambda problem: problem.line)  # stable: per record first
         found.append(problems)
     return found, matched
 
@@ -137,8 +146,9 @@ def _payload_problems(
     if record.actor == "server" and event == "update_aggregated":
         problem = _check_aggregated(line, record, released, site_names)
         return ([problem], 0) if problem else ([], 1)
-    if record.actor == "site" and event == "round_charged":
-        return _check_charge(line, record), 0
+    model = CHARGE_MODELS.get(event)
+    if record.actor == "site" and model is not None:
+        return _check_charge(line, record, model), 0
     sha = record.data.get("sha256")
     if record.actor == "site" and event == "update_released" and not _text(sha):
         message = f"update_released record seq {record.seq} has no sha256 of the update"
@@ -199,9 +209,11 @@ def _check_aggregated(
     )
 
 
-def _check_charge(line: int, record: AuditRecord) -> list[Problem]:
+def _check_charge(
+    line: int, record: AuditRecord, model: type[RoundCharged]
+) -> list[Problem]:
     try:
-        data = event_data(record, RoundCharged)
+        data = event_data(record, model)
     except ValidationError as exc:
         return [_malformed(line, record, exc)]
     if data.epsilon_after <= data.epsilon_max + EPSILON_TOLERANCE:

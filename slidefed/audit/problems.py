@@ -23,9 +23,12 @@ ProblemKind = Literal[
     "malformed",
     "unmatched_update",
     "over_budget",
+    "epsilon_mismatch",
 ]
-"""What a :class:`Problem` reports. The last two come from the cross-check of
-:mod:`slidefed.audit.cross_check`, never from :func:`slidefed.audit.verify.verify_log`."""
+"""What a :class:`Problem` reports. The last three come from the cross-check of
+:mod:`slidefed.audit.cross_check` (``over_budget`` and ``epsilon_mismatch`` also
+from the recomputation of :mod:`slidefed.audit.budget`), never from
+:func:`slidefed.audit.verify.verify_log`."""
 
 
 class Problem(BaseModel):

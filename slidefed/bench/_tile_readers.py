@@ -100,11 +100,9 @@ def ours_reader(slide: TiffSlideSource, grid: TileGrid) -> Callable[[], int]:
     return run
 
 
-def naive_reader(path: Path, grid: TileGrid) -> Callable[[], int]:
-    import tiffslide
+def naive_reader(ts: Any, grid: TileGrid) -> Callable[[], int]:
+    """The naive loop: tiffslide ``read_region`` per tile over an open slide."""
     from PIL import Image
-
-    ts = tiffslide.TiffSlide(str(path))
 
     def run() -> int:
         size = (grid.read_size, grid.read_size)

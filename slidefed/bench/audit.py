@@ -17,6 +17,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field
 
+from slidefed.audit.accountant import epsilon
 from slidefed.audit.verify import collector_paused, verify_and_read
 from slidefed.common.audit.events import ArrayInfo, RoundCharged, UpdateReleased
 from slidefed.common.audit.records import line_hash
@@ -50,20 +51,28 @@ _ARRAYS = [
 ]
 
 
+_SIGMA = 200.0
+"""Noise of each charge: one Gaussian release a round, so that 50,000 rounds
+compose to about epsilon 5 at the delta below (the auditor recomputes it)."""
+_DELTA = 0.0035714285714285713
+
+
 def _bench_entry(seq: int) -> AuditEntry:
     """Return record ``seq``: a charge on even ones, its release on odd ones."""
     rnd = seq // 2 + 1
     if seq % 2 == 0:
+        before = epsilon([(_SIGMA, 1.0, rnd - 1)], _DELTA)
+        after = epsilon([(_SIGMA, 1.0, rnd)], _DELTA)
         charge = RoundCharged(
             accountant="rdp",
-            delta=0.0035714285714285713,
-            epsilon_after=1e-4 * rnd,
-            epsilon_before=1e-4 * (rnd - 1),
+            delta=_DELTA,
+            epsilon_after=after,
+            epsilon_before=before,
             epsilon_max=10.0,
-            epsilon_round=1e-4,
-            noise_multiplier=0.9560546875,
-            sample_rate=0.25,
-            steps=16,
+            epsilon_round=epsilon([(_SIGMA, 1.0, 1)], _DELTA),
+            noise_multiplier=_SIGMA,
+            sample_rate=1.0,
+            steps=1,
             unit="patient",
             replay=False,
         )

@@ -100,6 +100,9 @@ def _steppers(
     from opacus.grad_sample import GradSampleModuleExpandedWeights
     from opacus.optimizers import DPOptimizer
 
+    from slidefed.client.privacy.dp_sgd import install_secure_noise
+    from slidefed.client.privacy.randomness import SiteRandomness
+
     wrappers: dict[str, Any] = {
         "plain": None,
         "ew": GradSampleModuleExpandedWeights,
@@ -120,6 +123,8 @@ def _steppers(
             optimizer = DPOptimizer(
                 sgd, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=batch
             )
+            # The site's noise comes from its ChaCha20 stream: time that, not torch's.
+            install_secure_noise(optimizer, SiteRandomness.public("bench").stream(name))
         steps[name] = _stepper(forward, optimizer, batches)
     return steps, cleanup
 

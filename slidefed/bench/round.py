@@ -39,7 +39,7 @@ def _shared_site(root: Path, seed: int) -> Path:
 
 def _sites(root: Path, shared: Path, n: int) -> list[Path]:
     from slidefed.client.config import load_site_config
-    from slidefed.client.keys import ensure_audit_key
+    from slidefed.client.keys import ensure_site_keys
 
     paths = []
     for i in range(n):
@@ -51,7 +51,7 @@ def _sites(root: Path, shared: Path, n: int) -> list[Path]:
             f'[site]\nname = "site-{i:03d}"\nmanifest = "{shared / "manifest.csv"}"\n'
             f'slides_root = "{shared}"\n[policy]\nmin_eval_patients = 3\n'
         )
-        ensure_audit_key(load_site_config(toml))
+        ensure_site_keys(load_site_config(toml))
         paths.append(toml)
     return paths
 

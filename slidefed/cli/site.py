@@ -60,7 +60,7 @@ def site_init(
 ) -> None:
     """Create site.toml with safe defaults, the site's audit key and node key."""
     from slidefed.client.config import SiteConfig, SiteSection, dump_site_config
-    from slidefed.client.keys import ensure_audit_key
+    from slidefed.client.keys import ensure_site_keys
     from slidefed.deploy.site_node import ensure_node_key
 
     target = folder / "site.toml"
@@ -69,7 +69,7 @@ def site_init(
     folder.mkdir(parents=True, exist_ok=True)
     config = SiteConfig(site=SiteSection(name=name), base_dir=folder.resolve())
     target.write_text(dump_site_config(config))
-    ensure_audit_key(config)
+    ensure_site_keys(config)
     node_pub = ensure_node_key(config)
     print(
         f"wrote {target} and the site's keys; send {node_pub} to the coordinator; "
@@ -121,7 +121,9 @@ def site_budget(config: ConfigOpt, as_json: JsonOpt = False) -> None:
     spent = epsilon(ledger.history(), delta, accountant=ledger.accountant)
     runs = []
     for plan in ledger.runs:
-        rounds = [r for r in ledger.rounds if r.run_id == plan.run_id]
+        rounds = [
+            r for r in ledger.rounds if r.run_id == plan.run_id and r.kind == "train"
+        ]
         runs.append(
             {
                 "run_id": plan.run_id,
@@ -133,6 +135,7 @@ def site_budget(config: ConfigOpt, as_json: JsonOpt = False) -> None:
                 else plan.epsilon_before,
             }
         )
+    evaluations = [r for r in ledger.rounds if r.kind == "evaluate"]
     result = {
         "site": cfg.site.name,
         "unit": ledger.unit,
@@ -140,6 +143,14 @@ def site_budget(config: ConfigOpt, as_json: JsonOpt = False) -> None:
         "epsilon_spent": spent,
         "epsilon_max": cfg.policy.max_epsilon,
         "epsilon_remaining": max(cfg.policy.max_epsilon - spent, 0.0),
+        "training_rounds": len(ledger.rounds) - len(evaluations),
+        "evaluations": len(evaluations),
+        # What the evaluations alone cost (the total composes both kinds).
+        "epsilon_evaluations": epsilon(
+            [(r.noise_multiplier, r.sample_rate, r.steps) for r in evaluations],
+            delta,
+            accountant="rdp",
+        ),
         "runs": runs,
     }
     if as_json:
@@ -148,6 +159,10 @@ def site_budget(config: ConfigOpt, as_json: JsonOpt = False) -> None:
     print(
         f"{cfg.site.name}: epsilon {spent:.3f} of {cfg.policy.max_epsilon:.3f} spent "
         f"(delta {delta:.2e}, unit {ledger.unit}); {result['epsilon_remaining']:.3f} left"
+    )
+    print(
+        f"  {result['training_rounds']} training rounds, {len(evaluations)} "
+        f"evaluations (epsilon {result['epsilon_evaluations']:.3f} on their own)"
     )
     for r in runs:
         print(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from typing import Any
 
 import numpy as np
@@ -20,15 +19,20 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
+from slidefed.client import noised_metrics as nm
 from slidefed.client.egress import check_egress, egress_guard_mod
-from slidefed.client.evaluation import TileEvalResult, evaluate, evaluate_tiles
+from slidefed.client.privacy.anchor import verify_ledger
 from slidefed.client.privacy.charging import Charge, charge_round
+from slidefed.client.privacy.evaluation_charging import charge_evaluation
 from slidefed.client.privacy.ledger import stable_run_id
-from slidefed.client.site import Site, config_hash
+from slidefed.client.privacy.releases import Kind
+from slidefed.client.site import Site, code_sha256, config_hash
 from slidefed.client.train import batches_per_epoch, train_dp
 from slidefed.common.arrays import specs_of, update_nbytes, update_sha256
 from slidefed.common.audit.events import (
     EgressBlocked,
+    EvaluationCharged,
+    EvaluationRefused,
     MetricsReleased,
     MetricWithheld,
     RoundCharged,
@@ -50,11 +54,6 @@ app = ClientApp(mods=[egress_guard_mod])
 REFUSED = 4001
 FAILED = 4002
 BLOCKED = 4003
-
-
-def _round_seed(run: RunConfig, site: str, server_round: int) -> int:
-    digest = hashlib.sha256(f"{run.seed}:{site}:{server_round}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
 
 
 def _config(msg: Message, key: str, default: float) -> float:
@@ -89,14 +88,46 @@ def _load_model(run: RunConfig, site: Site, msg: Message) -> torch.nn.Module:
 
 
 def _input_key(
-    incoming: ArrayRecord, fingerprint: dict[str, Any], run: RunConfig
+    kind: Kind, msg: Message, fingerprint: dict[str, Any], run: RunConfig, site: Site
 ) -> str:
-    """What makes a round's release reproducible: model in, data, run config."""
-    digest = hashlib.sha256()
+    """Everything a release depends on: if any of it changes, it is a new release.
+
+    The model in, the instruction's config, the data (features, bags, tiling: the
+    samples' digest), the run config, the site policy and slidefed's code.
+    """
+    incoming = next(iter(msg.content.array_records.values()))
+    config = {
+        k: v
+        for record in msg.content.config_records.values()
+        for k, v in record.items()
+        if isinstance(v, int | float | str | bool)
+    }
+    digest = hashlib.sha256(kind.encode())
     digest.update(update_sha256({k: v.numpy() for k, v in incoming.items()}).encode())
+    digest.update(repr(sorted(config.items())).encode())
+    digest.update(str(fingerprint["data_sha256"]).encode())
     digest.update(str(fingerprint["manifest_sha256"]).encode())
     digest.update(config_hash(run).encode())
+    digest.update(site.config.policy.model_dump_json().encode())
+    digest.update(code_sha256().encode())
     return digest.hexdigest()
+
+
+def _ledger_run(run: RunConfig, context: Context) -> int:
+    """The ledger's id of the run: stable across coordinator restarts when named."""
+    return stable_run_id(run.run_name) if run.run_name else context.run_id
+
+
+def _reply(
+    msg: Message, arrays: dict[str, Any] | None, metrics: dict[str, Any]
+) -> Message:
+    content: dict[str, Any] = {}
+    if arrays is not None:
+        content["arrays"] = ArrayRecord(
+            {k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}
+        )
+    content["metrics"] = MetricRecord(metrics)
+    return Message(RecordDict(content), reply_to=msg)
 
 
 def _check_policy(run: RunConfig, site: Site) -> None:
@@ -161,9 +192,38 @@ def _train(
     msg: Message, context: Context, run: RunConfig, site: Site, server_round: int
 ) -> Message:
     train_bags, fingerprint = _training_samples(context, run, site, server_round)
-    charge = _charge(msg, context, run, site, server_round, train_bags, fingerprint)
-    state, metrics = _train_round(msg, run, site, server_round, train_bags, charge)
-    return _release(msg, context, site, server_round, state, metrics)
+    ledger_run = _ledger_run(run, context)
+    key = _input_key("train", msg, fingerprint, run, site)
+    stored = site.releases.get("train", ledger_run, server_round, key)
+    if stored is not None:
+        meta, arrays = stored
+        site.audit.append(
+            RoundReplayed(**meta.charge), run_id=context.run_id, round=server_round
+        )
+        return _reply(msg, arrays, dict(meta.metrics))
+    charge = _charge(context, run, site, server_round, train_bags, fingerprint, key)
+    state, metrics = _train_round(
+        msg, run, site, server_round, train_bags, charge, ledger_run, key
+    )
+    problem = _egress_problem(context, site, server_round, state, metrics)
+    if problem:
+        return _error(msg, BLOCKED, f"egress guard blocked the reply: {problem}")
+    site.releases.put(
+        kind="train",
+        run_id=ledger_run,
+        server_round=server_round,
+        input_key=key,
+        arrays=state,
+        metrics=metrics,
+        charge=_charge_fields(charge),
+    )
+    _audit_release(context, site, server_round, state, metrics)
+    return _reply(msg, state, metrics)
+
+
+def _charge_fields(charge: Charge) -> dict[str, Any]:
+    """A charge as the fields of its audit record."""
+    return charge.model_dump(exclude={"run_id", "round"})
 
 
 def _training_samples(
@@ -172,6 +232,7 @@ def _training_samples(
     """The site's training samples, once the run passes the site policy."""
     torch.set_num_threads(1)
     _check_policy(run, site)
+    verify_ledger(site.ledger, site.config.audit_path)
     bags, fingerprint = site.samples(run)
     train_bags = [b for b in bags if b.split == "train"]
     if not train_bags:
@@ -186,26 +247,20 @@ def _training_samples(
 
 
 def _charge(
-    msg: Message,
     context: Context,
     run: RunConfig,
     site: Site,
     server_round: int,
     train_bags: list[Any],
     fingerprint: dict[str, Any],
+    key: str,
 ) -> Charge:
     """Charge the round to the ledger (or recognise a replay), and audit it."""
-    unit = fingerprint["unit"]
     n_batches = batches_per_epoch(len(train_bags), run.batch_size)
     policy = site.config.policy
-    delta = policy.delta_for(len(train_bags))
-    if run.target_delta > 0:
-        delta = min(delta, run.target_delta)
-    ledger_run = stable_run_id(run.run_name) if run.run_name else context.run_id
-    incoming = next(iter(msg.content.array_records.values()))
     charge = charge_round(
         site.ledger,
-        run_id=ledger_run,
+        run_id=_ledger_run(run, context),
         server_round=server_round,
         planned_rounds=run.num_server_rounds,
         sample_rate=1.0 / n_batches,
@@ -213,19 +268,30 @@ def _charge(
         target_epsilon=run.target_epsilon,
         max_epsilon=policy.max_epsilon,
         min_noise_multiplier=policy.min_noise_multiplier,
-        delta=delta,
-        unit=unit,
+        delta=_delta(run, site, len(train_bags)),
+        unit=fingerprint["unit"],
         accountant=policy.accountant,
-        input_sha256=_input_key(incoming, fingerprint, run),
+        input_sha256=key,
+        eval_noise_multiplier=policy.eval_noise_multiplier,
+        planned_evaluations=_evaluation_cap(run, site),
     )
     site.audit.append(
-        (RoundReplayed if charge.replay else RoundCharged)(
-            **charge.model_dump(exclude={"run_id", "round"})
-        ),
+        (RoundReplayed if charge.replay else RoundCharged)(**_charge_fields(charge)),
         run_id=context.run_id,
         round=server_round,
     )
     return charge
+
+
+def _delta(run: RunConfig, site: Site, n_units: int) -> float:
+    delta = site.config.policy.delta_for(n_units)
+    return min(delta, run.target_delta) if run.target_delta > 0 else delta
+
+
+def _evaluation_cap(run: RunConfig, site: Site) -> int:
+    """Evaluations a run may ask for: the policy's cap, else one per planned round."""
+    cap = site.config.policy.max_evaluations_per_run
+    return run.num_server_rounds if cap is None else cap
 
 
 def _train_round(
@@ -235,8 +301,14 @@ def _train_round(
     server_round: int,
     train_bags: list[Any],
     charge: Charge,
+    ledger_run: int,
+    key: str,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train the global model locally with the charged noise; its state and metrics.
+
+    Only values that are public or DP-protected go into the metrics: the update's
+    weight (the number of training units, which the site declares public) and the
+    privacy accounting of the plan. No loss, no timing.
 
     Raises
     ------
@@ -244,7 +316,6 @@ def _train_round(
         If training took other steps or another sample rate than were charged.
     """
     model = _load_model(run, site, msg)
-    start = time.perf_counter()
     result = train_dp(
         model,
         train_bags,
@@ -254,15 +325,11 @@ def _train_round(
         noise_multiplier=charge.noise_multiplier,
         max_grad_norm=run.max_grad_norm,
         delta=charge.delta,
-        seed=_round_seed(run, site.config.site.name, server_round),
+        randomness=site.randomness.for_release("train", ledger_run, server_round, key),
         proximal_mu=_config(msg, "proximal-mu", 0.0),
-        secure_rng=site.config.policy.secure_rng,
         grad_sample_mode=run.grad_sample_mode,
     )
-    if (
-        result.steps != charge.steps
-        or abs(result.sample_rate - charge.sample_rate) > 1e-12
-    ):
+    if result.steps != charge.steps or result.sample_rate != charge.sample_rate:
         raise SlidefedError(
             f"trained {result.steps} steps at q={result.sample_rate} but charged "
             f"{charge.steps} at q={charge.sample_rate}; update withheld"
@@ -272,35 +339,40 @@ def _train_round(
         state = {k: v.astype(np.float16) for k, v in state.items()}
     metrics: dict[str, Any] = {
         "num-examples": len(train_bags),
-        "train_loss": result.loss,
         "epsilon": charge.epsilon_after,
         "epsilon_round": charge.epsilon_round,
         "delta": charge.delta,
         "noise_multiplier": charge.noise_multiplier,
-        "train_seconds": time.perf_counter() - start,
     }
     return state, metrics
 
 
-def _release(
-    msg: Message,
+def _egress_problem(
+    context: Context,
+    site: Site,
+    server_round: int,
+    state: dict[str, Any] | None,
+    metrics: dict[str, Any],
+) -> str | None:
+    """Why the reply may not leave (audited), or None."""
+    problem = check_egress(state, metrics, specs_of(state) if state else None)
+    if problem:
+        site.audit.append(
+            EgressBlocked(reason=problem), run_id=context.run_id, round=server_round
+        )
+    return problem
+
+
+def _audit_release(
     context: Context,
     site: Site,
     server_round: int,
     state: dict[str, Any],
     metrics: dict[str, Any],
-) -> Message:
-    """The reply with the update, once the egress guard passes it; audited."""
-    expected = specs_of(state)
-    problem = check_egress(state, metrics, expected)
-    if problem:
-        site.audit.append(
-            EgressBlocked(reason=problem), run_id=context.run_id, round=server_round
-        )
-        return _error(msg, BLOCKED, f"egress guard blocked the reply: {problem}")
+) -> None:
     site.audit.append(
         UpdateReleased(
-            arrays=[s.model_dump() for s in expected],
+            arrays=[s.model_dump() for s in specs_of(state)],
             bytes=update_nbytes(state),
             sha256=update_sha256(state),
             metrics=metrics,
@@ -308,79 +380,115 @@ def _release(
         run_id=context.run_id,
         round=server_round,
     )
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord(
-                {k: Array(np.ascontiguousarray(v)) for k, v in state.items()}
-            ),
-            "metrics": MetricRecord(metrics),
-        }
-    )
-    return Message(content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate_handler(msg: Message, context: Context) -> Message:
-    """Held-out metrics, released only for enough patients."""
+    """Held-out metrics as a DP release: noised statistics, charged and capped."""
     try:
         run = parse_run_config(dict(context.run_config))
         site = Site.from_node(context.node_config, run)
-        torch.set_num_threads(1)
-        server_round = int(_config(msg, "server-round", 0))
-        bags, _ = site.samples(run)
-        test = [b for b in bags if b.split == "test"]
-        minimum = site.config.policy.min_eval_patients
-        if len(test) < minimum:
-            site.audit.append(
-                MetricWithheld(
-                    reason=f"{len(test)} held-out patients < policy minimum {minimum}"
-                ),
-                run_id=context.run_id,
-                round=server_round,
-            )
-            return _error(
-                msg,
-                REFUSED,
-                f"metrics withheld: {len(test)} held-out patients is below the "
-                f"site's min_eval_patients={minimum}",
-            )
-        model = _load_model(run, site, msg)
-        if run.task == "tiles":
-            metrics = _tile_metrics(evaluate_tiles(model, test, run.n_classes()))
-        else:
-            result = evaluate(model, test)
-            metrics = {
-                "num-examples": result.n_samples,
-                "eval_loss": result.loss,
-                "accuracy": result.accuracy,
-            }
-            if np.isfinite(result.auc):
-                metrics["auc"] = result.auc
     except SlidefedError as exc:
         return _error(msg, FAILED, str(exc))
-    problem = check_egress(None, metrics, None)
+    server_round = int(_config(msg, "server-round", 0))
+    try:
+        return _evaluate(msg, context, run, site, server_round)
+    except PolicyViolation as exc:
+        event = EvaluationRefused(reason=str(exc))
+        site.audit.append(event, run_id=context.run_id, round=server_round)
+        return _error(msg, REFUSED, f"site {site.config.site.name} refused: {exc}")
+    except SlidefedError as exc:
+        return _error(msg, FAILED, str(exc))
+
+
+def _evaluate(
+    msg: Message, context: Context, run: RunConfig, site: Site, server_round: int
+) -> Message:
+    torch.set_num_threads(1)
+    verify_ledger(site.ledger, site.config.audit_path)
+    bags, fingerprint = site.samples(run)
+    test = [b for b in bags if b.split == "test"]
+    minimum = site.config.policy.min_eval_patients
+    if len(test) < minimum:
+        site.audit.append(
+            MetricWithheld(
+                reason=f"{len(test)} held-out units < policy minimum {minimum}"
+            ),
+            run_id=context.run_id,
+            round=server_round,
+        )
+        return _error(
+            msg,
+            REFUSED,
+            f"metrics withheld: too few held-out units for the site's "
+            f"min_eval_patients={minimum}",
+        )
+    ledger_run = _ledger_run(run, context)
+    key = _input_key("evaluate", msg, fingerprint, run, site)
+    stored = site.releases.get("evaluate", ledger_run, server_round, key)
+    if stored is not None:
+        site.audit.append(
+            RoundReplayed(**stored[0].charge), run_id=context.run_id, round=server_round
+        )
+        return _reply(msg, None, dict(stored[0].metrics))
+    policy = site.config.policy
+    charge = charge_evaluation(
+        site.ledger,
+        run_id=ledger_run,
+        server_round=server_round,
+        noise_multiplier=policy.eval_noise_multiplier,
+        max_epsilon=policy.max_epsilon,
+        delta=_delta(run, site, sum(b.split == "train" for b in bags)),
+        unit=fingerprint["unit"],
+        accountant=policy.accountant,
+        input_sha256=key,
+        max_per_round=policy.max_evaluations_per_round,
+        max_per_run=_evaluation_cap(run, site),
+    )
+    site.audit.append(
+        (RoundReplayed if charge.replay else EvaluationCharged)(
+            **_charge_fields(charge)
+        ),
+        run_id=context.run_id,
+        round=server_round,
+    )
+    stream = site.randomness.stream("evaluate", ledger_run, server_round, key)
+    metrics = _noised_metrics(_load_model(run, site, msg), run, site, test, stream)
+    problem = _egress_problem(context, site, server_round, None, metrics)
     if problem:
         return _error(msg, BLOCKED, f"egress guard blocked the reply: {problem}")
+    site.releases.put(
+        kind="evaluate",
+        run_id=ledger_run,
+        server_round=server_round,
+        input_key=key,
+        arrays=None,
+        metrics=metrics,
+        charge=_charge_fields(charge),
+    )
     site.audit.append(
         MetricsReleased(metrics=metrics), run_id=context.run_id, round=server_round
     )
-    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    return _reply(msg, None, metrics)
 
 
-def _tile_metrics(result: TileEvalResult) -> dict[str, Any]:
-    """Scalars of a tile evaluation; per-class accuracy only for classes present."""
-    metrics: dict[str, Any] = {
-        "num-examples": result.n_samples,
-        "eval_loss": result.loss,
-        "accuracy": result.accuracy,
-        "macro_f1": result.macro_f1,
-    }
-    for i, (acc, support) in enumerate(
-        zip(result.class_accuracy, result.class_support, strict=True)
-    ):
-        if support:
-            metrics[f"acc_class_{i:02d}"] = acc
-    return metrics
+def _noised_metrics(
+    model: torch.nn.Module,
+    run: RunConfig,
+    site: Site,
+    test: list[Any],
+    stream: Any,
+) -> dict[str, float | int]:
+    """The released metrics: computed from noised statistics only."""
+    sigma = site.config.policy.eval_noise_multiplier
+    if run.task == "tiles":
+        confusion = nm.unit_confusion(model, test, run.n_classes())
+        return nm.confusion_metrics(
+            nm.add_noise(confusion, stream, sigma),
+            min_support=float(site.config.policy.min_eval_patients),
+        )
+    hist = nm.score_histogram(model, test)
+    return nm.histogram_metrics(nm.add_noise(hist, stream, sigma))
 
 
 __all__ = ["app"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slidefed.common.tomlfile import dump_toml, load_toml_model
 
@@ -48,7 +48,16 @@ class FeaturesSection(BaseModel):
 
 
 class TilesSection(BaseModel):
-    """A site whose data are labelled tiles rather than whole slides."""
+    """A site whose data are labelled tiles rather than whole slides.
+
+    A manifest (``source = "manifest"``) names each tile's ``patient_id`` or
+    ``group`` (or ``source_group``) in its own column. A folder of class folders
+    names them in ``groups``, a CSV relative to ``path`` (like LC25000's
+    ``groups.csv``) with a tile column (``path`` or ``tile``, relative to ``path``),
+    a ``patient_id``, ``group`` or ``source_group`` column and an optional
+    ``split``. ``test_fraction`` is the share of patients (or groups) held out when
+    no split is given; a patient or group is never split.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -57,6 +66,16 @@ class TilesSection(BaseModel):
     labels: tuple[str, ...] = ()
     tile_size: int = Field(default=224, ge=16, le=4096)
     test_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
+    groups: Path | None = None
+
+    @model_validator(mode="after")
+    def _groups_for_folders(self) -> TilesSection:
+        if self.groups is not None and self.source == "manifest":
+            raise ValueError(
+                "tiles.groups is for class-folder sites; a manifest names each "
+                "tile's patient_id or group in its own column"
+            )
+        return self
 
 
 class SitePolicy(BaseModel):
@@ -71,12 +90,26 @@ class SitePolicy(BaseModel):
     allowed_tasks: tuple[str, ...] = ("abmil", "tiles")
     min_eval_patients: int = Field(default=5, ge=1)
     max_bag_size: int = Field(default=2048, ge=1)
-    accountant: Literal["rdp", "prv"] = "rdp"
-    secure_rng: bool = False
+    # The privacy unit of a tile site. None: from its data (the patient when the
+    # tiles name patients, else the group), refusing a tile without one. "tile"
+    # makes every tile its own unit, and must be said explicitly.
+    unit: Literal["patient", "group", "tile"] | None = None
+    # "best": report the tighter of the RDP and PRV (upper) bounds; every record
+    # says which one it reports.
+    accountant: Literal["rdp", "prv", "best"] = "best"
+    # Kept so that older site.toml files still load: noise and sampling always come
+    # from the site's own ChaCha20 stream (see slidefed.client.privacy.randomness).
+    secure_rng: bool = True
+    # Evaluation is a release too: its statistics are noised (Gaussian, this
+    # multiplier on a per-unit sensitivity of 1) and charged like training.
+    eval_noise_multiplier: float = Field(default=4.0, gt=0.0)
+    max_evaluations_per_round: int = Field(default=1, ge=0)
+    # None: as many as the run's planned rounds.
+    max_evaluations_per_run: int | None = Field(default=None, ge=0)
 
     def delta_for(self, n_patients: int) -> float:
-        """Return the delta in force for a dataset of ``n_patients`` samples."""
-        default = 1.0 / (10.0 * max(n_patients, 1))
+        """The delta in force: the policy's, else min(1e-5, 1/(10 N)) for N units."""
+        default = min(1e-5, 1.0 / (10.0 * max(n_patients, 1)))
         return self.delta if self.delta is not None else default
 
 

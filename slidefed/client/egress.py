@@ -56,31 +56,30 @@ MAX_ERROR_REASON = 1024
 NPY_HEADER_SLACK = 4096
 """Bytes allowed per array beyond its payload (the ``.npy`` header)."""
 
-# Scalar metrics that a reply may carry; everything else is blocked.
+# Scalar metrics that a reply may carry; everything else is blocked. Training
+# replies carry the update's weight and the (public) privacy accounting; evaluation
+# replies carry values computed from DP-noised statistics only (see
+# slidefed.client.noised_metrics). No loss, no timing, no exact count.
 ALLOWED_METRICS = frozenset(
     {
         "num-examples",
-        "train_loss",
-        "eval_loss",
         "accuracy",
         "auc",
         "epsilon",
         "epsilon_round",
         "delta",
         "noise_multiplier",
-        "sample_rate",
-        "steps",
-        "train_seconds",
         "macro_f1",
     }
 )
-# Per-class held-out accuracy of a tile classifier: acc_class_00, acc_class_01, ...
-_CLASS_METRIC = re.compile(r"acc_class_\d{2}")
+# Per-class held-out accuracy of a tile classifier (acc_class_00, ...) and the bins
+# of the noised score histogram (neg_bin_00, pos_bin_00, ...).
+_PATTERNED_METRIC = re.compile(r"acc_class_\d{2}|(neg|pos)_bin_\d{2}")
 
 
 def is_allowed_metric(key: str) -> bool:
     """Whether a scalar metric named ``key`` may leave the site."""
-    return key in ALLOWED_METRICS or _CLASS_METRIC.fullmatch(key) is not None
+    return key in ALLOWED_METRICS or _PATTERNED_METRIC.fullmatch(key) is not None
 
 
 def check_egress(

@@ -73,7 +73,9 @@ class TileEvalResult(BaseModel):
     n_tiles: int
 
 
-def f1_scores(confusion: NDArray[np.int64]) -> NDArray[np.float64]:
+def f1_scores(
+    confusion: NDArray[np.int64] | NDArray[np.float64],
+) -> NDArray[np.float64]:
     """Per-class F1 from a confusion matrix (rows: truth); 0 where undefined."""
     tp = np.diag(confusion).astype(np.float64)
     fp = confusion.sum(axis=0) - tp

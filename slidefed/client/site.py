@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from slidefed.client.config import SiteConfig, load_site_config
 from slidefed.client.data.bags import PatientBag, build_bags
-from slidefed.client.keys import ensure_audit_key
+from slidefed.client.keys import ensure_site_keys
 from slidefed.client.prepare.pipeline import load_site_features
 from slidefed.client.privacy.ledger import PrivacyLedger
+from slidefed.client.privacy.randomness import SiteRandomness
+from slidefed.client.privacy.releases import ReleaseStore
 from slidefed.common.audit.writer import AuditLog
 from slidefed.common.crypto import load_audit_key
 from slidefed.common.errors import ConfigError, PolicyViolation
@@ -41,6 +47,8 @@ class Site:
     def __init__(self, config: SiteConfig) -> None:
         self.config = config
         self.ledger = PrivacyLedger(config.ledger_path)
+        self.releases = ReleaseStore(config.state_dir / "releases")
+        self.randomness = SiteRandomness.of_site(config.state_dir)
         self.audit = AuditLog(
             config.audit_path,
             key=load_audit_key(config.audit_key_path),
@@ -69,7 +77,11 @@ class Site:
         hit = _SAMPLES.get(key)
         if hit is not None:
             return hit
-        result = self._load_samples(run)
+        samples, fingerprint = self._load_samples(run)
+        # What the samples hold, so that a changed feature, bag, tiling or policy
+        # makes a new release (the manifest hash alone does not see those).
+        fingerprint["data_sha256"] = samples_sha256(samples)
+        result = (samples, fingerprint)
         _SAMPLES.clear()  # one site per process at a time: keep memory bounded
         _SAMPLES[key] = result
         return result
@@ -88,7 +100,9 @@ class Site:
         """Patient bags (features cached on disk) and the dataset fingerprint."""
         manifest, feats = load_site_features(self.config)
         bag_size = min(run.bag_size, self.config.policy.max_bag_size)
-        bags = build_bags(manifest.rows, feats, bag_size=bag_size, seed=run.seed)
+        # The subsample of a large bag is the site's secret draw, not the run's seed.
+        seed = self.randomness.seed("bags")
+        bags = build_bags(manifest.rows, feats, bag_size=bag_size, seed=seed)
         fingerprint = {
             "unit": manifest.unit,
             "manifest_sha256": manifest.sha256,
@@ -110,12 +124,15 @@ def _data_signature(config: SiteConfig) -> tuple[Any, ...]:
     if config.tiles is not None:
         root = config.resolve(config.tiles.path)
         paths += sorted(root.rglob("*")) if root.exists() else []
+        if config.tiles.groups is not None:
+            paths.append(root / config.tiles.groups)
     elif config.manifest_path.is_file():
         import csv
 
         rows = csv.DictReader(config.manifest_path.read_text().splitlines())
         paths += [config.slides_root / (r.get("slide") or "") for r in rows]
-    out = [str(config.base_dir)]
+    # The tiles section and the policy's unit decide the samples too.
+    out = [str(config.base_dir), repr(config.tiles), str(config.policy.unit)]
     for path in paths:
         try:
             st = path.stat()
@@ -159,9 +176,42 @@ def tile_samples(
     return list(data.samples), fingerprint
 
 
+def samples_sha256(samples: Sequence[Any]) -> str:
+    """SHA-256 of every sample's features, labels and split, in order."""
+    digest = hashlib.sha256()
+    for sample in samples:
+        features = np.ascontiguousarray(sample.features)
+        digest.update(f"{features.dtype}:{features.shape}:{sample.split}".encode())
+        digest.update(features.tobytes())
+        labels = getattr(sample, "labels", None)
+        label = labels if labels is not None else np.asarray([sample.label])
+        digest.update(np.ascontiguousarray(label).astype(np.int64).tobytes())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def code_sha256() -> str:
+    """SHA-256 of slidefed's own source files: a new code version is a new release."""
+    import slidefed
+
+    root = Path(slidefed.__file__).resolve().parent
+    digest = hashlib.sha256(slidefed.__version__.encode())
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def config_hash(run: RunConfig) -> str:
     """SHA-256 of the run config, for the audit trail."""
     return run.identity_hash()
 
 
-__all__ = ["Site", "config_hash", "ensure_audit_key", "site_config_path"]
+__all__ = [
+    "Site",
+    "code_sha256",
+    "config_hash",
+    "ensure_site_keys",
+    "samples_sha256",
+    "site_config_path",
+]

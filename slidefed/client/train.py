@@ -21,7 +21,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from slidefed.client.data.bags import PatientBag
-from slidefed.common.errors import ConfigError
+from slidefed.client.privacy.dp_sgd import PoissonBatches, install_secure_noise
+from slidefed.client.privacy.randomness import ReleaseRandomness, SiteRandomness
 
 logger = logging.getLogger(__name__)
 
@@ -110,46 +111,56 @@ def train_dp(
     noise_multiplier: float,
     max_grad_norm: float,
     delta: float,
-    seed: int,
+    randomness: ReleaseRandomness | None = None,
+    seed: int | None = None,
     proximal_mu: float = 0.0,
-    secure_rng: bool = False,
     grad_sample_mode: GradSampleMode = "ew",
 ) -> TrainResult:
     """Train ``model`` in place with DP-SGD, one sample per patient.
+
+    Every draw comes from ``randomness``, the site's secret streams for this
+    release: Poisson batches and DP noise from ChaCha20 streams, torch's own
+    generator (dropout) from a derived seed. ``seed`` instead gives *public*
+    randomness, for benchmarks and tests only. An epoch is exactly
+    :func:`batches_per_epoch` steps at sample rate ``1 / steps``, what the ledger
+    charged. FedProx's proximal gradient is added after the noise.
 
     ``grad_sample_mode`` ``ew`` (torch expanded weights) computes each patient's
     gradient inside autograd and costs about 1.2x a plain step for ABMIL; ``hooks``
     computes them in extra backward hooks (about 1.6-1.9x). Both give the same
     per-patient gradients. ``ew`` cannot run a batch of zero patients, which
     Poisson sampling produces, so such a step is taken as a noise-only step.
-
-    Raises
-    ------
-    ConfigError
-        If ``secure_rng`` is asked for and Opacus cannot provide it.
     """
-    torch.manual_seed(seed)
-    data = _bag_loader(bags, batch_size=batch_size, seed=seed)
+    if randomness is None:
+        if seed is None:
+            raise ValueError("train_dp needs the site's randomness (or a public seed)")
+        randomness = SiteRandomness.public(f"train:{seed}").for_release()
+    torch.manual_seed(randomness.seed("torch"))
+    steps_per_epoch = batches_per_epoch(len(bags), batch_size)
+    sampler = PoissonBatches(
+        len(bags), steps=steps_per_epoch, stream=randomness.stream("poisson")
+    )
+    dataset = BagDataset(bags)
+    data = DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=_collate_or_empty(dataset)
+    )
+    anchor = [p.detach().clone() for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    engine, private, dp_opt, dp_data = _make_private(
+    engine, private, dp_opt = _make_private(
         model,
         optimizer,
         data,
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
-        secure_rng=secure_rng,
         grad_sample_mode=grad_sample_mode,
+    )
+    install_secure_noise(
+        dp_opt, randomness.stream("noise"), anchor=anchor, proximal_mu=proximal_mu
     )
     private.train()
     total, steps = _dp_steps(
-        model,
-        private,
-        dp_opt,
-        dp_data,
-        epochs=epochs,
-        proximal_mu=proximal_mu,
-        grad_sample_mode=grad_sample_mode,
+        model, private, dp_opt, data, epochs=epochs, grad_sample_mode=grad_sample_mode
     )
     eps = float(engine.accountant.get_epsilon(delta)) if steps else 0.0
     # Detach Opacus from the caller's model so that it can be used again.
@@ -157,42 +168,45 @@ def train_dp(
     return TrainResult(
         loss=total / max(steps, 1),
         steps=steps,
-        sample_rate=float(dp_data.sample_rate),
+        sample_rate=sampler.sample_rate,
         n_samples=len(bags),
         opacus_epsilon=eps,
     )
 
 
-def _bag_loader(bags: Sequence[Any], *, batch_size: int, seed: int) -> DataLoader[Item]:
-    """Shuffled, padded batches; Opacus replaces it with Poisson sampling."""
-    return DataLoader(
-        BagDataset(bags),
-        batch_size=batch_size,
-        shuffle=True,
-        collate_fn=collate_bags,
-        generator=torch.Generator().manual_seed(seed),
-    )
+def _collate_or_empty(dataset: BagDataset) -> Callable[[Sequence[Item]], Item]:
+    """Collate a Poisson batch; an empty one as zero-length tensors of the right kind."""
+    x0, mask0, y0 = dataset[0]
+
+    def collate(items: Sequence[Item]) -> Item:
+        if items:
+            return collate_bags(items)
+        y_shape = (0,) if y0.dim() == 0 else (0, 1)
+        return (
+            torch.zeros(0, 1, x0.shape[1], dtype=x0.dtype),
+            torch.zeros(0, 1, dtype=mask0.dtype),
+            torch.zeros(y_shape, dtype=y0.dtype),
+        )
+
+    return collate
 
 
 def _dp_steps(
     model: nn.Module,
     private: Any,
     dp_opt: Any,
-    dp_data: Any,
+    data: DataLoader[Item],
     *,
     epochs: int,
-    proximal_mu: float,
     grad_sample_mode: GradSampleMode,
 ) -> tuple[float, int]:
     """The DP steps of ``epochs`` passes over the Poisson batches.
 
     Returns the summed loss and the number of steps taken, empty batches included.
-    The proximal term pulls towards the parameters ``model`` has on entry.
     """
-    global_params = [p.detach().clone() for p in model.parameters()]
     total, steps = 0.0, 0
     for _ in range(epochs):
-        for x, mask, y in dp_data:
+        for x, mask, y in data:
             # Never skip an empty Poisson batch: the step adds noise and is counted.
             dp_opt.zero_grad()
             if len(y) == 0 and grad_sample_mode == "ew":
@@ -200,10 +214,6 @@ def _dp_steps(
                 steps += 1
                 continue
             loss = _dp_loss(private, dp_opt, x, mask, y)
-            if proximal_mu > 0:
-                loss = loss + _proximal_term(
-                    model, global_params, proximal_mu, dp_opt, y
-                )
             loss.backward()  # type: ignore[no-untyped-call]
             dp_opt.step()
             total += float(loss.detach())
@@ -218,42 +228,32 @@ def _make_private(
     *,
     noise_multiplier: float,
     max_grad_norm: float,
-    secure_rng: bool,
     grad_sample_mode: GradSampleMode,
-) -> tuple[Any, Any, Any, Any]:
-    """Opacus's engine, private module, DP optimizer and Poisson data loader.
+) -> tuple[Any, Any, Any]:
+    """Opacus's engine, private module and DP optimizer over our Poisson batches.
 
-    Raises
-    ------
-    ConfigError
-        If ``secure_rng`` is asked for and Opacus cannot provide it.
+    Opacus's own sampler and its noise generator are not used (see
+    :mod:`slidefed.client.privacy.dp_sgd`), so its "secure mode" is not needed.
     """
     from opacus import PrivacyEngine
 
     with warnings.catch_warnings():
-        # Opacus warns (when the engine is made) that its secure RNG is off; the
-        # site policy decides that.
+        # Opacus warns that its own secure RNG is off: slidefed replaces both of
+        # its random draws with the site's ChaCha20 streams.
         warnings.filterwarnings(
             "ignore", message="Secure RNG turned off", category=UserWarning
         )
-        try:
-            engine = PrivacyEngine(accountant="rdp", secure_mode=secure_rng)
-        except ImportError as exc:
-            raise ConfigError(
-                "policy.secure_rng = true needs Opacus's cryptographically secure "
-                f"RNG (torchcsprng), which is not installed here ({exc}); install it "
-                "or set secure_rng = false in site.toml"
-            ) from exc
-        private, dp_opt, dp_data = engine.make_private(
+        engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+        private, dp_opt, _ = engine.make_private(
             module=model,
             optimizer=optimizer,
             data_loader=data,
             noise_multiplier=noise_multiplier,
             max_grad_norm=max_grad_norm,
-            poisson_sampling=True,
+            poisson_sampling=False,
             grad_sample_mode=grad_sample_mode,
         )
-    return engine, private, dp_opt, dp_data
+    return engine, private, dp_opt
 
 
 def _dp_loss(
@@ -263,22 +263,6 @@ def _dp_loss(
     logits = private(x, mask)
     loss: torch.Tensor = sample_losses(logits, y).sum() / dp_opt.expected_batch_size
     return loss
-
-
-def _proximal_term(
-    model: nn.Module,
-    global_params: list[torch.Tensor],
-    proximal_mu: float,
-    dp_opt: Any,
-    y: torch.Tensor,
-) -> torch.Tensor:
-    """FedProx's pull towards the global model, scaled like the DP loss."""
-    prox = sum(
-        ((p - g) ** 2).sum()
-        for p, g in zip(model.parameters(), global_params, strict=True)
-    )
-    term: torch.Tensor = proximal_mu / 2 * prox * len(y) / dp_opt.expected_batch_size
-    return term
 
 
 def _empty_step(model: nn.Module, optimizer: Any) -> None:

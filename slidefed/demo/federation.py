@@ -141,7 +141,7 @@ def synthesise(
 
 def write_site_config(site: DemoSite) -> SiteConfig:
     """Write ``site.toml`` and the site's audit key."""
-    from slidefed.client.keys import ensure_audit_key
+    from slidefed.client.keys import ensure_site_keys
 
     config = SiteConfig(
         site=SiteSection(name=site.name),
@@ -149,7 +149,7 @@ def write_site_config(site: DemoSite) -> SiteConfig:
         base_dir=site.root,
     )
     site.config_path.write_text(dump_site_config(config))
-    ensure_audit_key(config)
+    ensure_site_keys(config)
     return config
 
 

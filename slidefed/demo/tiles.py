@@ -84,13 +84,15 @@ def build_tile_sites(tiles_dir: Path, out: Path, *, seed: int) -> list[Path]:
         config = SiteConfig(
             site=SiteSection(name=site),
             tiles=TilesSection(path=Path("tiles"), labels=LABELS),
-            policy=SitePolicy(max_epsilon=10.0, min_eval_patients=5),
+            # The Kather tiles carry no patient ids: each tile is its own unit,
+            # which a site must say explicitly.
+            policy=SitePolicy(max_epsilon=10.0, min_eval_patients=5, unit="tile"),
             base_dir=root,
         )
         (root / "site.toml").write_text(dump_site_config(config))
-        from slidefed.client.keys import ensure_audit_key
+        from slidefed.client.keys import ensure_site_keys
 
-        ensure_audit_key(config)
+        ensure_site_keys(config)
         configs.append(root / "site.toml")
     for label, paths in files.items():
         for path in paths:

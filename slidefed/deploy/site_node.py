@@ -211,11 +211,10 @@ def build_site_launch(
 
 
 def _ensure_site_keys(config: SiteConfig) -> Path:
-    """The audit key, the node key and the executor secret (made when missing)."""
-    if not config.audit_key_path.is_file():
-        from slidefed.client.keys import ensure_audit_key
+    """The audit key, the randomness secret, the node key and the executor secret."""
+    from slidefed.client.keys import ensure_site_keys
 
-        ensure_audit_key(config)
+    ensure_site_keys(config)  # makes only what is missing
     ensure_node_key(config)
     return ensure_superexec_secret(config)
 

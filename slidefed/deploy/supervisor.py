@@ -123,6 +123,9 @@ def supervise(
         _stop_all(procs, grace)
         for pump in pumps:
             pump.join(timeout=5)
+        for proc in procs:
+            if proc.stdout is not None:
+                proc.stdout.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if received:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ class MetricsLog:
                 label=f"node …{site[-6:]}",
             )
         axes[2].set_title("cumulative epsilon per site")
-        if sites:
+        if 0 < len(sites) <= 12:  # past a dozen sites a legend hides the plot
             axes[2].legend(fontsize="small")
         from matplotlib.ticker import MaxNLocator
 
@@ -79,7 +80,10 @@ class MetricsLog:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("round")
             ax.grid(alpha=0.3)
-        fig.tight_layout()
+        with warnings.catch_warnings():
+            # With many sites the layout may not fit; the plot is still written.
+            warnings.filterwarnings("ignore", message="Tight layout not applied")
+            fig.tight_layout()
         fig.savefig(self.run_dir / "metrics.png", dpi=100)
         plt.close(fig)
 

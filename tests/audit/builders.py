@@ -7,12 +7,14 @@
 from __future__ import annotations
 
 import base64
+import math
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ConfigDict
 
+from slidefed.audit.accountant import ORDERS
 from slidefed.common.audit.events import (
     AuditEvent,
     RoundCharged,
@@ -37,15 +39,57 @@ DATASET = {
 }
 
 
+_LEGACY_DP = {"noise_multiplier": 0.9560546875, "sample_rate": 0.25, "steps": 16}
+"""DP parameters of a charge whose epsilons no Gaussian history can reach."""
+
+
+def _gaussian_rho(target: float, delta: float) -> float | None:
+    """The sum of 1/sigma^2 of Gaussian releases whose composition has ``target``.
+
+    Gaussian releases (sample rate 1, one step) compose to one Gaussian with
+    ``1/sigma^2 = sum of 1/sigma_i^2``: its RDP at order ``a`` is ``a rho / 2``,
+    and the auditor's epsilon ``min_a (a rho / 2 + c_a)`` is reached exactly at
+    ``rho = max_a 2 (target - c_a) / a``. None when ``target`` lies below the
+    epsilon of an arbitrarily small release (at ``delta``).
+    """
+    best = -math.inf
+    for order in ORDERS:
+        c = -(math.log(delta) + math.log(order)) / (order - 1) + math.log(
+            (order - 1) / order
+        )
+        best = max(best, 2 * (target - c) / order)
+    return best if best > 0 else None
+
+
+def _honest_dp(before: float, after: float, delta: float) -> dict[str, Any]:
+    """DP parameters of a charge that takes a Gaussian history from before to after."""
+    if after == before:
+        return {"noise_multiplier": 1.0, "sample_rate": 1.0, "steps": 0}
+    rho_after = _gaussian_rho(after, delta)
+    rho_before = 0.0 if before == 0 else _gaussian_rho(before, delta)
+    if rho_after is None or rho_before is None or rho_after <= rho_before:
+        return dict(_LEGACY_DP)
+    sigma = 1 / math.sqrt(rho_after - rho_before)
+    return {"noise_multiplier": sigma, "sample_rate": 1.0, "steps": 1}
+
+
 def charge(
     after: float, *, before: float = 0.0, budget: float = 10.0, **fields: Any
 ) -> RoundCharged:
-    """A ``round_charged`` payload reaching ``after`` of a ``budget``."""
+    """A ``round_charged`` payload reaching ``after`` of a ``budget``.
+
+    Unless ``fields`` give the DP parameters, they are those of one Gaussian
+    release that brings a log of such charges (each ``before`` the ``after`` of
+    the charge before it, at one delta) from ``before`` to ``after``, as the
+    auditor recomputes it (:mod:`slidefed.audit.accountant`), so that the
+    records are honest. Epsilons no such history reaches (below the epsilon of an
+    arbitrarily small release) get fixed parameters, which the auditor's
+    recomputation refutes.
+    """
+    delta = fields.get("delta", 0.0035714285714285713)
     values: dict[str, Any] = {
-        "noise_multiplier": 0.9560546875,
-        "sample_rate": 0.25,
-        "steps": 16,
-        "delta": 0.0035714285714285713,
+        **_honest_dp(before, after, delta),
+        "delta": delta,
         "unit": "patient",
         "accountant": "rdp",
         "epsilon_round": after - before,

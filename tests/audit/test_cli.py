@@ -301,6 +301,7 @@ def test_an_edited_epsilon_over_budget_is_an_edit_first(
     assert [(p["line"], p["kind"]) for p in problems] == [
         (4, "edited"),
         (4, "over_budget"),
+        (4, "epsilon_mismatch"),  # the auditor recomputes 7.8432 from the DP params
     ]
 
 

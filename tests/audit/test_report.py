@@ -80,7 +80,6 @@ class _Site:
             after,
             before=self.spent,
             budget=self.budget,
-            noise_multiplier=1.1,
             delta=3.5e-3,
             epsilon_round=cost,
         )

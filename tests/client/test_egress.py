@@ -88,7 +88,7 @@ def _reply(
 
 
 def _metrics(**extra: Any) -> MetricRecord:
-    return MetricRecord({"num-examples": 8, "train_loss": 0.5, **extra})
+    return MetricRecord({"num-examples": 8, "epsilon": 0.5, **extra})
 
 
 def _audit(site_toml: Path) -> list[dict[str, Any]]:
@@ -193,8 +193,8 @@ def test_egress_blocks_arrays_unlike_the_model(
 @pytest.mark.parametrize(
     "metrics",
     [
-        MetricRecord({"num-examples": 8, "train_loss": float("inf")}),
-        MetricRecord({"num-examples": 8, "train_loss": [0.1, 0.2]}),
+        MetricRecord({"num-examples": 8, "epsilon": float("inf")}),
+        MetricRecord({"num-examples": 8, "epsilon": [0.1, 0.2]}),
     ],
 )
 def test_egress_blocks_non_finite_or_list_metrics(metrics: MetricRecord) -> None:

@@ -133,12 +133,6 @@ def _distance(model: ABMIL, start: dict[str, torch.Tensor]) -> float:
     )
 
 
-@pytest.mark.xfail(
-    reason="Opacus's DP optimizer steps on per-sample gradients only, so the "
-    "proximal term's gradient (of the parameters, not of any sample) never reaches "
-    "the update: FedProx's pull is lost under DP-SGD (it only changes the loss)",
-    strict=True,
-)
 def test_proximal_term_keeps_the_model_near_the_global_one() -> None:
     torch.manual_seed(0)
     start = ABMIL(8, hidden=16, attention=8).state_dict()

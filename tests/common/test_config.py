@@ -51,9 +51,11 @@ def test_site_config_not_toml(tmp_path: Path) -> None:
         load_site_config(path)
 
 
-def test_policy_delta_default_is_one_over_ten_n() -> None:
+def test_policy_delta_default_is_at_most_1e5_and_one_over_ten_n() -> None:
     config = SiteConfig(site=SiteSection(name="a"))
-    assert config.policy.delta_for(50) == pytest.approx(1 / 500)
+    assert config.policy.delta_for(50) == pytest.approx(1e-5)
+    assert config.policy.delta_for(3) == pytest.approx(1e-5)
+    assert config.policy.delta_for(1_000_000) == pytest.approx(1e-7)
 
 
 def test_run_config_parses_kebab_keys() -> None:

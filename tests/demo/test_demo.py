@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from slidefed.client.privacy.ledger import PrivacyLedger
+from tests.pld import SLACK, ledger_pld_epsilon, pld_epsilon
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
@@ -58,6 +61,16 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         ]
         assert charged[-1]["unit"] == "patient"
         assert 0 < charged[0]["epsilon_after"] < charged[1]["epsilon_after"] <= 8.0
+        # The site's epsilon bounds an independent accountant's (dp-accounting, PLD)
+        # recomputed from its ledger: after each round, and over the whole history.
+        ledger = PrivacyLedger(site / "state" / "ledger.json").load()
+        assert ledger.delta is not None
+        for k, row in enumerate(ledger.rounds, 1):
+            prefix = [
+                (r.noise_multiplier, r.sample_rate, r.steps) for r in ledger.rounds[:k]
+            ]
+            assert row.epsilon_after >= pld_epsilon(prefix, ledger.delta) - SLACK, name
+        assert charged[-1]["epsilon_after"] >= ledger_pld_epsilon(ledger) - SLACK, name
         verify = subprocess.run(
             [*_slidefed(), "audit", "verify", str(log)],
             capture_output=True,

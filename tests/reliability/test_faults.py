@@ -70,14 +70,14 @@ def _enospc(*_args: object, **_kwargs: object) -> None:
 
 @pytest.fixture
 def app_site(small_site, tmp_path: Path) -> Path:
-    from slidefed.client.keys import ensure_audit_key
+    from slidefed.client.keys import ensure_site_keys
 
     path = tmp_path / "site.toml"
     path.write_text(
         f'[site]\nname = "full-disk"\nmanifest = "{small_site.manifest}"\n'
         f'slides_root = "{small_site.root}"\n'
     )
-    ensure_audit_key(load_site_config(path))
+    ensure_site_keys(load_site_config(path))
     return path
 
 

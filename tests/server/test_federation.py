@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def three_sites(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     from slidefed.client.config import load_site_config
-    from slidefed.client.keys import ensure_audit_key
+    from slidefed.client.keys import ensure_site_keys
     from slidefed.client.prepare.pipeline import prepare_site
 
     root = tmp_path_factory.mktemp("fed")
@@ -37,7 +37,7 @@ def three_sites(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
             f'[site]\nname = "site-{i}"\n[policy]\nmin_eval_patients = 3\n'
         )
         config = load_site_config(folder / "site.toml")
-        ensure_audit_key(config)
+        ensure_site_keys(config)
         prepare_site(config, workers=1)
         paths.append(folder)
     return paths

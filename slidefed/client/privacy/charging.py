@@ -1,26 +1,56 @@
-"""Charging a round to the ledger before it trains: the site's budget policy.
+"""Charging a release to the ledger before it is computed: the site's budget policy.
 
-A round is charged (written atomically to disk) before training starts, so a
-crash can only over-count. The first round of a run plans it: the run is granted
-its target epsilon, capped at the site maximum, or refused up front. A site never
-hands a run less budget than it planned for, since that would silently train with
-far more noise than the researcher designed.
+A training round or an evaluation is charged (written atomically to disk) before
+anything is computed from the data, so a crash can only over-count. Every refusal
+below leaves the ledger as it was.
 
-A round asked again with the same global model (``input_sha256``), after a crash
-or a coordinator restart, is a replay: training is seeded by run, site and round,
-so it releases the very same update, and it is not charged twice.
+- **One unit per dataset.** Once the ledger holds a charge, a charge in another
+  privacy unit is refused: epsilon per patient and epsilon per tile do not compose.
+- **Planning.** The first round of a run plans it: the run is granted its target
+  epsilon, capped at the site maximum, or refused up front. Its noise is calibrated
+  so that the whole history, plus the run's planned training steps, plus the
+  evaluations it may ask for (``planned_evaluations`` Gaussian releases at
+  ``eval_noise_multiplier``), stays within the epsilon spent before plus the grant.
+  A site never hands a run less budget than it planned for, since that would
+  silently train with far more noise than the researcher designed.
+- **Limits that bind.** A training round past the run's planned rounds is refused,
+  and so is one that costs more than the plan (more steps or a larger sample rate
+  than it was calibrated for): the grant covers the plan, nothing more. Every
+  release is also refused when it would take the dataset past the site maximum,
+  by the reported bound or by RDP (the bound an auditor recomputes from the log;
+  a plan calibrated on RDP never reaches that refusal).
+- **Evaluations** are Gaussian mechanisms (sample rate 1, one step) at the policy's
+  noise, charged like training and capped per round and per run
+  (:class:`EvaluationRefused`).
+- **Replays.** A release asked again with the same inputs (same run, round, kind
+  and ``input_sha256``), after a crash or a coordinator restart, is answered with
+  the stored release and not charged twice.
+- **Reported epsilon** is the tighter valid bound the site's accountant asks for
+  (``rdp``, ``prv`` or ``best``); :attr:`Charge.accountant` says which bound it is,
+  and :attr:`Charge.epsilon_rdp` is always the RDP bound, for auditors.
+- **Anchor.** Every :class:`Charge` carries the ledger's anchor after it
+  (:meth:`~slidefed.client.privacy.ledger.Ledger.anchor`), which the site writes to
+  its audit log (:mod:`slidefed.client.privacy.anchor`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict
 
-from slidefed.client.privacy.accountant import calibrate_noise, epsilon
+from slidefed.client.privacy.accountant import (
+    calibrate_noise,
+    epsilon_of,
+    rdp_epsilon,
+    tightest,
+)
 from slidefed.client.privacy.ledger import (
     AccountantName,
+    Bound,
+    EntryKind,
     Ledger,
     LedgerRound,
     LedgerRun,
@@ -29,7 +59,7 @@ from slidefed.client.privacy.ledger import (
     Unit,
 )
 from slidefed.common.budget import EPSILON_TOLERANCE
-from slidefed.common.errors import PrivacyBudgetExhausted
+from slidefed.common.errors import PolicyViolation, PrivacyBudgetExhausted
 
 
 def now() -> str:
@@ -38,7 +68,13 @@ def now() -> str:
 
 
 class Charge(BaseModel):
-    """What one round costs and what it brings the total to."""
+    """What one release costs and what it brings the total to.
+
+    ``epsilon_round``, ``epsilon_before`` and ``epsilon_after`` are all by the bound
+    ``accountant`` names (``rdp`` or ``prv``); ``epsilon_rdp`` is the RDP bound of
+    the whole history after the charge. ``ledger_rounds`` and ``ledger_sha256`` are
+    the ledger's anchor after the charge (for a replay: the anchor now).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -49,11 +85,14 @@ class Charge(BaseModel):
     steps: int
     delta: float
     unit: Unit
-    accountant: AccountantName
+    accountant: Bound
     epsilon_round: float
     epsilon_before: float
     epsilon_after: float
     epsilon_max: float
+    epsilon_rdp: float
+    ledger_rounds: int
+    ledger_sha256: str
     replay: bool = False
 
 
@@ -72,18 +111,32 @@ def charge_round(
     unit: Unit,
     accountant: AccountantName = "rdp",
     input_sha256: str = "",
+    eval_noise_multiplier: float = 0.0,
+    planned_evaluations: int = 0,
 ) -> Charge:
-    """Plan (first round of a run) and charge one round before it trains.
+    """Plan (first round of a run) and charge one training round before it trains.
 
     A replay of a charged round (same run, round and ``input_sha256``) is not
-    charged again; the module docstring states the policy.
+    charged again; the module docstring states the policy. ``planned_evaluations``
+    evaluations at ``eval_noise_multiplier`` are reserved in the run's grant when it
+    is planned (none by default).
 
     Raises
     ------
+    PolicyViolation
+        If the ledger's charges are in another privacy unit than ``unit``.
     PrivacyBudgetExhausted
-        If the run's budget is not available, or the round would take the
-        dataset past ``max_epsilon``; nothing is charged then.
+        If the run's budget is not available, the round is past the run's plan or
+        costs more than it, or it would take the dataset past ``max_epsilon``;
+        nothing is charged then.
     """
+    if planned_evaluations < 0:
+        raise ValueError(f"planned_evaluations={planned_evaluations} must be >= 0")
+    if planned_evaluations and eval_noise_multiplier <= 0:
+        raise ValueError(
+            f"{planned_evaluations} planned evaluations need an "
+            f"eval_noise_multiplier > 0, not {eval_noise_multiplier}"
+        )
     request = _Request(
         run_id=run_id,
         server_round=server_round,
@@ -96,22 +149,33 @@ def charge_round(
         unit=unit,
         accountant=accountant,
         input_sha256=input_sha256,
+        eval_noise_multiplier=eval_noise_multiplier,
+        planned_evaluations=planned_evaluations,
     )
     with ledger_file.locked() as ledger:
-        delta = _adopt_policy(ledger, request, delta)
-        history = ledger.history()
-        replayed = _replayed_round(ledger, request)
+        delta = _adopt_policy(ledger, ledger_file, unit, accountant, delta)
+        replayed = _replayed(ledger, run_id, server_round, "train", input_sha256)
         if replayed is not None:
-            return _replay_charge(replayed, ledger, delta, request)
-        before = epsilon(history, delta, accountant=accountant)
+            return _replay_charge(replayed, ledger, delta, accountant, max_epsilon)
+        history = ledger.history()
         plan = ledger.run(run_id)
         if plan is None:
-            plan = _plan_run(request, history, before=before, delta=delta)
+            plan = _plan_run(request, history, delta=delta)
             ledger.runs.append(plan)
+        _check_within_plan(plan, request)
         step = (plan.noise_multiplier, sample_rate, steps)
-        after = _epsilon_after(request, history, step, delta)
-        ledger.rounds.append(_ledger_round(request, step, after))
-    return _new_charge(request, step, delta=delta, before=before, after=after)
+        return _charge(
+            ledger,
+            history,
+            step,
+            kind="train",
+            run_id=run_id,
+            server_round=server_round,
+            delta=delta,
+            accountant=accountant,
+            max_epsilon=max_epsilon,
+            input_sha256=input_sha256,
+        )
 
 
 @dataclass(frozen=True)
@@ -129,41 +193,59 @@ class _Request:
     unit: Unit
     accountant: AccountantName
     input_sha256: str
+    eval_noise_multiplier: float
+    planned_evaluations: int
 
 
-def _adopt_policy(ledger: Ledger, request: _Request, delta: float) -> float:
-    """Record the site's unit and accountant; the delta of the whole history.
+def _adopt_policy(
+    ledger: Ledger,
+    ledger_file: PrivacyLedger,
+    unit: Unit,
+    accountant: AccountantName,
+    delta: float,
+) -> float:
+    """Check and record the unit and accountant; the delta of the whole history.
 
-    The first charge fixes the ledger's delta; a later, smaller one is honoured
-    for its round, a larger one is not.
+    The first charge fixes the ledger's unit and delta; a later, smaller delta is
+    honoured for its release, a larger one is not.
     """
+    if ledger.rounds and ledger.unit != unit:
+        raise PolicyViolation(
+            f"{ledger_file.path} charges this dataset per {ledger.unit!r} but this "
+            f"request's unit is {unit!r}: one dataset keeps one privacy unit; restore "
+            f"what made it {ledger.unit!r} (the data's ids or policy.unit in "
+            "site.toml)"
+        )
     if ledger.delta is None:
         ledger.delta = delta
-    ledger.unit = request.unit
-    ledger.accountant = request.accountant
+    ledger.unit = unit
+    ledger.accountant = accountant
     return min(delta, ledger.delta)
 
 
-def _replayed_round(ledger: Ledger, request: _Request) -> LedgerRound | None:
-    """The charged round that ``request`` repeats, if any."""
+def _replayed(
+    ledger: Ledger, run_id: int, server_round: int, kind: EntryKind, input_sha256: str
+) -> LedgerRound | None:
+    """The charged entry that this request repeats, if any."""
+    if not input_sha256:
+        return None
     return next(
         (
             r
             for r in ledger.rounds
-            if request.input_sha256
-            and r.run_id == request.run_id
-            and r.round == request.server_round
-            and r.input_sha256 == request.input_sha256
+            if r.run_id == run_id
+            and r.round == server_round
+            and r.kind == kind
+            and r.input_sha256 == input_sha256
         ),
         None,
     )
 
 
-def _plan_run(
-    request: _Request, history: list[Step], *, before: float, delta: float
-) -> LedgerRun:
+def _plan_run(request: _Request, history: list[Step], *, delta: float) -> LedgerRun:
     """Grant a new run its budget and calibrate its noise, or refuse it."""
     max_epsilon, target_epsilon = request.max_epsilon, request.target_epsilon
+    before, _ = tightest(history, delta, accountant=request.accountant)
     remaining = max_epsilon - before
     wanted = min(target_epsilon, max_epsilon)
     if remaining <= EPSILON_TOLERANCE:
@@ -178,13 +260,22 @@ def _plan_run(
             f"{remaining:.3f} of the site's max_epsilon {max_epsilon:.3g} "
             f"remains; lower target-epsilon to at most {remaining:.3f}"
         )
+    prior = [*history, *_reserve(request)]
+    goal = before + wanted
+    if request.planned_evaluations and rdp_epsilon(prior, delta) >= goal:
+        raise PrivacyBudgetExhausted(
+            f"run's grant of epsilon {wanted:.3g} cannot cover its "
+            f"{request.planned_evaluations} evaluations at noise "
+            f"{request.eval_noise_multiplier:.3g}, let alone training; raise "
+            "target-epsilon, or lower max_evaluations_per_run or raise "
+            "eval_noise_multiplier in site.toml"
+        )
     sigma = calibrate_noise(
-        history,
+        prior,
         sample_rate=request.sample_rate,
         steps=request.steps * request.planned_rounds,
-        target_epsilon=before + wanted,
+        target_epsilon=goal,
         delta=delta,
-        accountant=request.accountant,
     )
     return LedgerRun(
         run_id=request.run_id,
@@ -195,63 +286,107 @@ def _plan_run(
         sample_rate=request.sample_rate,
         noise_multiplier=max(sigma, request.min_noise_multiplier),
         epsilon_before=before,
+        planned_evaluations=request.planned_evaluations,
+        eval_noise_multiplier=request.eval_noise_multiplier,
     )
 
 
-def _epsilon_after(
-    request: _Request, history: list[Step], step: Step, delta: float
-) -> float:
-    """Epsilon once ``step`` is charged; refuses a round over the site maximum."""
-    after = epsilon([*history, step], delta, accountant=request.accountant)
-    if after > request.max_epsilon + EPSILON_TOLERANCE:
+def _reserve(request: _Request) -> list[Step]:
+    """The evaluations a run's plan reserves: Gaussian releases, one step each."""
+    if not request.planned_evaluations:
+        return []
+    return [(request.eval_noise_multiplier, 1.0, request.planned_evaluations)]
+
+
+def _check_within_plan(plan: LedgerRun, request: _Request) -> None:
+    """Refuse a round past the run's planned rounds, or one dearer than planned."""
+    if request.server_round > plan.planned_rounds:
         raise PrivacyBudgetExhausted(
-            f"round {request.server_round} would bring epsilon to {after:.3f}, over "
-            f"the site's max_epsilon {request.max_epsilon:.3f} (policy in site.toml); "
-            "round refused"
+            f"run {plan.run_id} planned {plan.planned_rounds} rounds at its grant "
+            f"(epsilon {plan.target_epsilon:.3g}); round {request.server_round} "
+            "refused; start a new run"
         )
-    return after
+    if request.steps > plan.steps_per_round or request.sample_rate > plan.sample_rate:
+        raise PrivacyBudgetExhausted(
+            f"run {plan.run_id} was planned at {plan.steps_per_round} steps per "
+            f"round at sample rate {plan.sample_rate:.4g}; round "
+            f"{request.server_round} asks {request.steps} at "
+            f"{request.sample_rate:.4g}, more than its grant covers; start a new run"
+        )
 
 
-def _ledger_round(request: _Request, step: Step, after: float) -> LedgerRound:
-    sigma, sample_rate, steps = step
-    return LedgerRound(
-        run_id=request.run_id,
-        round=request.server_round,
-        noise_multiplier=sigma,
-        sample_rate=sample_rate,
-        steps=steps,
-        epsilon_after=after,
-        time=now(),
-        input_sha256=request.input_sha256,
-    )
-
-
-def _new_charge(
-    request: _Request, step: Step, *, delta: float, before: float, after: float
+def _charge(
+    ledger: Ledger,
+    history: Sequence[Step],
+    step: Step,
+    *,
+    kind: EntryKind,
+    run_id: int,
+    server_round: int,
+    delta: float,
+    accountant: AccountantName,
+    max_epsilon: float,
+    input_sha256: str,
 ) -> Charge:
+    """Append ``step`` to the ledger unless it would pass ``max_epsilon``."""
+    after, bound = tightest([*history, step], delta, accountant=accountant)
+    rdp_after = rdp_epsilon([*history, step], delta)
+    # Within the maximum by the reported bound and by RDP, the bound the auditor
+    # recomputes (calibration keeps planned releases within it anyway).
+    worst = max(after, rdp_after)
+    if worst > max_epsilon + EPSILON_TOLERANCE:
+        what = "round" if kind == "train" else "evaluation in round"
+        which = bound if after >= rdp_after else "rdp"
+        raise PrivacyBudgetExhausted(
+            f"{what} {server_round} would bring epsilon to {worst:.3f} ({which}), "
+            f"over the site's max_epsilon {max_epsilon:.3f} (policy in site.toml); "
+            f"{'round' if kind == 'train' else 'evaluation'} refused"
+        )
     sigma, sample_rate, steps = step
+    ledger.rounds.append(
+        LedgerRound(
+            run_id=run_id,
+            round=server_round,
+            kind=kind,
+            noise_multiplier=sigma,
+            sample_rate=sample_rate,
+            steps=steps,
+            epsilon_after=after,
+            time=now(),
+            input_sha256=input_sha256,
+        )
+    )
+    n, digest = ledger.anchor()
     return Charge(
-        run_id=request.run_id,
-        round=request.server_round,
+        run_id=run_id,
+        round=server_round,
         noise_multiplier=sigma,
         sample_rate=sample_rate,
         steps=steps,
         delta=delta,
-        unit=request.unit,
-        accountant=request.accountant,
-        epsilon_round=epsilon([step], delta, accountant=request.accountant),
-        epsilon_before=before,
+        unit=ledger.unit,
+        accountant=bound,
+        epsilon_round=epsilon_of([step], delta, bound),
+        epsilon_before=epsilon_of(history, delta, bound),
         epsilon_after=after,
-        epsilon_max=request.max_epsilon,
+        epsilon_max=max_epsilon,
+        epsilon_rdp=rdp_after,
+        ledger_rounds=n,
+        ledger_sha256=digest,
     )
 
 
 def _replay_charge(
-    replayed: LedgerRound, ledger: Ledger, delta: float, request: _Request
+    replayed: LedgerRound,
+    ledger: Ledger,
+    delta: float,
+    accountant: AccountantName,
+    max_epsilon: float,
 ) -> Charge:
-    accountant = request.accountant
-    spent = epsilon(ledger.history(), delta, accountant=accountant)
+    history = ledger.history()
+    spent, bound = tightest(history, delta, accountant=accountant)
     step = (replayed.noise_multiplier, replayed.sample_rate, replayed.steps)
+    n, digest = ledger.anchor()
     return Charge(
         run_id=replayed.run_id,
         round=replayed.round,
@@ -259,12 +394,15 @@ def _replay_charge(
         sample_rate=replayed.sample_rate,
         steps=replayed.steps,
         delta=delta,
-        unit=request.unit,
-        accountant=accountant,
-        epsilon_round=epsilon([step], delta, accountant=accountant),
+        unit=ledger.unit,
+        accountant=bound,
+        epsilon_round=epsilon_of([step], delta, bound),
         epsilon_before=spent,
         epsilon_after=spent,
-        epsilon_max=request.max_epsilon,
+        epsilon_max=max_epsilon,
+        epsilon_rdp=rdp_epsilon(history, delta),
+        ledger_rounds=n,
+        ledger_sha256=digest,
         replay=True,
     )
 

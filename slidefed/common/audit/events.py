@@ -46,25 +46,46 @@ class RunJoined(AuditEvent):
 
 
 class RoundCharged(AuditEvent):
-    """``round_charged``: the privacy a round costs, written before training."""
+    """``round_charged``: the privacy a training round costs, written before training.
+
+    ``noise_multiplier``, ``sample_rate`` and ``steps`` are the DP parameters of the
+    release (a Poisson-subsampled Gaussian mechanism); an auditor composes them over
+    the whole log. ``accountant`` names the bound that the ``epsilon_*`` fields
+    report (the tighter of ``rdp`` and ``prv``), and ``epsilon_rdp`` is the RDP
+    bound of the whole history after this charge, which an auditor recomputes.
+    ``ledger_rounds`` and ``ledger_sha256`` anchor the site's ledger: the number of
+    DP entries it holds after this charge and the digest of those entries.
+    """
 
     event: ClassVar[str] = "round_charged"
 
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    delta: float
-    unit: Literal["patient", "slide", "tile"]
+    noise_multiplier: float = Field(ge=0)
+    sample_rate: float = Field(gt=0, le=1)
+    steps: int = Field(ge=0)
+    delta: float = Field(gt=0, lt=1)
+    unit: Literal["patient", "group", "slide", "tile"]
     accountant: str
     epsilon_round: float
     epsilon_before: float
     epsilon_after: float
     epsilon_max: float
     replay: bool
+    epsilon_rdp: float | None = None
+    ledger_rounds: int | None = Field(default=None, ge=0)
+    ledger_sha256: str | None = None
+
+
+class EvaluationCharged(RoundCharged):
+    """``evaluation_charged``: the privacy an evaluation costs (noised statistics)."""
+
+    event: ClassVar[str] = "evaluation_charged"
 
 
 class RoundReplayed(RoundCharged):
-    """``round_replayed``: a round charged before, trained again without a charge."""
+    """``round_replayed``: a release asked for again, answered with the stored bytes.
+
+    Nothing is trained or charged again; the fields repeat the original charge.
+    """
 
     event: ClassVar[str] = "round_replayed"
 
@@ -114,6 +135,12 @@ class RoundRefused(_Because):
     """``round_refused``: the site's policy (or its storage) refused the round."""
 
     event: ClassVar[str] = "round_refused"
+
+
+class EvaluationRefused(_Because):
+    """``evaluation_refused``: an evaluation past the policy's cap, or over budget."""
+
+    event: ClassVar[str] = "evaluation_refused"
 
 
 class RoundFailed(_Because):
@@ -217,11 +244,13 @@ class UpdateAggregated(AuditEvent):
 EVENT_MODELS: tuple[type[AuditEvent], ...] = (
     RunJoined,
     RoundCharged,
+    EvaluationCharged,
     RoundReplayed,
     UpdateReleased,
     MetricsReleased,
     MetricWithheld,
     RoundRefused,
+    EvaluationRefused,
     RoundFailed,
     EgressBlocked,
     EgressGuardBlocked,
@@ -321,6 +350,8 @@ __all__ = [
     "AuditEvent",
     "EgressBlocked",
     "EgressGuardBlocked",
+    "EvaluationCharged",
+    "EvaluationRefused",
     "MetricWithheld",
     "MetricsReleased",
     "ReplyError",

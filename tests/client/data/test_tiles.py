@@ -1,15 +1,23 @@
+import csv
+import hashlib
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from slidefed.client.config import load_site_config
-from slidefed.client.data.tiles import load_tile_dataset
+from slidefed.client.config import TilesSection, load_site_config
+from slidefed.client.data.tiles import (
+    TileRecord,
+    assign_units,
+    load_tile_dataset,
+    read_groups,
+    scan_folder,
+)
 from slidefed.client.evaluation import evaluate_tiles
 from slidefed.client.site import tile_samples
 from slidefed.client.train import train_dp
-from slidefed.common.errors import PolicyViolation
+from slidefed.common.errors import ManifestError, PolicyViolation
 from slidefed.common.model import build_model, feature_dim
 from slidefed.common.run_config import RunConfig
 
@@ -31,6 +39,7 @@ def tile_site(shared_data: Path, tmp_path: Path) -> Path:
     (tmp_path / "site.toml").write_text(
         '[site]\nname = "tiles-site"\n[tiles]\npath = "tiles"\n'
         f"labels = {LABELS!r}\n".replace("'", '"')
+        + '[policy]\nunit = "tile"\n'
     )
     return tmp_path / "site.toml"
 
@@ -102,3 +111,189 @@ def test_manifest_with_patient_ids_makes_patient_samples(
 def test_tiles_task_needs_labels() -> None:
     with pytest.raises(ValueError, match="needs labels"):
         RunConfig(task="tiles", labels="ADI")
+
+
+def _sid(unit_id: str) -> str:
+    return hashlib.sha256(unit_id.encode()).hexdigest()[:16]
+
+
+def _tiny_manifest_site(
+    tmp_path: Path,
+    rows: list[dict[str, str]],
+    *,
+    policy: str = "",
+) -> Path:
+    """A manifest site of 16x16 tiles, one image per row (colour from the row)."""
+    from PIL import Image
+
+    (tmp_path / "img").mkdir(exist_ok=True)
+    for i, row in enumerate(rows):
+        row.setdefault("tile", f"img/t{i}.png")
+        shade = (i * 37) % 200
+        color = (shade, 60, 120) if row["label"] == "A" else (60, shade, 200)
+        Image.new("RGB", (16, 16), color).save(tmp_path / row["tile"])
+    columns = sorted({c for row in rows for c in row})
+    with (tmp_path / "tiles.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    (tmp_path / "site.toml").write_text(
+        '[site]\nname = "m"\n[tiles]\nsource = "manifest"\npath = "tiles.csv"\n'
+        f"tile_size = 16\n{policy}"
+    )
+    return tmp_path / "site.toml"
+
+
+def test_one_tile_without_a_patient_id_refuses_the_site(tmp_path: Path) -> None:
+    rows = [{"label": "AB"[i % 2], "patient_id": f"P{i // 2}"} for i in range(8)]
+    rows[3]["patient_id"] = ""
+    site = _tiny_manifest_site(tmp_path, rows)
+    with pytest.raises(ManifestError) as err:
+        load_tile_dataset(load_site_config(site), ["A", "B"])
+    message = str(err.value)
+    assert f"{tmp_path / 'tiles.csv'}:5:" in message  # header is line 1, row 3 is 5
+    assert "no patient_id" in message
+    assert 'unit = "tile"' in message
+    assert "\n" not in message
+
+
+def test_policy_unit_tile_makes_every_tile_a_sample(tmp_path: Path) -> None:
+    rows = [{"label": "AB"[i % 2], "patient_id": f"P{i // 2}"} for i in range(8)]
+    rows[3]["patient_id"] = ""
+    site = _tiny_manifest_site(tmp_path, rows, policy='[policy]\nunit = "tile"\n')
+    data = load_tile_dataset(load_site_config(site), ["A", "B"])
+    assert data.unit == "tile"
+    assert len(data.samples) == 8
+    assert all(len(s.labels) == 1 for s in data.samples)
+    # Tiles that do name a patient still follow it into one split.
+    records = [
+        TileRecord(
+            path=Path(f"/t/{i}.png"),
+            name=f"{i}.png",
+            label="A",
+            patient_id=f"P{i % 50}",
+        )
+        for i in range(1000)
+    ]
+    unit, units = assign_units(records, TilesSection(), "tile")
+    assert unit == "tile"
+    assert len({u.key for u in units}) == 1000
+    splits: dict[str, set[str]] = {}
+    for rec, u in zip(records, units, strict=True):
+        splits.setdefault(rec.patient_id or "", set()).add(u.split)
+    assert all(len(s) == 1 for s in splits.values())
+
+
+def test_patients_without_a_split_column_are_split_whole(tmp_path: Path) -> None:
+    rows = [{"label": "AB"[p % 2], "patient_id": f"P{p}"} for p in range(60)] * 3
+    rows = [dict(r) for r in rows]
+    site = _tiny_manifest_site(tmp_path, rows)
+    data = load_tile_dataset(load_site_config(site), ["A", "B"])
+    assert data.unit == "patient"
+    split_of = {s.sample_id: s.split for s in data.samples}
+    assert len(data.samples) == len(split_of) == 60  # one sample per patient
+    assert all(len(s.labels) == 3 for s in data.samples)
+    assert set(split_of) == {_sid(f"P{p}") for p in range(60)}
+    assert 5 < sum(v == "test" for v in split_of.values()) < 35
+
+    # The rule itself, over many patients with many tiles each.
+    records = [
+        TileRecord(
+            path=Path(f"/t/{p}-{k}.png"),
+            name=f"{p}-{k}.png",
+            label="A",
+            patient_id=f"P{p}",
+        )
+        for p in range(2000)
+        for k in range(5)
+    ]
+    unit, units = assign_units(records, TilesSection(test_fraction=0.3), None)
+    assert unit == "patient"
+    splits: dict[str, set[str]] = {}
+    for rec, u in zip(records, units, strict=True):
+        splits.setdefault(rec.patient_id or "", set()).add(u.split)
+    assert all(len(s) == 1 for s in splits.values())
+    test_share = sum(s == {"test"} for s in splits.values()) / len(splits)
+    assert 0.25 < test_share < 0.35
+
+
+def test_group_column_makes_one_sample_per_group(tmp_path: Path) -> None:
+    rows = [
+        {"label": "AB"[g % 2], "source_group": f"G{g}"}
+        for g in range(40)
+        for _ in range(g % 3 + 1)
+    ]
+    site = _tiny_manifest_site(tmp_path, rows)
+    data = load_tile_dataset(load_site_config(site), ["A", "B"])
+    assert data.unit == "group"
+    by_id = {s.sample_id: s for s in data.samples}
+    assert len(data.samples) == len(by_id) == 40
+    for g in range(40):
+        assert len(by_id[_sid(f"G{g}")].labels) == g % 3 + 1
+    assert {s.split for s in data.samples} == {"train", "test"}
+
+
+def test_a_split_that_cuts_a_patient_refuses(tmp_path: Path) -> None:
+    rows = [
+        {"label": "A", "patient_id": f"P{i // 2}", "split": "train"} for i in range(6)
+    ]
+    rows[5]["split"] = "test"
+    site = _tiny_manifest_site(tmp_path, rows)
+    with pytest.raises(ManifestError, match=r"tiles\.csv:7: patient 'P2' is in test"):
+        load_tile_dataset(load_site_config(site), ["A", "B"])
+
+
+def test_class_folders_without_groups_refuse(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for label in ("A", "B"):
+        (tmp_path / "tiles" / label).mkdir(parents=True)
+        Image.new("RGB", (16, 16)).save(tmp_path / "tiles" / label / "x.png")
+    (tmp_path / "site.toml").write_text(
+        '[site]\nname = "f"\n[tiles]\npath = "tiles"\ntile_size = 16\n'
+    )
+    with pytest.raises(ManifestError, match=r"tiles/A/x\.png: .*tiles\.groups"):
+        load_tile_dataset(load_site_config(tmp_path / "site.toml"), ["A", "B"])
+
+
+def test_class_folders_with_a_groups_file_split_by_group(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """LC25000's layout: class folders plus groups.csv (path,label,source_group)."""
+    source = shared_data / "patches" / "lc25000-lung"
+    groups = read_groups(source / "groups.csv")
+    assert len({r.group for r in groups.values()}) == 450
+    records, skipped = scan_folder(source, TilesSection(groups=Path("groups.csv")))
+    assert not skipped
+    assert len(records) == 9101
+    unit, units = assign_units(records, TilesSection(), None)
+    assert unit == "group"
+    splits: dict[str, set[str]] = {}
+    for u in units:
+        splits.setdefault(u.key, set()).add(u.split)
+    assert len(splits) == 450
+    assert all(len(s) == 1 for s in splits.values())
+
+    # A small site of a few groups, trained end to end as a tile site.
+    chosen = sorted({r.group or "" for r in groups.values()})[:: 450 // 6][:6]
+    tiles = tmp_path / "tiles"
+    lines = ["path,label,source_group"]
+    for name, rec in sorted(groups.items()):
+        if rec.group in chosen:
+            (tiles / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / name, tiles / name)
+            lines.append(f"{name},{name.split('/')[0]},{rec.group}")
+    (tiles / "groups.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "site.toml").write_text(
+        '[site]\nname = "lc"\n[tiles]\npath = "tiles"\ngroups = "groups.csv"\n'
+    )
+    labels = sorted({n.split("/")[0] for n in groups})
+    data = load_tile_dataset(load_site_config(tmp_path / "site.toml"), labels)
+    assert data.unit == "group"
+    assert {s.sample_id for s in data.samples} == {_sid(g) for g in chosen}
+    assert sum(len(s.labels) for s in data.samples) == len(lines) - 1
+
+
+def test_groups_file_is_only_for_class_folders() -> None:
+    with pytest.raises(ValueError, match=r"tiles\.groups is for class-folder sites"):
+        TilesSection(source="manifest", groups=Path("groups.csv"))

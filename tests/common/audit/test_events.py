@@ -51,6 +51,9 @@ WRITTEN: dict[str, dict[str, Any]] = {
         "epsilon_after": 1.5,
         "epsilon_max": 8.0,
         "replay": False,
+        "epsilon_rdp": 1.6,
+        "ledger_rounds": 3,
+        "ledger_sha256": "9" * 64,
     },
     "UpdateReleased": {
         "arrays": [{"name": "head.weight", "shape": (2, 24), "dtype": "float32"}],
@@ -87,6 +90,12 @@ WRITTEN: dict[str, dict[str, Any]] = {
     "UpdateAggregated": {"node": "4", "sha256": "b" * 64, "bytes": 192, "weight": 28},
 }
 WRITTEN["RoundReplayed"] = WRITTEN["RoundCharged"] | {"replay": True}
+WRITTEN["EvaluationCharged"] = WRITTEN["RoundCharged"] | {
+    "noise_multiplier": 4.0,
+    "sample_rate": 1.0,
+    "steps": 1,
+}
+WRITTEN["EvaluationRefused"] = {"reason": "the run's evaluations are used up"}
 WRITTEN["RunResumed"] = WRITTEN["RunStarted"]
 
 
@@ -102,6 +111,8 @@ def test_event_names() -> None:
     assert event_names() == {
         "run_joined",
         "round_charged",
+        "evaluation_charged",
+        "evaluation_refused",
         "round_replayed",
         "update_released",
         "metrics_released",

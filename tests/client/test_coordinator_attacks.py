@@ -1,0 +1,264 @@
+"""A curious or hostile coordinator, played through the Message API.
+
+Every test here sends Flower Messages to the site's ClientApp, as a coordinator
+would (its own models, run configs, seeds and replays), and reads only what comes
+back and what the site's own tools show; none calls the site's internals.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    Metadata,
+    RecordDict,
+)
+
+from slidefed.cli import main
+from slidefed.client.app import REFUSED, app
+from slidefed.client.config import load_site_config
+from slidefed.client.keys import ensure_site_keys
+from slidefed.common.model import build_model, feature_dim
+from slidefed.common.run_config import RunConfig
+from slidefed.demo.synth import SynthSite
+
+_COUNTER = [0]
+
+
+def _message(
+    kind: str, server_round: int, *, seed: int = 0, run_id: int = 42
+) -> Message:
+    model = build_model("abmil", feature_dim("hed"), seed=seed)
+    arrays = ArrayRecord({k: Array(v.numpy()) for k, v in model.state_dict().items()})
+    _COUNTER[0] += 1
+    meta = Metadata(
+        run_id=run_id,
+        message_id=f"{kind}-{server_round}-{_COUNTER[0]}",
+        src_node_id=1,
+        dst_node_id=7,
+        reply_to_message_id="",
+        group_id=str(server_round),
+        created_at=time.time(),
+        ttl=600.0,
+        message_type=kind,
+    )
+    content = RecordDict(
+        {"arrays": arrays, "config": ConfigRecord({"server-round": server_round})}
+    )
+    return Message(content=content, metadata=meta)  # type: ignore[call-overload,no-any-return]
+
+
+def _context(site_toml: Path, *, run_id: int = 42, **run: Any) -> Context:
+    run.setdefault("run_name", "attack")
+    run.setdefault("num_server_rounds", 3)
+    config = RunConfig(**run).model_dump(by_alias=True)
+    return Context(
+        run_id=run_id,
+        node_id=7,
+        node_config={"site-config": str(site_toml)},
+        state=RecordDict(),
+        run_config=config,
+    )
+
+
+def _site(
+    folder: Path,
+    small_site: SynthSite,
+    *,
+    manifest: Path | None = None,
+    extra: str = "",
+) -> Path:
+    """A site of the shared synthetic slides, with its own state and `site init`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "site.toml"
+    path.write_text(
+        f'[site]\nname = "hospital-x"\nmanifest = "{manifest or small_site.manifest}"\n'
+        f'slides_root = "{small_site.root}"\nstate_dir = "{folder / "state"}"\n'
+        f'audit_dir = "{folder / "audit"}"\n'
+        "[policy]\nmax_epsilon = 20.0\nmin_eval_patients = 1\n" + extra
+    )
+    config = load_site_config(path)
+    # The features are prepared once for the shared slides; each site gets a copy.
+    shared_cache = small_site.root / "state" / "cache"
+    if shared_cache.is_dir():
+        shutil.copytree(shared_cache, config.cache_dir, dirs_exist_ok=True)
+    ensure_site_keys(config)
+    return path
+
+
+def _arrays(reply: Message) -> dict[str, np.ndarray]:
+    assert not reply.has_error(), reply.error
+    record = reply.content.array_records["arrays"]
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def _budget(site_toml: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    capsys.readouterr()
+    assert main(["site", "budget", "--config", str(site_toml), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+
+def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_two_sites_with_their_own_secret_release_different_bits(
+    small_site: SynthSite, tmp_path: Path
+) -> None:
+    one = _site(tmp_path / "one", small_site)
+    two = _site(tmp_path / "two", small_site)
+
+    a = _arrays(app(_message("train", 1), _context(one, target_epsilon=4.0)))
+    b = _arrays(app(_message("train", 1), _context(two, target_epsilon=4.0)))
+
+    assert not _same(a, b)
+
+
+def test_the_same_request_twice_gives_the_same_bits_charged_once(
+    small_site: SynthSite, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = _site(tmp_path / "site", small_site)
+    first = _arrays(app(_message("train", 1), _context(site, target_epsilon=4.0)))
+    spent = _budget(site, capsys)["epsilon_spent"]
+
+    again = _arrays(app(_message("train", 1), _context(site, target_epsilon=4.0)))
+
+    assert _same(first, again)
+    assert _budget(site, capsys)["epsilon_spent"] == spent
+
+
+def test_a_replay_after_the_policy_changed_is_a_new_charged_release(
+    small_site: SynthSite, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = _site(tmp_path / "site", small_site)
+    first = _arrays(app(_message("train", 1), _context(site, target_epsilon=4.0)))
+    spent = _budget(site, capsys)["epsilon_spent"]
+    text = site.read_text().replace("[policy]\n", "[policy]\nmax_bag_size = 16\n")
+    site.write_text(text)
+
+    again = app(_message("train", 1), _context(site, target_epsilon=4.0))
+
+    if again.has_error():  # refused is acceptable: nothing new left for free
+        assert again.error.code == REFUSED
+    else:
+        assert not _same(first, _arrays(again))
+        assert _budget(site, capsys)["epsilon_spent"] > spent
+
+
+def test_a_replay_after_the_manifest_changed_is_charged(
+    small_site: SynthSite, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = list(csv.DictReader(small_site.manifest.read_text().splitlines()))
+    manifest = tmp_path / "manifest.csv"
+
+    def write(selected: list[dict[str, str]]) -> None:
+        with manifest.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(selected)
+
+    write(rows)
+    site = _site(tmp_path / "site", small_site, manifest=manifest)
+    app(_message("train", 1), _context(site, target_epsilon=4.0))
+    spent = _budget(site, capsys)["epsilon_spent"]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    write([r for r in rows if r is not train_rows[0]])  # one training slide fewer
+
+    again = app(_message("train", 1), _context(site, target_epsilon=4.0))
+
+    assert again.has_error() or _budget(site, capsys)["epsilon_spent"] > spent
+
+
+@pytest.mark.parametrize("damage", ["deleted", "rolled back"])
+def test_a_deleted_or_rolled_back_ledger_stops_training(
+    small_site: SynthSite, tmp_path: Path, damage: str
+) -> None:
+    site = _site(tmp_path / "site", small_site)
+    ledger = load_site_config(site).ledger_path
+    app(_message("train", 1), _context(site, target_epsilon=6.0))
+    older = ledger.read_bytes()
+    app(_message("train", 2), _context(site, target_epsilon=6.0))
+    if damage == "deleted":
+        ledger.unlink()
+    else:
+        ledger.write_bytes(older)
+
+    reply = app(_message("train", 3), _context(site, target_epsilon=6.0))
+
+    assert reply.has_error()
+    assert reply.error.code == REFUSED
+    assert "ledger" in str(reply.error.reason)
+
+
+def test_flipping_a_training_label_changes_only_the_dp_protected_arrays(
+    small_site: SynthSite, tmp_path: Path
+) -> None:
+    rows = list(csv.DictReader(small_site.manifest.read_text().splitlines()))
+    flipped = tmp_path / "flipped.csv"
+    target = next(r for r in rows if r["split"] == "train")["patient_id"]
+    with flipped.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            if row["patient_id"] == target:
+                row = {**row, "label": str(1 - int(row["label"]))}
+            writer.writerow(row)
+    sites = [
+        _site(tmp_path / "a", small_site),
+        _site(tmp_path / "b", small_site, manifest=flipped),
+    ]
+    # The same secret at both: the only difference is the one label.
+    secret = load_site_config(sites[0]).state_dir / "keys" / "rng_secret"
+    shutil.copy(secret, load_site_config(sites[1]).state_dir / "keys" / "rng_secret")
+
+    replies = [
+        app(_message("train", 1), _context(s, target_epsilon=4.0)) for s in sites
+    ]
+
+    metrics = [dict(r.content.metric_records["metrics"]) for r in replies]
+    assert metrics[0] == metrics[1]  # every non-DP value is independent of the label
+    arrays = [_arrays(r) for r in replies]
+    assert arrays[0].keys() == arrays[1].keys()
+    assert all(arrays[0][k].shape == arrays[1][k].shape for k in arrays[0])
+    assert set(replies[0].content) == set(replies[1].content)
+
+
+def test_crafted_evaluations_are_charged_each_and_capped(
+    small_site: SynthSite, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = _site(tmp_path / "site", small_site, extra="max_evaluations_per_run = 5\n")
+    answered, refused, spends = 0, 0, []
+    for i in range(100):
+        # A different crafted model each time, as an attacker probing labels would.
+        reply = app(
+            _message("evaluate", 1 + i % 3, seed=i), _context(site, target_epsilon=4.0)
+        )
+        if reply.has_error():
+            assert reply.error.code == REFUSED
+            refused += 1
+            continue
+        answered += 1
+        spends.append(_budget(site, capsys)["epsilon_spent"])
+        metrics = reply.content.metric_records["metrics"]
+        assert "accuracy" in metrics
+        assert "eval_loss" not in metrics
+
+    assert answered == 3  # one per round: max_evaluations_per_round = 1
+    assert refused == 97
+    assert spends == sorted(spends)
+    assert len(set(spends)) == len(spends)  # every answer was charged
+    budget = _budget(site, capsys)
+    assert budget["evaluations"] == answered
+    assert budget["epsilon_evaluations"] > 0
