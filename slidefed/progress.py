@@ -17,8 +17,6 @@ def rounds_table(rows: list[dict[str, Any]], total: int) -> Any:
     for col in (
         "round",
         "sites",
-        "train loss",
-        "held-out loss",
         "accuracy",
         "AUC",
         "max ε",
@@ -32,7 +30,7 @@ def rounds_table(rows: list[dict[str, Any]], total: int) -> Any:
             str(r.get("sites_trained", "-")),
             *(
                 "-" if not isinstance(r.get(k), int | float) else f"{r[k]:.3f}"
-                for k in ("train_loss", "eval_loss", "accuracy", "auc")
+                for k in ("accuracy", "auc")
             ),
             f"{max(eps):.2f}" if eps else "-",
             f"{r.get('seconds', 0):.1f}",

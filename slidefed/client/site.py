@@ -72,6 +72,9 @@ class Site:
             run.labels,
             run.bag_size,
             run.seed,
+            # Tiling, encoder, tiles, policy: any change of the site's config
+            # makes new samples.
+            self.config.model_dump_json(),
             _data_signature(self.config),
         )
         hit = _SAMPLES.get(key)

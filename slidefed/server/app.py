@@ -265,11 +265,11 @@ def _checkpoint(
 
 def _log_round(run: RunConfig, absolute: int, row: dict[str, Any]) -> None:
     logger.info(
-        "round %d/%d: train loss %.4f, held-out loss %.4f, accuracy %.3f, AUC %.3f",
+        "round %d/%d: %d sites trained; held-out accuracy %.3f, AUC %.3f "
+        "(from the sites' noised statistics)",
         absolute,
         run.num_server_rounds,
-        float(row.get("train_loss", np.nan)),
-        float(row.get("eval_loss", np.nan)),
+        int(row.get("sites_trained", 0)),
         float(row.get("accuracy", np.nan)),
         float(row.get("auc", np.nan)),
     )

@@ -47,14 +47,14 @@ class MetricsLog:
         rounds = [r["round"] for r in rows]
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
         series = [
-            ("train_loss", "train loss"),
-            ("eval_loss", "held-out loss"),
+            ("sites_trained", "sites trained"),
+            ("sites_evaluated", "sites evaluated"),
         ]
         for key, label in series:
             axes[0].plot(
                 rounds, [_num(r.get(key)) for r in rows], marker="o", label=label
             )
-        axes[0].set_title("loss")
+        axes[0].set_title("sites per round")
         axes[0].legend()
         for key in ("auc", "accuracy"):
             axes[1].plot(
@@ -119,14 +119,14 @@ def write_model_card(
             if value is not None
         ],
         "",
-        "## Held-out metrics per round (weighted by patients)",
+        "## Held-out metrics per round (from the sites' noised statistics)",
         "",
-        "| round | train loss | held-out loss | accuracy | AUC | patients |",
-        "|---|---|---|---|---|---|",
+        "| round | sites trained | accuracy | AUC | patients (noised) |",
+        "|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['round']} | {_fmt(r.get('train_loss'))} | {_fmt(r.get('eval_loss'))} "
+            f"| {r['round']} | {r.get('sites_trained', 0)} "
             f"| {_fmt(r.get('accuracy'))} | {_fmt(r.get('auc'))} "
             f"| {r.get('eval_patients', 0)} |"
         )

@@ -139,14 +139,25 @@ def test_the_same_request_twice_gives_the_same_bits_charged_once(
     assert _budget(site, capsys)["epsilon_spent"] == spent
 
 
-def test_a_replay_after_the_policy_changed_is_a_new_charged_release(
-    small_site: SynthSite, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("section", "change"),
+    [
+        ("[policy]\n", "max_bag_size = 16\n"),
+        ("[policy]\n", "min_noise_multiplier = 0.9\n"),
+    ],
+    ids=["bags", "policy"],
+)
+def test_a_replay_after_the_data_or_policy_changed_is_a_new_charged_release(
+    small_site: SynthSite,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    section: str,
+    change: str,
 ) -> None:
     site = _site(tmp_path / "site", small_site)
     first = _arrays(app(_message("train", 1), _context(site, target_epsilon=4.0)))
     spent = _budget(site, capsys)["epsilon_spent"]
-    text = site.read_text().replace("[policy]\n", "[policy]\nmax_bag_size = 16\n")
-    site.write_text(text)
+    site.write_text(site.read_text().replace(section, section + change))
 
     again = app(_message("train", 1), _context(site, target_epsilon=4.0))
 
@@ -155,6 +166,19 @@ def test_a_replay_after_the_policy_changed_is_a_new_charged_release(
     else:
         assert not _same(first, _arrays(again))
         assert _budget(site, capsys)["epsilon_spent"] > spent
+
+
+def test_a_replay_after_the_tiling_changed_is_charged(
+    small_site: SynthSite, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = _site(tmp_path / "site", small_site)
+    app(_message("train", 1), _context(site, target_epsilon=4.0))
+    spent = _budget(site, capsys)["epsilon_spent"]
+    site.write_text(site.read_text() + "[tiling]\ntile_size = 128\n")  # new features
+
+    again = app(_message("train", 1), _context(site, target_epsilon=4.0))
+
+    assert again.has_error() or _budget(site, capsys)["epsilon_spent"] > spent
 
 
 def test_a_replay_after_the_manifest_changed_is_charged(

@@ -153,4 +153,5 @@ def test_kill_after_round_two_and_resume_gives_the_same_model(
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
     # The model card and the metrics agree.
     card = (run_b / "model-card.md").read_text()
-    assert f"| 4 | {rows[-1]['train_loss']:.4f} |" in card
+    last = rows[-1]
+    assert f"| 4 | {last['sites_trained']} | {last['accuracy']:.4f} |" in card
