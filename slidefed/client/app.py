@@ -2,31 +2,27 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import (
-    Array,
-    ArrayRecord,
     Context,
-    Error,
     Message,
-    MetricRecord,
-    RecordDict,
 )
 from flwr.clientapp import ClientApp
 
+from slidefed.client import messages as m
 from slidefed.client import noised_metrics as nm
 from slidefed.client.egress import check_egress, egress_guard_mod
+from slidefed.client.messages import BLOCKED, FAILED, REFUSED
 from slidefed.client.privacy.anchor import verify_ledger
 from slidefed.client.privacy.charging import Charge, charge_round
 from slidefed.client.privacy.evaluation_charging import charge_evaluation
-from slidefed.client.privacy.ledger import stable_run_id
 from slidefed.client.privacy.releases import Kind
-from slidefed.client.site import Site, code_sha256, config_hash
+from slidefed.client.site import Site, config_hash
 from slidefed.client.train import batches_per_epoch, train_dp
 from slidefed.common.arrays import specs_of, update_nbytes, update_sha256
 from slidefed.common.audit.events import (
@@ -43,91 +39,11 @@ from slidefed.common.audit.events import (
     UpdateReleased,
 )
 from slidefed.common.errors import AuditError, PolicyViolation, SlidefedError
-from slidefed.common.model import build_model, feature_dim
 from slidefed.common.run_config import RunConfig, parse_run_config
 
 logger = logging.getLogger(__name__)
 
 app = ClientApp(mods=[egress_guard_mod])
-
-# Error codes in replies (Flower reserves small codes).
-REFUSED = 4001
-FAILED = 4002
-BLOCKED = 4003
-
-
-def _config(msg: Message, key: str, default: float) -> float:
-    """A numeric value of the instruction's ConfigRecord."""
-    for record in msg.content.config_records.values():
-        value = record.get(key)
-        if isinstance(value, int | float):
-            return float(value)
-    return default
-
-
-def _config_text(msg: Message, key: str) -> str:
-    """A string value of the instruction's ConfigRecord, or ''."""
-    for record in msg.content.config_records.values():
-        value = record.get(key)
-        if isinstance(value, str):
-            return value
-    return ""
-
-
-def _error(msg: Message, code: int, reason: str) -> Message:
-    return Message(Error(code=code, reason=reason), reply_to=msg)
-
-
-def _load_model(run: RunConfig, site: Site, msg: Message) -> torch.nn.Module:
-    model = build_model(
-        run.task, feature_dim(run.encoder), seed=run.seed, n_classes=run.n_classes()
-    )
-    arrays = next(iter(msg.content.array_records.values()))
-    model.load_state_dict(arrays.to_torch_state_dict())
-    return model
-
-
-def _input_key(
-    kind: Kind, msg: Message, fingerprint: dict[str, Any], run: RunConfig, site: Site
-) -> str:
-    """Everything a release depends on: if any of it changes, it is a new release.
-
-    The model in, the instruction's config, the data (features, bags, tiling: the
-    samples' digest), the run config, the site policy and slidefed's code.
-    """
-    incoming = next(iter(msg.content.array_records.values()))
-    config = {
-        k: v
-        for record in msg.content.config_records.values()
-        for k, v in record.items()
-        if isinstance(v, int | float | str | bool)
-    }
-    digest = hashlib.sha256(kind.encode())
-    digest.update(update_sha256({k: v.numpy() for k, v in incoming.items()}).encode())
-    digest.update(repr(sorted(config.items())).encode())
-    digest.update(str(fingerprint["data_sha256"]).encode())
-    digest.update(str(fingerprint["manifest_sha256"]).encode())
-    digest.update(config_hash(run).encode())
-    digest.update(site.config.policy.model_dump_json().encode())
-    digest.update(code_sha256().encode())
-    return digest.hexdigest()
-
-
-def _ledger_run(run: RunConfig, context: Context) -> int:
-    """The ledger's id of the run: stable across coordinator restarts when named."""
-    return stable_run_id(run.run_name) if run.run_name else context.run_id
-
-
-def _reply(
-    msg: Message, arrays: dict[str, Any] | None, metrics: dict[str, Any]
-) -> Message:
-    content: dict[str, Any] = {}
-    if arrays is not None:
-        content["arrays"] = ArrayRecord(
-            {k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}
-        )
-    content["metrics"] = MetricRecord(metrics)
-    return Message(RecordDict(content), reply_to=msg)
 
 
 def _check_policy(run: RunConfig, site: Site) -> None:
@@ -149,37 +65,52 @@ def _check_policy(run: RunConfig, site: Site) -> None:
         )
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """One local DP round; refuses rounds that break the site policy."""
+Handler = Callable[[Message, Context, RunConfig, Site, int], Message]
+
+
+def _handle(
+    msg: Message,
+    context: Context,
+    body: Handler,
+    *,
+    refused: type[RoundRefused] | type[EvaluationRefused],
+) -> Message:
+    """Run one handler; refusals and failures become error replies, audited."""
     try:
         run = parse_run_config(dict(context.run_config))
         site = Site.from_node(context.node_config, run)
     except SlidefedError as exc:
-        return _error(msg, FAILED, str(exc))
-    server_round = int(_config(msg, "server-round", 0))
+        return m.error(msg, FAILED, str(exc))
+    server_round = int(m.config(msg, "server-round", 0))
     try:
-        return _train(msg, context, run, site, server_round)
+        return body(msg, context, run, site, server_round)
     except PolicyViolation as exc:
-        _audit_quietly(
-            site, RoundRefused(reason=str(exc)), context.run_id, server_round
-        )
-        return _error(msg, REFUSED, f"site {site.config.site.name} refused: {exc}")
+        _audit_quietly(site, refused(reason=str(exc)), context.run_id, server_round)
+        return m.error(msg, REFUSED, f"site {site.config.site.name} refused: {exc}")
     except (OSError, AuditError) as exc:
         # Disk full or read-only state: a ledger or audit write failed before
         # anything was released, so the round is refused; the files stay valid
         # because both are written atomically or appended whole.
         logger.warning("storage error in round %s", server_round, exc_info=True)
         reason = f"site storage error ({getattr(exc, 'strerror', None) or exc}); round refused"
-        _audit_quietly(site, RoundRefused(reason=reason), context.run_id, server_round)
-        return _error(msg, REFUSED, reason)
+        _audit_quietly(site, refused(reason=reason), context.run_id, server_round)
+        return m.error(msg, REFUSED, reason)
     except SlidefedError as exc:
         _audit_quietly(site, RoundFailed(reason=str(exc)), context.run_id, server_round)
-        return _error(msg, FAILED, str(exc))
+        return m.error(msg, FAILED, str(exc))
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One local DP round; refuses rounds that break the site policy."""
+    return _handle(msg, context, _train, refused=RoundRefused)
 
 
 def _audit_quietly(
-    site: Site, event: RoundRefused | RoundFailed, run_id: int, server_round: int
+    site: Site,
+    event: RoundRefused | RoundFailed | EvaluationRefused,
+    run_id: int,
+    server_round: int,
 ) -> None:
     """Audit a refusal; if the audit log itself cannot be written, say so in the log."""
     try:
@@ -192,33 +123,58 @@ def _train(
     msg: Message, context: Context, run: RunConfig, site: Site, server_round: int
 ) -> Message:
     train_bags, fingerprint = _training_samples(context, run, site, server_round)
-    ledger_run = _ledger_run(run, context)
-    key = _input_key("train", msg, fingerprint, run, site)
+    ledger_run = m.ledger_run(run, context)
+    key = m.input_key("train", msg, fingerprint, run, site)
     stored = site.releases.get("train", ledger_run, server_round, key)
     if stored is not None:
         meta, arrays = stored
         site.audit.append(
             RoundReplayed(**meta.charge), run_id=context.run_id, round=server_round
         )
-        return _reply(msg, arrays, dict(meta.metrics))
+        return m.reply(msg, arrays, dict(meta.metrics))
     charge = _charge(context, run, site, server_round, train_bags, fingerprint, key)
     state, metrics = _train_round(
         msg, run, site, server_round, train_bags, charge, ledger_run, key
     )
-    problem = _egress_problem(context, site, server_round, state, metrics)
+    blocked = _store_unless_blocked(
+        msg,
+        context,
+        site,
+        ("train", ledger_run, server_round, key),
+        state,
+        metrics,
+        charge,
+    )
+    if blocked is not None:
+        return blocked
+    _audit_release(context, site, server_round, state, metrics)
+    return m.reply(msg, state, metrics)
+
+
+def _store_unless_blocked(
+    msg: Message,
+    context: Context,
+    site: Site,
+    release: tuple[Kind, int, int, str],
+    arrays: dict[str, Any] | None,
+    metrics: dict[str, Any],
+    charge: Charge,
+) -> Message | None:
+    """Store a release before it is sent; the error reply if the guard blocks it."""
+    kind, ledger_run, server_round, key = release
+    problem = _egress_problem(context, site, server_round, arrays, metrics)
     if problem:
-        return _error(msg, BLOCKED, f"egress guard blocked the reply: {problem}")
+        return m.error(msg, BLOCKED, f"egress guard blocked the reply: {problem}")
     site.releases.put(
-        kind="train",
+        kind=kind,
         run_id=ledger_run,
         server_round=server_round,
         input_key=key,
-        arrays=state,
+        arrays=arrays,
         metrics=metrics,
         charge=_charge_fields(charge),
     )
-    _audit_release(context, site, server_round, state, metrics)
-    return _reply(msg, state, metrics)
+    return None
 
 
 def _charge_fields(charge: Charge) -> dict[str, Any]:
@@ -260,7 +216,7 @@ def _charge(
     policy = site.config.policy
     charge = charge_round(
         site.ledger,
-        run_id=_ledger_run(run, context),
+        run_id=m.ledger_run(run, context),
         server_round=server_round,
         planned_rounds=run.num_server_rounds,
         sample_rate=1.0 / n_batches,
@@ -268,12 +224,12 @@ def _charge(
         target_epsilon=run.target_epsilon,
         max_epsilon=policy.max_epsilon,
         min_noise_multiplier=policy.min_noise_multiplier,
-        delta=_delta(run, site, len(train_bags)),
+        delta=m.delta(run, site, len(train_bags)),
         unit=fingerprint["unit"],
         accountant=policy.accountant,
         input_sha256=key,
         eval_noise_multiplier=policy.eval_noise_multiplier,
-        planned_evaluations=_evaluation_cap(run, site),
+        planned_evaluations=m.evaluation_cap(run, site),
     )
     site.audit.append(
         (RoundReplayed if charge.replay else RoundCharged)(**_charge_fields(charge)),
@@ -281,17 +237,6 @@ def _charge(
         round=server_round,
     )
     return charge
-
-
-def _delta(run: RunConfig, site: Site, n_units: int) -> float:
-    delta = site.config.policy.delta_for(n_units)
-    return min(delta, run.target_delta) if run.target_delta > 0 else delta
-
-
-def _evaluation_cap(run: RunConfig, site: Site) -> int:
-    """Evaluations a run may ask for: the policy's cap, else one per planned round."""
-    cap = site.config.policy.max_evaluations_per_run
-    return run.num_server_rounds if cap is None else cap
 
 
 def _train_round(
@@ -315,7 +260,7 @@ def _train_round(
     SlidefedError
         If training took other steps or another sample rate than were charged.
     """
-    model = _load_model(run, site, msg)
+    model = m.load_model(run, site, msg)
     result = train_dp(
         model,
         train_bags,
@@ -326,7 +271,7 @@ def _train_round(
         max_grad_norm=run.max_grad_norm,
         delta=charge.delta,
         randomness=site.randomness.for_release("train", ledger_run, server_round, key),
-        proximal_mu=_config(msg, "proximal-mu", 0.0),
+        proximal_mu=m.config(msg, "proximal-mu", 0.0),
         grad_sample_mode=run.grad_sample_mode,
     )
     if result.steps != charge.steps or result.sample_rate != charge.sample_rate:
@@ -335,7 +280,7 @@ def _train_round(
             f"{charge.steps} at q={charge.sample_rate}; update withheld"
         )
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    if _config_text(msg, "wire-dtype") == "float16":
+    if m.config_text(msg, "wire-dtype") == "float16":
         state = {k: v.astype(np.float16) for k, v in state.items()}
     metrics: dict[str, Any] = {
         "num-examples": len(train_bags),
@@ -385,20 +330,7 @@ def _audit_release(
 @app.evaluate()
 def evaluate_handler(msg: Message, context: Context) -> Message:
     """Held-out metrics as a DP release: noised statistics, charged and capped."""
-    try:
-        run = parse_run_config(dict(context.run_config))
-        site = Site.from_node(context.node_config, run)
-    except SlidefedError as exc:
-        return _error(msg, FAILED, str(exc))
-    server_round = int(_config(msg, "server-round", 0))
-    try:
-        return _evaluate(msg, context, run, site, server_round)
-    except PolicyViolation as exc:
-        event = EvaluationRefused(reason=str(exc))
-        site.audit.append(event, run_id=context.run_id, round=server_round)
-        return _error(msg, REFUSED, f"site {site.config.site.name} refused: {exc}")
-    except SlidefedError as exc:
-        return _error(msg, FAILED, str(exc))
+    return _handle(msg, context, _evaluate, refused=EvaluationRefused)
 
 
 def _evaluate(
@@ -417,20 +349,20 @@ def _evaluate(
             run_id=context.run_id,
             round=server_round,
         )
-        return _error(
+        return m.error(
             msg,
             REFUSED,
             f"metrics withheld: too few held-out units for the site's "
             f"min_eval_patients={minimum}",
         )
-    ledger_run = _ledger_run(run, context)
-    key = _input_key("evaluate", msg, fingerprint, run, site)
+    ledger_run = m.ledger_run(run, context)
+    key = m.input_key("evaluate", msg, fingerprint, run, site)
     stored = site.releases.get("evaluate", ledger_run, server_round, key)
     if stored is not None:
         site.audit.append(
             RoundReplayed(**stored[0].charge), run_id=context.run_id, round=server_round
         )
-        return _reply(msg, None, dict(stored[0].metrics))
+        return m.reply(msg, None, dict(stored[0].metrics))
     policy = site.config.policy
     charge = charge_evaluation(
         site.ledger,
@@ -438,12 +370,12 @@ def _evaluate(
         server_round=server_round,
         noise_multiplier=policy.eval_noise_multiplier,
         max_epsilon=policy.max_epsilon,
-        delta=_delta(run, site, sum(b.split == "train" for b in bags)),
+        delta=m.delta(run, site, sum(b.split == "train" for b in bags)),
         unit=fingerprint["unit"],
         accountant=policy.accountant,
         input_sha256=key,
         max_per_round=policy.max_evaluations_per_round,
-        max_per_run=_evaluation_cap(run, site),
+        max_per_run=m.evaluation_cap(run, site),
     )
     site.audit.append(
         (RoundReplayed if charge.replay else EvaluationCharged)(
@@ -453,23 +385,22 @@ def _evaluate(
         round=server_round,
     )
     stream = site.randomness.stream("evaluate", ledger_run, server_round, key)
-    metrics = _noised_metrics(_load_model(run, site, msg), run, site, test, stream)
-    problem = _egress_problem(context, site, server_round, None, metrics)
-    if problem:
-        return _error(msg, BLOCKED, f"egress guard blocked the reply: {problem}")
-    site.releases.put(
-        kind="evaluate",
-        run_id=ledger_run,
-        server_round=server_round,
-        input_key=key,
-        arrays=None,
-        metrics=metrics,
-        charge=_charge_fields(charge),
+    metrics = _noised_metrics(m.load_model(run, site, msg), run, site, test, stream)
+    blocked = _store_unless_blocked(
+        msg,
+        context,
+        site,
+        ("evaluate", ledger_run, server_round, key),
+        None,
+        metrics,
+        charge,
     )
+    if blocked is not None:
+        return blocked
     site.audit.append(
         MetricsReleased(metrics=metrics), run_id=context.run_id, round=server_round
     )
-    return _reply(msg, None, metrics)
+    return m.reply(msg, None, metrics)
 
 
 def _noised_metrics(

@@ -1,0 +1,135 @@
+"""Reading instructions and building replies for the ClientApp's handlers.
+
+Error codes, the instruction's config values, the model in, the release's input
+digest (everything a release depends on), the ledger's run id and delta.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+
+from slidefed.client.privacy.ledger import stable_run_id
+from slidefed.client.privacy.releases import Kind
+from slidefed.client.site import Site, code_sha256, config_hash
+from slidefed.common.arrays import update_sha256
+from slidefed.common.model import build_model, feature_dim
+from slidefed.common.run_config import RunConfig
+
+# Error codes in replies (Flower reserves small codes).
+REFUSED = 4001
+FAILED = 4002
+BLOCKED = 4003
+
+
+def config(msg: Message, key: str, default: float) -> float:
+    """A numeric value of the instruction's ConfigRecord."""
+    for record in msg.content.config_records.values():
+        value = record.get(key)
+        if isinstance(value, int | float):
+            return float(value)
+    return default
+
+
+def config_text(msg: Message, key: str) -> str:
+    """A string value of the instruction's ConfigRecord, or ''."""
+    for record in msg.content.config_records.values():
+        value = record.get(key)
+        if isinstance(value, str):
+            return value
+    return ""
+
+
+def error(msg: Message, code: int, reason: str) -> Message:
+    return Message(Error(code=code, reason=reason), reply_to=msg)
+
+
+def load_model(run: RunConfig, site: Site, msg: Message) -> torch.nn.Module:
+    model = build_model(
+        run.task, feature_dim(run.encoder), seed=run.seed, n_classes=run.n_classes()
+    )
+    arrays = next(iter(msg.content.array_records.values()))
+    model.load_state_dict(arrays.to_torch_state_dict())
+    return model
+
+
+def input_key(
+    kind: Kind, msg: Message, fingerprint: dict[str, Any], run: RunConfig, site: Site
+) -> str:
+    """Everything a release depends on: if any of it changes, it is a new release.
+
+    The model in, the instruction's config, the data (features, bags, tiling: the
+    samples' digest), the run config, the site policy and slidefed's code.
+    """
+    incoming = next(iter(msg.content.array_records.values()))
+    config = {
+        k: v
+        for record in msg.content.config_records.values()
+        for k, v in record.items()
+        if isinstance(v, int | float | str | bool)
+    }
+    digest = hashlib.sha256(kind.encode())
+    digest.update(update_sha256({k: v.numpy() for k, v in incoming.items()}).encode())
+    digest.update(repr(sorted(config.items())).encode())
+    digest.update(str(fingerprint["data_sha256"]).encode())
+    digest.update(str(fingerprint["manifest_sha256"]).encode())
+    digest.update(config_hash(run).encode())
+    digest.update(site.config.policy.model_dump_json().encode())
+    digest.update(code_sha256().encode())
+    return digest.hexdigest()
+
+
+def ledger_run(run: RunConfig, context: Context) -> int:
+    """The ledger's id of the run: stable across coordinator restarts when named."""
+    return stable_run_id(run.run_name) if run.run_name else context.run_id
+
+
+def reply(
+    msg: Message, arrays: dict[str, Any] | None, metrics: dict[str, Any]
+) -> Message:
+    content: dict[str, Any] = {}
+    if arrays is not None:
+        content["arrays"] = ArrayRecord(
+            {k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}
+        )
+    content["metrics"] = MetricRecord(metrics)
+    return Message(RecordDict(content), reply_to=msg)
+
+
+def delta(run: RunConfig, site: Site, n_units: int) -> float:
+    delta = site.config.policy.delta_for(n_units)
+    return min(delta, run.target_delta) if run.target_delta > 0 else delta
+
+
+def evaluation_cap(run: RunConfig, site: Site) -> int:
+    """Evaluations a run may ask for: the policy's cap, else one per planned round."""
+    cap = site.config.policy.max_evaluations_per_run
+    return run.num_server_rounds if cap is None else cap
+
+
+__all__ = [
+    "BLOCKED",
+    "FAILED",
+    "REFUSED",
+    "config",
+    "config_text",
+    "delta",
+    "error",
+    "evaluation_cap",
+    "input_key",
+    "ledger_run",
+    "load_model",
+    "reply",
+]
