@@ -286,3 +286,20 @@ def test_crafted_evaluations_are_charged_each_and_capped(
     budget = _budget(site, capsys)
     assert budget["evaluations"] == answered
     assert budget["epsilon_evaluations"] > 0
+
+
+def test_site_init_makes_a_private_secret_and_a_site_without_one_trains_nothing(
+    small_site: SynthSite, tmp_path: Path
+) -> None:
+    folder = tmp_path / "fresh"
+    assert main(["site", "init", str(folder), "--name", "hospital-y"]) == 0
+    secret = folder / "state" / "keys" / "rng_secret"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert len(secret.read_bytes()) == 32
+
+    site = _site(tmp_path / "site", small_site)
+    (load_site_config(site).state_dir / "keys" / "rng_secret").unlink()
+    reply = app(_message("train", 1), _context(site, target_epsilon=4.0))
+
+    assert reply.has_error()
+    assert "randomness secret is missing" in str(reply.error.reason)
