@@ -3,7 +3,7 @@
 Three honest synthetic sites and one attacker train with DP in process; each
 round the coordinator's real strategy objects (with slidefed's reply validation)
 aggregate the replies. Attacks on the attacker's update delta: ``scaled`` (x10),
-``sign_flip`` (x-5), ``nan`` (all NaN).
+``sign_flip`` (x-10), ``nan`` (all NaN).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _attack(
     if kind == "scaled":
         return {k: glob[k] + 10 * (v - glob[k]) for k, v in local.items()}
     if kind == "sign_flip":
-        return {k: glob[k] - 5 * (v - glob[k]) for k, v in local.items()}
+        return {k: glob[k] - 10 * (v - glob[k]) for k, v in local.items()}
     if kind == "nan":
         return {k: np.full_like(v, np.nan) for k, v in local.items()}
     return local

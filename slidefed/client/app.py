@@ -131,6 +131,8 @@ def _train(
         site.audit.append(
             RoundReplayed(**meta.charge), run_id=context.run_id, round=server_round
         )
+        # The same bytes leave again: recorded like any release.
+        _audit_release(context, site, server_round, arrays, dict(meta.metrics))
         return m.reply(msg, arrays, dict(meta.metrics))
     charge = _charge(context, run, site, server_round, train_bags, fingerprint, key)
     state, metrics = _train_round(
@@ -270,7 +272,7 @@ def _train_round(
         noise_multiplier=charge.noise_multiplier,
         max_grad_norm=run.max_grad_norm,
         delta=charge.delta,
-        randomness=site.randomness.for_release("train", ledger_run, server_round, key),
+        randomness=site.randomness.for_release("train", server_round, key),
         proximal_mu=m.config(msg, "proximal-mu", 0.0),
         grad_sample_mode=run.grad_sample_mode,
     )
@@ -384,7 +386,7 @@ def _evaluate(
         run_id=context.run_id,
         round=server_round,
     )
-    stream = site.randomness.stream("evaluate", ledger_run, server_round, key)
+    stream = site.randomness.stream("evaluate", server_round, key)
     metrics = _noised_metrics(m.load_model(run, site, msg), run, site, test, stream)
     blocked = _store_unless_blocked(
         msg,
