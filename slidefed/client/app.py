@@ -424,4 +424,4 @@ def _noised_metrics(
     return nm.histogram_metrics(nm.add_noise(hist, stream, sigma))
 
 
-__all__ = ["app"]
+__all__ = ["BLOCKED", "FAILED", "REFUSED", "app"]
