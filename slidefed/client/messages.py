@@ -23,7 +23,7 @@ from flwr.app import (
 
 from slidefed.client.privacy.ledger import stable_run_id
 from slidefed.client.privacy.releases import Kind
-from slidefed.client.site import Site, code_sha256, config_hash
+from slidefed.client.site import Site, code_sha256
 from slidefed.common.arrays import update_sha256
 from slidefed.common.model import build_model, feature_dim
 from slidefed.common.run_config import RunConfig
@@ -85,7 +85,10 @@ def input_key(
     digest.update(repr(sorted(config.items())).encode())
     digest.update(str(fingerprint["data_sha256"]).encode())
     digest.update(str(fingerprint["manifest_sha256"]).encode())
-    digest.update(config_hash(run).encode())
+    # The run's hyperparameters, not its name: the same inputs under another run
+    # name give the same bits (charged again, so never a free release).
+    hyper = run.model_dump_json(exclude={"run_name", "resume", "run_dir", "sim_sites"})
+    digest.update(hyper.encode())
     digest.update(site.config.policy.model_dump_json().encode())
     digest.update(code_sha256().encode())
     return digest.hexdigest()
