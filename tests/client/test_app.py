@@ -1,57 +1,29 @@
 """The ClientApp called directly with Messages (no runtime)."""
 
 import json
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
     Context,
     Message,
-    Metadata,
-    RecordDict,
 )
 
 from slidefed.client.app import REFUSED, app
 from slidefed.client.config import load_site_config
 from slidefed.client.keys import ensure_site_keys
-from slidefed.common.model import build_model, feature_dim
-from slidefed.common.run_config import RunConfig
+from slidefed.common.model import build_model
 from slidefed.demo.synth import SynthSite
+from tests.client.messages import instruction, node_context
 
 
 def _message(kind: str, server_round: int) -> Message:
-    model = build_model("abmil", feature_dim("hed"), seed=0)
-    arrays = ArrayRecord({k: Array(v.numpy()) for k, v in model.state_dict().items()})
-    meta = Metadata(
-        run_id=42,
-        message_id=f"{kind}-{server_round}",
-        src_node_id=1,
-        dst_node_id=7,
-        reply_to_message_id="",
-        group_id=str(server_round),
-        created_at=time.time(),
-        ttl=600.0,
-        message_type=kind,
-    )
-    content = RecordDict(
-        {"arrays": arrays, "config": ConfigRecord({"server-round": server_round})}
-    )
-    return Message(content=content, metadata=meta)  # type: ignore[call-overload,no-any-return]
+    return instruction(kind, server_round)
 
 
-def _context(site_toml: Path, **run: object) -> Context:
-    config = RunConfig(**run).model_dump(by_alias=True)
-    return Context(
-        run_id=42,
-        node_id=7,
-        node_config={"site-config": str(site_toml)},
-        state=RecordDict(),
-        run_config=config,
-    )
+def _context(site_toml: Path, **run: Any) -> Context:
+    return node_context(site_toml, **run)
 
 
 @pytest.fixture

@@ -10,67 +10,34 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
     Context,
     Message,
-    Metadata,
-    RecordDict,
 )
 
 from slidefed.cli import main
 from slidefed.client.app import REFUSED, app
 from slidefed.client.config import load_site_config
 from slidefed.client.keys import ensure_site_keys
-from slidefed.common.model import build_model, feature_dim
-from slidefed.common.run_config import RunConfig
 from slidefed.demo.synth import SynthSite
-
-_COUNTER = [0]
+from tests.client.messages import instruction, node_context
 
 
 def _message(
     kind: str, server_round: int, *, seed: int = 0, run_id: int = 42
 ) -> Message:
-    model = build_model("abmil", feature_dim("hed"), seed=seed)
-    arrays = ArrayRecord({k: Array(v.numpy()) for k, v in model.state_dict().items()})
-    _COUNTER[0] += 1
-    meta = Metadata(
-        run_id=run_id,
-        message_id=f"{kind}-{server_round}-{_COUNTER[0]}",
-        src_node_id=1,
-        dst_node_id=7,
-        reply_to_message_id="",
-        group_id=str(server_round),
-        created_at=time.time(),
-        ttl=600.0,
-        message_type=kind,
-    )
-    content = RecordDict(
-        {"arrays": arrays, "config": ConfigRecord({"server-round": server_round})}
-    )
-    return Message(content=content, metadata=meta)  # type: ignore[call-overload,no-any-return]
+    return instruction(kind, server_round, seed=seed, run_id=run_id)
 
 
 def _context(site_toml: Path, *, run_id: int = 42, **run: Any) -> Context:
     run.setdefault("run_name", "attack")
     run.setdefault("num_server_rounds", 3)
-    config = RunConfig(**run).model_dump(by_alias=True)
-    return Context(
-        run_id=run_id,
-        node_id=7,
-        node_config={"site-config": str(site_toml)},
-        state=RecordDict(),
-        run_config=config,
-    )
+    return node_context(site_toml, run_id=run_id, **run)
 
 
 def _site(

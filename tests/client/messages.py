@@ -1,0 +1,61 @@
+"""Flower Messages and Contexts as a coordinator sends them to the site's ClientApp."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    Metadata,
+    RecordDict,
+)
+
+from slidefed.common.model import build_model, feature_dim
+from slidefed.common.run_config import RunConfig
+
+_IDS = itertools.count()
+
+
+def instruction(
+    kind: str, server_round: int, *, seed: int = 0, run_id: int = 42
+) -> Message:
+    """A train or evaluate instruction carrying a model built from ``seed``."""
+    model = build_model("abmil", feature_dim("hed"), seed=seed)
+    arrays = ArrayRecord({k: Array(v.numpy()) for k, v in model.state_dict().items()})
+    meta = Metadata(
+        run_id=run_id,
+        message_id=f"{kind}-{server_round}-{next(_IDS)}",
+        src_node_id=1,
+        dst_node_id=7,
+        reply_to_message_id="",
+        group_id=str(server_round),
+        created_at=time.time(),
+        ttl=600.0,
+        message_type=kind,
+    )
+    content = RecordDict(
+        {"arrays": arrays, "config": ConfigRecord({"server-round": server_round})}
+    )
+    return Message(content=content, metadata=meta)  # type: ignore[call-overload,no-any-return]
+
+
+def node_context(site_toml: Path, *, run_id: int = 42, **run: Any) -> Context:
+    """The node's Context for a run config of ``run`` (snake_case keys)."""
+    config = RunConfig(**run).model_dump(by_alias=True)
+    return Context(
+        run_id=run_id,
+        node_id=7,
+        node_config={"site-config": str(site_toml)},
+        state=RecordDict(),
+        run_config=config,
+    )
+
+
+__all__ = ["instruction", "node_context"]
