@@ -404,11 +404,6 @@ def test_kill_supernode_mid_round_then_restart_rejoins_a_later_round(
 
 
 # ------------------------------------------------------- kill the SuperLink
-@pytest.mark.skip(
-    reason="open in issue #13: after the SuperLink restarts, an in-flight round is "
-    "charged a second time (the site's release digest differs between the two asks); "
-    "being fixed, see the closing note"
-)
 def test_kill_superlink_and_restart_resumes_without_loss_or_double_charge(
     deployment: Deployment,
 ) -> None:
