@@ -1,5 +1,6 @@
-# slidefed coordinator image: flower-superlink (TLS, SuperNode authentication) and
-# the ServerApp's dependencies, on Flower's official SuperExec image. The SuperLink
+# slidefed coordinator image: flower-superlink (TLS, SuperNode authentication) on
+# loopback behind nginx, which serves only the Fleet API on port 8000, and the
+# ServerApp's dependencies, on Flower's official SuperExec image. The SuperLink
 # runs the ServerApp in subprocess isolation inside this container, so it needs
 # slidefed and torch; Flower's plain superlink image has neither.
 #
@@ -12,6 +13,11 @@ FROM flwr/superexec:${FLWR_VERSION}
 
 # Install as root (into the image's Python environment); run as "app" (below).
 USER root
+
+# nginx: the public front (slidefed server start runs it as user "app").
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx \
+    && rm -rf /var/lib/apt/lists/*
 
 ARG TORCH_VERSION=2.13.0
 RUN python -m pip install --no-cache-dir \

@@ -6,6 +6,7 @@ auditor's install needs neither torch nor a GPU.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -44,10 +45,20 @@ audit_app = typer.Typer(
 )
 
 
+_UNPINNED = """\
+WARNING: no --keys given: signatures were checked against the audit_key.pub found
+WARNING: beside each log. Whoever can edit a log can replace that key too, so this
+WARNING: does not prove who wrote the logs. Pass --keys DIR, a folder with the
+WARNING: audit_key.pub of 'slidefed server init' and of each site's 'site init'."""
+
+
 def _trusted_keys(keys: Path | None) -> dict[str, Ed25519PublicKey] | None:
     from slidefed.audit.load import load_public_keys
 
-    return None if keys is None else load_public_keys(keys)
+    if keys is None:
+        print(_UNPINNED, file=sys.stderr, flush=True)
+        return None
+    return load_public_keys(keys)
 
 
 def _check_paths(logs: list[Path]) -> None:

@@ -1,7 +1,8 @@
 """``slidefed server ...``: commands for the coordinator.
 
 ``init`` makes the federation's PKI and ``server.toml``; ``start`` runs
-``flower-superlink`` with TLS and SuperNode authentication in the foreground;
+``flower-superlink`` on loopback (TLS, SuperNode authentication) behind nginx, which
+serves only the Fleet API on the public address;
 ``register-site`` registers a site's P-384 public key with the running SuperLink.
 The work is done by :mod:`slidefed.deploy.coordinator` and
 :mod:`slidefed.deploy.registration`.
@@ -45,7 +46,13 @@ def server_init(
     host: Annotated[
         str, typer.Option(help="Interface flower-superlink listens on.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="SuperLink port (one HTTPS port).")] = 8000,
+    port: Annotated[
+        int, typer.Option(help="Public HTTPS port (the front serves the Fleet API).")
+    ] = 8000,
+    superlink_port: Annotated[
+        int | None,
+        typer.Option(help="The SuperLink's own port on 127.0.0.1 (default port+1)."),
+    ] = None,
 ) -> None:
     """Create the root CA, the SuperLink certificate, the audit key and server.toml.
 
@@ -60,6 +67,7 @@ def server_init(
         name=name,
         host=host,
         port=port,
+        superlink_port=superlink_port,
         notify=print,
     )
     print(
@@ -77,20 +85,32 @@ def server_start(
         typer.Option("--insecure", help="No TLS, no node authentication: tests only."),
     ] = False,
 ) -> None:
-    """Run flower-superlink (TLS, SuperNode authentication) in the foreground."""
-    from slidefed.deploy.coordinator import superlink_command
+    """Run the SuperLink on loopback and its public front (nginx) in the foreground.
 
-    argv, env = superlink_command(config, insecure=insecure)
+    The public address serves the Fleet API (the sites' SuperNodes) and /health
+    only; the Control API (flwr run, ls, supernode register) answers on this host.
+    """
+    from slidefed.deploy.coordinator import coordinator_commands
+    from slidefed.deploy.supervisor import supervise
+    from slidefed.server.config import load_server_config
+
+    commands, env = coordinator_commands(config, insecure=insecure)
+    argv = commands[0]
+    where = f"{argv[argv.index('--host') + 1]}:{argv[argv.index('--port') + 1]}"
     if insecure:
         print(_INSECURE_WARNING, file=sys.stderr)
+        print(f"starting flower-superlink on {where}", flush=True)
+        sys.stderr.flush()
+        # exec: the SuperLink takes this process's place, so signals reach it.
+        os.execve(argv[0], argv, env)  # noqa: S606 - a fixed program, no shell
+    server = load_server_config(config).server
     print(
-        f"starting flower-superlink on {argv[argv.index('--host') + 1]}:"
-        f"{argv[argv.index('--port') + 1]} (FLWR_HOME {env['FLWR_HOME']})",
+        f"starting flower-superlink on {where} (FLWR_HOME {env['FLWR_HOME']}) and "
+        f"its front on {server.host}:{server.port} (Fleet API and /health only)",
         flush=True,
     )
-    sys.stderr.flush()
-    # exec: the SuperLink takes this process's place, so signals reach it directly.
-    os.execve(argv[0], argv, env)  # noqa: S606 - a fixed program, no shell
+    ended = supervise(commands, env)
+    raise typer.Exit(ended.code)
 
 
 @server_app.command("register-site")

@@ -20,6 +20,7 @@ from slidefed.common.flower_env import flower_env, flower_executable
 from slidefed.common.tomlfile import dump_toml
 from slidefed.server.config import (
     CONNECTION,
+    SERVER_CONFIG_ENV,
     ServerConfig,
     ServerSection,
     load_server_config,
@@ -75,6 +76,7 @@ def init_coordinator(
     name: str = "coordinator",
     host: str = "127.0.0.1",
     port: int = 8000,
+    superlink_port: int | None = None,
     notify: Callable[[str], None] = lambda _line: None,
 ) -> CoordinatorSetup:
     """Create (or reuse) the coordinator's PKI, audit key and ``server.toml``.
@@ -88,7 +90,10 @@ def init_coordinator(
     dns_names, ip_addresses : sequence of str
         Names of the SuperLink (default: ``localhost`` and ``127.0.0.1``).
     name, host, port
-        The ``[server]`` section of a new ``server.toml``.
+        The ``[server]`` section of a new ``server.toml``: the public front
+        (nginx) listens on ``host:port``.
+    superlink_port : int, optional
+        The SuperLink's own port on 127.0.0.1 (default ``port + 1``).
     notify : callable
         Told one line per file kept, created or reused.
 
@@ -109,13 +114,26 @@ def init_coordinator(
     ips = list(ip_addresses) or (["127.0.0.1"] if not dns_names else [])
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port {port} must be between 1 and 65535")
+    if superlink_port is not None and not 1 <= superlink_port <= 65535:
+        raise ConfigError(f"--superlink-port {superlink_port} must be 1 to 65535")
+    public_host = (dns or ips)[0]
+    # The SuperLink itself listens on loopback: its certificate names it there too.
+    dns = dns + [n for n in ("localhost",) if n not in dns]
+    ips = ips + [a for a in ("127.0.0.1",) if a not in ips]
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "server.toml"
     if target.is_file():
         config = load_server_config(target)
         notify(f"kept {target} (its sites and settings stay as they are)")
     else:
-        config = _new_config(folder, dns, ips, name=name, host=host, port=port)
+        config = _new_config(
+            folder,
+            public_host,
+            name=name,
+            host=host,
+            port=port,
+            superlink_port=superlink_port,
+        )
     _ensure_files(config, target, dns, ips, notify)
     ca_cert = config.resolve(config.tls.ca_cert)
     return CoordinatorSetup(
@@ -149,17 +167,28 @@ def _ensure_files(
 
 
 def _new_config(
-    folder: Path, dns: list[str], ips: list[str], *, name: str, host: str, port: int
+    folder: Path,
+    public_host: str,
+    *,
+    name: str,
+    host: str,
+    port: int,
+    superlink_port: int | None,
 ) -> ServerConfig:
-    control_host = "127.0.0.1" if "127.0.0.1" in ips else (dns or ips)[0]
-    public_host = (dns or ips)[0]
+    inner = superlink_port or (port + 1 if port < 65535 else port - 1)
+    if inner == port:
+        raise ConfigError(
+            f"--superlink-port {inner} is the public port; give the SuperLink another"
+        )
     return ServerConfig(
         server=ServerSection(
             name=name,
             host=host,
             port=port,
+            superlink_port=inner,
             public_address=f"{public_host}:{port}",
-            control_address=f"{control_host}:{port}",
+            # The Control API answers on the coordinator host only.
+            control_address=f"127.0.0.1:{inner}",
         ),
         base_dir=folder.resolve(),
     )
@@ -216,12 +245,19 @@ def superlink_command(
     database.parent.mkdir(parents=True, exist_ok=True)
     home = config.resolve(config.state.superlink_home)
     home.mkdir(parents=True, exist_ok=True)
+    # Behind the front, the SuperLink answers on loopback only; --insecure (tests)
+    # has no front and listens where the front would.
+    host, port = (
+        (config.server.host, config.server.port)
+        if insecure
+        else ("127.0.0.1", config.server.superlink_port_or_default)
+    )
     argv = [
         flower_executable("flower-superlink"),
         "--host",
-        config.server.host,
+        host,
         "--port",
-        str(config.server.port),
+        str(port),
         "--database",
         str(database),
         "--disable-runtime-dependency-installation",
@@ -229,7 +265,40 @@ def superlink_command(
         "subprocess",
     ]
     argv += ["--insecure"] if insecure else _tls_arguments(config)
-    return argv, flower_env(home)
+    env = flower_env(home)
+    # The ServerApp signs the coordinator's audit log with the key of server init.
+    env[SERVER_CONFIG_ENV] = str(config_path.resolve())
+    return argv, env
+
+
+def coordinator_commands(
+    config_path: Path, *, insecure: bool = False
+) -> tuple[list[list[str]], dict[str, str]]:
+    """The processes of ``server start``: the SuperLink, then its public front.
+
+    Parameters
+    ----------
+    config_path : Path
+        ``server.toml``.
+    insecure : bool
+        The SuperLink alone on the public address, no TLS, no front (tests only).
+
+    Returns
+    -------
+    tuple of (list of list of str, dict of str to str)
+        The commands (SuperLink first) and their environment.
+
+    Raises
+    ------
+    ConfigError
+        As :func:`superlink_command`, or when nginx is missing.
+    """
+    from slidefed.deploy.front import front_command
+
+    argv, env = superlink_command(config_path, insecure=insecure)
+    if insecure:
+        return [argv], env
+    return [argv, front_command(load_server_config(config_path))], env
 
 
 def _tls_arguments(config: ServerConfig) -> list[str]:
@@ -264,6 +333,7 @@ def _tls_arguments(config: ServerConfig) -> list[str]:
 
 __all__ = [
     "CoordinatorSetup",
+    "coordinator_commands",
     "init_coordinator",
     "superlink_command",
     "write_connection",

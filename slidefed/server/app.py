@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +25,11 @@ from slidefed.common.audit.events import (
 )
 from slidefed.common.audit.writer import AuditLog
 from slidefed.common.crypto import generate_audit_key, load_audit_key, public_key_path
-from slidefed.common.errors import FederationError
+from slidefed.common.errors import ConfigError, FederationError
 from slidefed.common.model import build_model, feature_dim
 from slidefed.common.run_config import RunConfig, parse_run_config
 from slidefed.server.checkpoints import CheckpointManifest, Checkpoints
+from slidefed.server.config import SERVER_CONFIG_ENV, load_server_config
 from slidefed.server.metrics import MetricsLog, write_model_card
 from slidefed.server.strategy import (
     SlidefedFedAvg,
@@ -61,15 +63,44 @@ def resume_hash(run: RunConfig) -> str:
     return run.model_copy(update={"num_server_rounds": 1}).identity_hash()
 
 
+def coordinator_audit_key() -> Path:
+    """The private key that signs the coordinator's audit log; never in a run folder.
+
+    Deployed (``slidefed server start`` names its ``server.toml`` in
+    ``$SLIDEFED_SERVER_CONFIG``): the audit key of ``server init``, the one
+    auditors pin. A simulation on a researcher's machine: that machine's own
+    simulation key under ``$XDG_STATE_HOME/slidefed`` (made on first use).
+
+    Raises
+    ------
+    ConfigError
+        If the deployed coordinator's key is missing.
+    """
+    named = os.environ.get(SERVER_CONFIG_ENV)
+    if named:
+        config = load_server_config(Path(named))
+        key = config.resolve(config.state.audit_key)
+        if not key.is_file():
+            raise ConfigError(
+                f"{key}: the coordinator's audit key is missing; run 'slidefed "
+                f"server init {config.base_dir}' again (it keeps what exists)"
+            )
+        return key
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    key = Path(state) / "slidefed" / "simulation" / "audit_key"
+    if not key.is_file():
+        generate_audit_key(key)
+    return key
+
+
 def server_audit(run_dir: Path) -> AuditLog:
-    """The server's audit log in ``RUN/audit`` (its key in ``RUN/keys``)."""
-    key_path = run_dir / "keys" / "server_audit_key"
-    if not key_path.is_file():
-        generate_audit_key(key_path)
+    """The server's audit log in ``RUN/audit``, signed with the coordinator's key."""
+    key_path = coordinator_audit_key()
     beside = run_dir / "audit" / "audit_key.pub"
     beside.parent.mkdir(parents=True, exist_ok=True)
-    if not beside.is_file():
-        beside.write_bytes(public_key_path(key_path).read_bytes())
+    public = public_key_path(key_path).read_bytes()
+    if not beside.is_file() or beside.read_bytes() != public:
+        beside.write_bytes(public)
     return AuditLog(
         run_dir / "audit" / "server-audit.jsonl",
         key=load_audit_key(key_path),

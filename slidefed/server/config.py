@@ -7,10 +7,14 @@ relative paths are resolved against the file's folder.
 
     [server]
     name = "coordinator"
-    host = "0.0.0.0"                    # where flower-superlink listens
-    port = 8000
+    host = "0.0.0.0"                    # where the public front (nginx) listens
+    port = 8000                         # it serves the Fleet API only
+    superlink_port = 8001               # flower-superlink itself, on 127.0.0.1
     public_address = "superlink.example.org:8000"   # what sites dial
-    control_address = "127.0.0.1:8000"  # what the coordinator's own flwr CLI dials
+    control_address = "127.0.0.1:8001"  # what the coordinator's own flwr CLI dials
+
+    [front]
+    nginx = "nginx"                     # the reverse proxy's program
 
     [tls]
     ca_cert = "pki/ca.crt"              # give this file to every site
@@ -40,6 +44,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from slidefed.common.fileio import atomic_write_text
 from slidefed.common.tomlfile import dump_toml, load_toml_model
 
+SERVER_CONFIG_ENV = "SLIDEFED_SERVER_CONFIG"
+"""Environment variable that tells the ServerApp which ``server.toml`` it serves.
+
+``slidefed server start`` sets it; the ServerApp then signs its audit log with the
+coordinator's key from ``server init`` (``[state] audit_key``)."""
+
 CONNECTION = "slidefed"
 """Name of the coordinator's connection in its ``$FLWR_HOME/config.toml``."""
 
@@ -53,7 +63,23 @@ class ServerSection(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     public_address: str = "localhost:8000"
-    control_address: str = "127.0.0.1:8000"
+    control_address: str = "127.0.0.1:8001"
+    superlink_port: int | None = Field(default=None, ge=1, le=65535)
+
+    @property
+    def superlink_port_or_default(self) -> int:
+        """The SuperLink's own port on 127.0.0.1 (default: the public port + 1)."""
+        if self.superlink_port is not None:
+            return self.superlink_port
+        return self.port + 1 if self.port < 65535 else self.port - 1
+
+
+class FrontSection(BaseModel):
+    """The public front: nginx forwards the Fleet API only (see deploy.front)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    nginx: str = "nginx"
 
 
 class TlsSection(BaseModel):
@@ -95,6 +121,7 @@ class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     server: ServerSection = ServerSection()
+    front: FrontSection = FrontSection()
     tls: TlsSection = TlsSection()
     state: StateSection = StateSection()
     sites: tuple[RegisteredSite, ...] = ()
@@ -170,7 +197,9 @@ def dump_server_config(config: ServerConfig) -> str:
         TOML text: ``[server]``, ``[tls]``, ``[state]``, then one ``[[sites]]``
         table per registered site (none when no site is registered).
     """
-    data = config.model_dump(mode="json", exclude={"base_dir", "sites"})
+    data = config.model_dump(
+        mode="json", exclude={"base_dir", "sites"}, exclude_none=True
+    )
     if config.sites:
         data["sites"] = [
             site.model_dump(mode="json", exclude_none=True) for site in config.sites
@@ -194,6 +223,8 @@ def save_server_config(config: ServerConfig, path: Path) -> None:
 
 __all__ = [
     "CONNECTION",
+    "SERVER_CONFIG_ENV",
+    "FrontSection",
     "RegisteredSite",
     "ServerConfig",
     "ServerSection",

@@ -24,7 +24,13 @@ from slidefed.common.audit.events import (
     UpdateAggregated,
     UpdateReleased,
 )
-from slidefed.common.audit.records import AuditRecord, line_hash
+from slidefed.common.audit.records import (
+    AuditHead,
+    AuditRecord,
+    canonical_json,
+    head_path,
+    line_hash,
+)
 from slidefed.common.audit.writer import AuditLog
 from slidefed.common.crypto import generate_audit_key, key_id
 
@@ -190,6 +196,29 @@ def resign(
     return unsigned.model_copy(update={"signature": signature}).to_line() + b"\n"
 
 
+def resign_log(path: Path, key: Ed25519PrivateKey) -> None:
+    """Re-sign a whole log and its head with ``key``, as a forger would.
+
+    The chain stays intact; with the forger's public key put beside the log,
+    only an auditor who pins the real key can tell.
+    """
+    lines = lines_of(path)
+    for i, line in enumerate(lines):
+        prev = line_hash(lines[i - 1].rstrip()) if i else parse(line).prev_hash
+        lines[i] = resign(line, key, prev_hash=prev)
+    write_lines(path, lines)
+    last = lines[-1].rstrip(b"\n")
+    seq = parse(last).seq
+    payload = canonical_json({"hash": line_hash(last), "seq": seq})
+    head = AuditHead(
+        seq=seq,
+        hash=line_hash(last),
+        key_id=key_id(key.public_key()),
+        signature=base64.b64encode(key.sign(payload)).decode(),
+    )
+    head_path(path).write_bytes(head.to_bytes())
+
+
 def sha(site: str, rnd: int) -> str:
     """A stand-in sha256 of a site's update of a round."""
     return line_hash(f"{site}/{rnd}".encode())
@@ -208,6 +237,7 @@ __all__ = [
     "parse",
     "release",
     "resign",
+    "resign_log",
     "sha",
     "write_lines",
 ]

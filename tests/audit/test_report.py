@@ -474,3 +474,14 @@ def save_screenshot(target: Path) -> None:
 
 if __name__ == "__main__":
     save_screenshot(Path(sys.argv[1] if len(sys.argv) > 1 else "audit-report.png"))
+
+
+def test_report_warns_in_a_box_when_no_keys_were_pinned(tmp_path: Path) -> None:
+    log = _writer(tmp_path, "site", "hospital-a", "audit.jsonl")
+    log.append(charge(1.0, budget=2.0), run_id=1, round=1)
+
+    unpinned = build_report(load_logs([log.path]))
+    pinned = build_report(load_logs([log.path]), trusted_keys=True)
+
+    assert '<div class="verdict bad" role="alert"><strong>No pinned keys.' in unpinned
+    assert "No pinned keys" not in pinned

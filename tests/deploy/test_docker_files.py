@@ -242,3 +242,19 @@ def test_site_executor_entry_point_runs() -> None:
         assert done.returncode == 0, done.stderr
         assert "--site-config" in done.stdout
         assert "Warning" not in done.stderr  # e.g. runpy's "found in sys.modules"
+
+
+def test_compose_registers_sites_over_the_coordinators_loopback() -> None:
+    # The Control API answers on 127.0.0.1 of the SuperLink's container only, so
+    # the one-shot registration shares that container's network.
+    services = _compose()["services"]
+    assert services["register"]["network_mode"] == "service:superlink"
+    command = " ".join(services["register"]["command"])
+    assert "slidefed server register-site" in command
+
+
+def test_coordinator_image_has_the_public_front() -> None:
+    steps = _instructions(DOCKER / "coordinator.Dockerfile")
+    runs = " ".join(arg for op, arg in steps if op == "RUN")
+    assert "apt-get install" in runs
+    assert " nginx" in runs

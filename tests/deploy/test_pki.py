@@ -178,7 +178,8 @@ def test_server_init_cli_creates_everything_and_is_idempotent(
     assert main(["server", "init", str(folder), "--port", "18999"]) == 0
     config = load_server_config(folder / "server.toml")
     assert config.server.port == 18999
-    assert config.server.control_address == "127.0.0.1:18999"
+    assert config.server.control_address == "127.0.0.1:19000"
+    assert config.server.superlink_port == 19000
     for rel, mode in [
         ("pki/ca.key", 0o600),
         ("pki/superlink.key", 0o600),
@@ -187,7 +188,7 @@ def test_server_init_cli_creates_everything_and_is_idempotent(
     ]:
         assert _mode(folder / rel) == mode, rel
     flwr_config = (folder / "state/flwr/config.toml").read_text()
-    assert 'address = "127.0.0.1:18999"' in flwr_config
+    assert 'address = "127.0.0.1:19000"' in flwr_config
     assert "root-certificates" in flwr_config
     ca_before = (folder / "pki/ca.crt").read_bytes()
     assert main(["server", "init", str(folder)]) == 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -27,11 +28,12 @@ from typing import Any
 
 import pytest
 
-from slidefed.common.crypto import generate_audit_key
+from slidefed.common.crypto import generate_audit_key, generate_node_key
 from slidefed.common.pki import ensure_ca
 from slidefed.demo.synth import synth_site
 from slidefed.deploy.site_node import free_port
 from slidefed.simulation import write_app_dir
+from tests.audit.builders import resign_log
 
 pytestmark = pytest.mark.integration
 
@@ -322,7 +324,10 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
     coord = root / "coordinator"
     fed = Federation(root=root, port=port, coord=coord, sites=[], node_ids={})
     try:
-        fed.run("slidefed", "server", "init", str(coord), "--port", str(port))
+        fed.run(
+            "slidefed", "server", "init", str(coord), "--port", str(port),
+            "--superlink-port", str(free_port()),
+        )  # fmt: skip
         config = str(coord / "server.toml")
         app = write_app_dir(root / "slidefed-app")
         for i in range(N_SITES):
@@ -419,6 +424,112 @@ def test_tls_node_auth_federation_completes_two_rounds(
         federation.run(
             "slidefed", "audit", "verify", str(site / "audit" / "audit.jsonl")
         )
+
+
+def test_audit_verify_with_the_pinned_keys_of_server_and_site_init(
+    federation: Federation, training_run: tuple[int, str], tmp_path: Path
+) -> None:
+    run = federation.root / "run"
+    # The run folder holds the public key only; the private one stays in state/.
+    assert not list(run.rglob("*audit_key")), list(run.rglob("*key*"))
+    keys = tmp_path / "trusted"
+    keys.mkdir()
+    shutil.copy(federation.coord / "state/keys/audit_key.pub", keys / "server.pub")
+    for site in federation.sites:
+        shutil.copy(site / "state/keys/audit_key.pub", keys / f"{site.name}.pub")
+    logs = [str(s / "audit" / "audit.jsonl") for s in federation.sites]
+    logs.append(str(run / "audit" / "server-audit.jsonl"))
+    federation.run("slidefed", "audit", "verify", *logs, "--keys", str(keys))
+    # A forger re-signs a copy of a site log with a fresh key and puts that key
+    # beside it: the default verify is fooled (and says loudly it is unpinned),
+    # the pinned one is not.
+    forged = tmp_path / "forged" / "audit"
+    shutil.copytree(federation.sites[0] / "audit", forged)
+    forger = generate_audit_key(tmp_path / "forger" / "audit_key")
+    resign_log(forged / "audit.jsonl", forger)
+    shutil.copy(tmp_path / "forger" / "audit_key.pub", forged / "audit_key.pub")
+    env = federation.env(federation.root / "cli-home")
+    slidefed = str(BIN / "slidefed")
+    unpinned = subprocess.run(
+        [slidefed, "audit", "verify", str(forged / "audit.jsonl")],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert unpinned.returncode == 0, unpinned.stdout + unpinned.stderr
+    assert "WARNING: no --keys given" in unpinned.stderr
+    pinned = subprocess.run(
+        [slidefed, "audit", "verify", str(forged / "audit.jsonl"), "--keys", str(keys)],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert pinned.returncode == 1, pinned.stdout + pinned.stderr
+    assert "unknown_key" in pinned.stdout
+
+
+def _outsider_home(federation: Federation, name: str, *, ca: bool) -> Path:
+    home = federation.root / name
+    home.mkdir()
+    roots = f'root-certificates = "{federation.ca}"\n' if ca else ""
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "x"\n[superlink.x]\naddress = "{federation.address}"'
+        f"\n{roots}"
+    )
+    return home
+
+
+def _outsider_flwr(federation: Federation, home: Path, *argv: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [str(BIN / "flwr"), *argv, "--format", "json"],
+        env=federation.env(home), capture_output=True, text=True, timeout=90,
+        cwd=home,
+    )  # fmt: skip
+    out = done.stdout
+    answer: dict[str, Any] = json.loads(out[out.index("{") :])
+    return answer
+
+
+def test_outsider_is_refused_the_control_api_on_the_public_address(
+    federation: Federation, training_run: tuple[int, str]
+) -> None:
+    runs_before = len(federation.flwr("ls", "slidefed")["runs"])
+    nodes_before = len(federation.flwr("supernode", "ls", "slidefed")["nodes"])
+    home = _outsider_home(federation, "outsider-with-ca", ca=True)
+    evil = federation.root / "evil-app"
+    shutil.copytree(federation.root / "slidefed-app", evil)
+    key = home / "evil_key"
+    generate_node_key(key)
+    for argv in (
+        ("ls", "x"),
+        ("run", str(evil), "x"),
+        ("supernode", "register", f"{key}.pub", "x"),
+        ("supernode", "ls", "x"),
+    ):
+        answer = _outsider_flwr(federation, home, *argv)
+        assert answer["success"] is False, (argv, answer)
+        assert "403" in json.dumps(answer), (argv, answer)
+    # Without the CA and with certificate checks turned off, a raw client gets
+    # no further: only the Fleet API and /health are forwarded.
+    unverified = ssl.create_default_context()
+    unverified.check_hostname = False
+    unverified.verify_mode = ssl.CERT_NONE
+    for path in (
+        "/v1/control/list-runs",
+        "/v1/control/register-node",
+        "/v1/runtime/acquire-task",
+        "/docs",
+        "/openapi.json",
+    ):
+        request = urllib.request.Request(
+            f"https://{federation.address}{path}", data=b"", method="POST"
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, context=unverified, timeout=10)  # noqa: S310
+        assert refused.value.code == 403, path
+    # The operator, on the coordinator host, still reaches the Control API.
+    assert len(federation.flwr("ls", "slidefed")["runs"]) == runs_before
+    nodes = federation.flwr("supernode", "ls", "slidefed")["nodes"]
+    assert len(nodes) == nodes_before
+    # The sites reached the SuperLink through the front.
+    front_log = federation.coord / "state" / "front" / "access.log"
+    assert b"/v1/fleet/pull-messages" in front_log.read_bytes()
 
 
 def test_tls_connections_are_encrypted_and_nodes_authenticated(

@@ -207,7 +207,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     fed = Federation(root=root, port=port, coord=coord, sites=[], node_ids={})
     dep = Deployment(fed=fed, config=coord / "server.toml", app=root / "slidefed-app")
     try:
-        fed.run("slidefed", "server", "init", str(coord), "--port", str(port))
+        fed.run(
+            "slidefed", "server", "init", str(coord), "--port", str(port),
+            "--superlink-port", str(free_port()),
+        )  # fmt: skip
         write_app_dir(dep.app)
         for i in range(N_SITES):
             synth_site(root / f"site-{i}", patients=12, seed=i, width=1024, height=768)

@@ -101,6 +101,7 @@ def build_report(
         timespec="seconds"
     )
     context["keys"] = _KEYS_SUPPLIED if trusted_keys else _KEYS_BESIDE
+    context["keys_pinned"] = trusted_keys
     return environment().get_template("report.html.j2").render(context)
 
 
