@@ -10,6 +10,11 @@ the Fleet API and ``/health`` to the SuperLink (over TLS again, verified with th
 federation's CA) and answers everything else with 403. The operator reaches the
 Control API on the coordinator host itself (``control_address``); a researcher
 elsewhere reaches it through an SSH tunnel to that host (see docs/deployment.md).
+
+The SuperLink answers a node's call with 500 when its SQLite state is locked by
+concurrent writers (many nodes uploading at once). Flower's SuperNode gives up on
+a 500 but retries a 503 with backoff, so the front turns the SuperLink's 500s on
+the Fleet API into 503: the node sends its reply again instead of losing it.
 """
 
 from __future__ import annotations
@@ -115,7 +120,9 @@ def render_nginx_conf(config: ServerConfig, files: FrontFiles) -> str:
             proxy_read_timeout 3600s;
             proxy_send_timeout 3600s;
             proxy_request_buffering off;
-            proxy_buffering off;"""
+            proxy_buffering off;
+            proxy_intercept_errors on;
+            error_page 500 = @busy;"""
     locations = "".join(
         f"\n        location {p} {{{proxy}\n        }}" for p in PUBLIC_PREFIXES
     ) + "".join(f"\n        location = {p} {{{proxy}\n        }}" for p in PUBLIC_EXACT)
@@ -144,6 +151,10 @@ http {{
         ssl_certificate {_quote(cert)};
         ssl_certificate_key {_quote(key)};
         ssl_protocols TLSv1.2 TLSv1.3;{locations}
+        location @busy {{
+            default_type text/plain;
+            return 503 "the SuperLink is busy; try again\\n";
+        }}
         location / {{
             default_type text/plain;
             return 403 "only the Fleet API is served here\\n";
