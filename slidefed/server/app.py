@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -18,6 +18,8 @@ from flwr.serverapp.strategy import Strategy
 
 from slidefed.common.arrays import specs_of
 from slidefed.common.audit.events import (
+    ReplyLost,
+    ReplyReasked,
     RoundCompleted,
     RunFinished,
     RunResumed,
@@ -31,6 +33,7 @@ from slidefed.common.run_config import RunConfig, parse_run_config
 from slidefed.server.checkpoints import CheckpointManifest, Checkpoints
 from slidefed.server.config import SERVER_CONFIG_ENV, load_server_config
 from slidefed.server.metrics import MetricsLog, write_model_card
+from slidefed.server.recovering_grid import RecoveringGrid
 from slidefed.server.strategy import (
     SlidefedFedAvg,
     build_strategy,
@@ -193,8 +196,29 @@ def main(grid: Grid, context: Context) -> None:
     final = arrays
     if remaining > 0:
         wait_for_sites(grid, run.min_sites, run.connect_timeout)
-        final = _run_rounds(grid, run, strategy, arrays, remaining, after_round)
+        recovering = RecoveringGrid(grid, _reply_auditor(audit, context.run_id))
+        final = _run_rounds(
+            cast(Grid, recovering), run, strategy, arrays, remaining, after_round
+        )
     _finish(run_dir, run, context, audit=audit, metrics_log=metrics_log, final=final)
+
+
+def _reply_auditor(
+    audit: AuditLog, run_id: int
+) -> Callable[[str, int, str, int | None, int], None]:
+    """Audit each repeated instruction and each reply still missing at a deadline."""
+
+    def notify(
+        what: str, node: int, stage: str, server_round: int | None, asks: int
+    ) -> None:
+        event: ReplyReasked | ReplyLost = (
+            ReplyReasked(node=str(node), stage=stage, asks=asks)
+            if what == "reasked"
+            else ReplyLost(node=str(node), stage=stage, asks=asks)
+        )
+        audit.append(event, run_id=run_id, round=server_round)
+
+    return notify
 
 
 def _initial_state(

@@ -229,6 +229,29 @@ class UpdateRejected(_NodeBecause):
     event: ClassVar[str] = "update_rejected"
 
 
+class ReplyReasked(AuditEvent):
+    """``reply_reasked`` (server): a silent site was sent its instruction again."""
+
+    event: ClassVar[str] = "reply_reasked"
+
+    node: str
+    stage: str
+    asks: int = Field(ge=2)
+
+
+class ReplyLost(AuditEvent):
+    """``reply_lost`` (server): no reply from a site by the stage's deadline.
+
+    The site may have released (and been charged for) an update that never
+    arrived: its own log's ``update_released`` for the round shows it."""
+
+    event: ClassVar[str] = "reply_lost"
+
+    node: str
+    stage: str
+    asks: int = Field(ge=1)
+
+
 class UpdateAggregated(AuditEvent):
     """``update_aggregated`` (server): an update that went into the global model."""
 
@@ -260,6 +283,8 @@ EVENT_MODELS: tuple[type[AuditEvent], ...] = (
     RunFinished,
     RoundCompleted,
     ReplyError,
+    ReplyReasked,
+    ReplyLost,
     UpdateRejected,
     UpdateAggregated,
 )
@@ -355,6 +380,8 @@ __all__ = [
     "MetricWithheld",
     "MetricsReleased",
     "ReplyError",
+    "ReplyLost",
+    "ReplyReasked",
     "RoundCharged",
     "RoundCompleted",
     "RoundFailed",

@@ -1,0 +1,198 @@
+"""A Grid that asks a silent site again within the round, and polls briskly.
+
+Flower's ``send_and_receive`` pushes a stage's messages, then polls the SuperLink
+every 3 s until every reply is in or the stage's timeout passes. A reply lost on
+the way (the SuperLink's state busy under many nodes, a dropped connection) is
+simply missing at the end, although the site was charged for it.
+
+:class:`RecoveringGrid` wraps the run's Grid. It polls every ``poll`` seconds, and
+when the other sites have answered and a site has stayed silent for ``patience``
+(several times the slowest reply so far, and never before ``min_patience``), it
+sends that site the same instruction again, while the stage has time left. A site
+answers a repeated instruction from its stored release: the same bytes, no new
+charge (see ``slidefed.client.privacy.releases``). Each repeat is audited
+(``reply_reasked``); a site still silent at the deadline is audited as
+``reply_lost``, so the auditor's cross-check shows every release the server never
+aggregated.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flwr.app import Message
+
+logger = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.5
+"""How often the replies are pulled."""
+
+MIN_PATIENCE = 10.0
+"""Seconds a site may stay silent after the others answered before it is asked again."""
+
+PATIENCE_FACTOR = 3.0
+"""... or this many times the slowest reply so far, whichever is longer."""
+
+MAX_ASKS = 3
+"""Times an instruction is sent to one site in one stage (the first included)."""
+
+
+Notify = Callable[[str, int, str, int | None, int], None]
+"""Called with (``reasked`` or ``lost``, node id, stage, server round, times asked)."""
+
+
+def _server_round(message: Message) -> int | None:
+    if not message.has_content():
+        return None
+    for record in message.content.config_records.values():
+        value = record.get("server-round")
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+class RecoveringGrid:
+    """Wraps a Flower Grid: ``send_and_receive`` re-asks silent sites.
+
+    Every other attribute is the wrapped Grid's.
+
+    Parameters
+    ----------
+    grid : flwr.serverapp.Grid
+        The run's Grid.
+    notify : callable
+        Told of each repeat and each reply still missing at the deadline.
+    poll, min_patience, patience_factor : float
+        See the module's constants.
+    max_asks : int
+        Sends per site and stage, the first included.
+    """
+
+    def __init__(
+        self,
+        grid: Any,
+        notify: Notify,
+        *,
+        poll: float = POLL_SECONDS,
+        min_patience: float = MIN_PATIENCE,
+        patience_factor: float = PATIENCE_FACTOR,
+        max_asks: int = MAX_ASKS,
+    ) -> None:
+        self._grid = grid
+        self._notify = notify
+        self._poll = poll
+        self._min_patience = min_patience
+        self._factor = patience_factor
+        self._max_asks = max_asks
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def _copy(self, message: Message) -> Message:
+        """A fresh message with the same instruction for the same site."""
+        return Message(
+            content=message.content,
+            dst_node_id=message.metadata.dst_node_id,
+            message_type=message.metadata.message_type,
+            group_id=message.metadata.group_id,
+        )
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Push the messages; pull replies, asking silent sites again, until done.
+
+        Parameters
+        ----------
+        messages : iterable of Message
+            One instruction per site.
+        timeout : float, optional
+            Seconds for the whole stage (None: wait as long as it takes).
+
+        Returns
+        -------
+        list of Message
+            At most one reply per site.
+        """
+        start = time.monotonic()
+        end = None if timeout is None else start + timeout
+        originals = {m.metadata.dst_node_id: m for m in messages}
+        keep = {node: self._copy(m) for node, m in originals.items()}
+        waiting: dict[str, int] = {}  # message id -> node
+        for node, mid in zip(
+            originals, self._grid.push_messages(list(originals.values())), strict=True
+        ):
+            waiting[mid] = node
+        asks = dict.fromkeys(originals, 1)
+        replies: dict[int, Message] = {}
+        slowest = 0.0
+        while waiting and (end is None or time.monotonic() < end):
+            for reply in self._grid.pull_messages(list(waiting)):
+                mid = reply.metadata.reply_to_message_id
+                if mid not in waiting:
+                    continue
+                node = waiting.pop(mid)
+                if node in replies:
+                    continue
+                replies[node] = reply
+                slowest = max(slowest, time.monotonic() - start)
+                # Later copies to the same site are not waited for.
+                waiting = {m: n for m, n in waiting.items() if n != node}
+            if waiting:
+                self._reask(keep, replies, waiting, asks, slowest, start, end)
+                time.sleep(self._poll)
+        for node, message in keep.items():
+            if node not in replies:
+                self._notify(
+                    "lost",
+                    node,
+                    str(message.metadata.message_type),
+                    _server_round(message),
+                    asks[node],
+                )
+        return list(replies.values())
+
+    def _reask(
+        self,
+        keep: dict[int, Message],
+        replies: dict[int, Message],
+        waiting: dict[str, int],
+        asks: dict[int, int],
+        slowest: float,
+        start: float,
+        end: float | None,
+    ) -> None:
+        """Send the instruction again to sites silent for longer than the patience."""
+        if not replies:
+            return  # nobody answered yet: nothing says a reply was lost
+        now = time.monotonic()
+        patience = max(self._min_patience, self._factor * slowest)
+        if end is not None and end - now < self._min_patience:
+            return  # no time left for a site to answer again
+        silent = sorted(set(waiting.values()) - set(replies))
+        for node in silent:
+            if asks[node] >= self._max_asks or now - start < patience * asks[node]:
+                continue
+            (mid,) = self._grid.push_messages([self._copy(keep[node])])
+            waiting[mid] = node
+            asks[node] += 1
+            logger.warning(
+                "site %s has not answered after %.0f s; asking again (%d/%d)",
+                node,
+                now - start,
+                asks[node],
+                self._max_asks,
+            )
+            self._notify(
+                "reasked",
+                node,
+                str(keep[node].metadata.message_type),
+                _server_round(keep[node]),
+                asks[node],
+            )
+
+
+__all__ = ["MAX_ASKS", "MIN_PATIENCE", "POLL_SECONDS", "RecoveringGrid"]

@@ -1,0 +1,132 @@
+"""The ServerApp's Grid asks a silent site again within the stage's deadline."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import pytest
+from flwr.app import ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from slidefed.server.recovering_grid import RecoveringGrid
+
+
+class _Link:
+    """A SuperLink's message store: replies arrive after ``delay`` pulls.
+
+    ``lose`` names (node, nth send) pairs whose reply never arrives, as when a
+    node's upload fails.
+    """
+
+    def __init__(self, lose: set[tuple[int, int]], delay: int = 1) -> None:
+        self.lose = lose
+        self.delay = delay
+        self.ids = itertools.count(1)
+        self.sent: list[tuple[int, int]] = []  # (node, nth send)
+        self.pending: dict[str, tuple[Message, int]] = {}
+
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        out = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            nth = 1 + sum(1 for n, _ in self.sent if n == node)
+            self.sent.append((node, nth))
+            mid = f"m{next(self.ids)}"
+            if (node, nth) not in self.lose:
+                self.pending[mid] = (message, self.delay)
+            out.append(mid)
+        return out
+
+    def pull_messages(self, ids: list[str]) -> list[Message]:
+        out = []
+        for mid in ids:
+            if mid not in self.pending:
+                continue
+            message, wait = self.pending[mid]
+            if wait > 0:
+                self.pending[mid] = (message, wait - 1)
+                continue
+            del self.pending[mid]
+            meta = Metadata(
+                run_id=1,
+                message_id=f"r{mid}",
+                src_node_id=message.metadata.dst_node_id,
+                dst_node_id=1,
+                reply_to_message_id=mid,
+                group_id="",
+                created_at=time.time(),
+                ttl=60.0,
+                message_type="train",
+            )
+            content = RecordDict({"m": MetricRecord({"x": 1.0})})
+            out.append(Message(content=content, metadata=meta))  # type: ignore[call-overload]
+        return out
+
+    def get_node_ids(self) -> list[int]:
+        return [1, 2, 3]
+
+
+@pytest.fixture(autouse=True)
+def _in_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A ServerApp makes its messages inside a run; so do these tests.
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+def _instructions(round_: int = 4) -> list[Message]:
+    content = RecordDict({"config": ConfigRecord({"server-round": round_})})
+    return [
+        Message(content=content, dst_node_id=node, message_type="train")
+        for node in (1, 2, 3)
+    ]
+
+
+def _grid(link: _Link, events: list[tuple[Any, ...]]) -> RecoveringGrid:
+    return RecoveringGrid(
+        link,
+        lambda *event: events.append(event),
+        poll=0.01,
+        min_patience=0.05,
+        patience_factor=2.0,
+    )
+
+
+def test_a_lost_reply_is_asked_again_and_recovered_in_the_stage() -> None:
+    link = _Link(lose={(2, 1)})
+    events: list[tuple[Any, ...]] = []
+    replies = list(_grid(link, events).send_and_receive(_instructions(), timeout=5))
+    assert sorted(r.metadata.src_node_id for r in replies) == [1, 2, 3]
+    assert sorted(link.sent) == [(1, 1), (2, 1), (2, 2), (3, 1)]
+    assert events == [("reasked", 2, "train", 4, 2)]
+
+
+def test_a_site_silent_to_the_end_is_reported_lost_after_the_last_ask() -> None:
+    link = _Link(lose={(3, 1), (3, 2), (3, 3)})
+    events: list[tuple[Any, ...]] = []
+    replies = list(_grid(link, events).send_and_receive(_instructions(), timeout=1))
+    assert sorted(r.metadata.src_node_id for r in replies) == [1, 2]
+    assert [n for n, _ in link.sent].count(3) == 3  # MAX_ASKS, never more
+    assert events[-1] == ("lost", 3, "train", 4, 3)
+    assert [e[0] for e in events] == ["reasked", "reasked", "lost"]
+
+
+def test_nobody_is_asked_again_while_no_site_has_answered() -> None:
+    link = _Link(lose=set(), delay=20)
+    events: list[tuple[Any, ...]] = []
+    replies = list(_grid(link, events).send_and_receive(_instructions(), timeout=5))
+    assert len(replies) == 3
+    assert len(link.sent) == 3
+    assert events == []
+
+
+def test_the_wait_is_bounded_by_the_stage_timeout() -> None:
+    link = _Link(lose={(1, n) for n in (1, 2, 3)} | {(2, 1), (3, 1)})
+    events: list[tuple[Any, ...]] = []
+    start = time.monotonic()
+    replies = list(_grid(link, events).send_and_receive(_instructions(), timeout=0.5))
+    assert time.monotonic() - start < 1.0
+    assert replies == []
+    assert sorted(e[1] for e in events if e[0] == "lost") == [1, 2, 3]
