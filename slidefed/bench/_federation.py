@@ -18,7 +18,7 @@ import torch
 from slidefed.client.config import SiteConfig, SiteSection, TilingSection
 from slidefed.client.data.bags import PatientBag, build_bags
 from slidefed.client.evaluation import auc_score, evaluate
-from slidefed.client.prepare.pipeline import load_site_features
+from slidefed.client.prepare.pipeline import load_site_features, prepare_site
 from slidefed.client.privacy.accountant import calibrate_noise
 from slidefed.client.train import (
     BagDataset,
@@ -52,6 +52,7 @@ def synth_sites(root: Path, *, seed: int) -> list[list[PatientBag]]:
             tiling=TilingSection(workers=2),
             base_dir=folder,
         )
+        prepare_site(config)  # cached after the first run: nothing is decoded again
         manifest, feats = load_site_features(config)
         out.append(build_bags(manifest.rows, feats, bag_size=256, seed=seed))
     return out

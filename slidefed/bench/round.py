@@ -40,6 +40,7 @@ def _shared_site(root: Path, seed: int) -> Path:
 def _sites(root: Path, shared: Path, n: int) -> list[Path]:
     from slidefed.client.config import load_site_config
     from slidefed.client.keys import ensure_site_keys
+    from slidefed.client.prepare.pipeline import prepare_site
 
     paths = []
     for i in range(n):
@@ -51,7 +52,10 @@ def _sites(root: Path, shared: Path, n: int) -> list[Path]:
             f'[site]\nname = "site-{i:03d}"\nmanifest = "{shared / "manifest.csv"}"\n'
             f'slides_root = "{shared}"\n[policy]\nmin_eval_patients = 3\n'
         )
-        ensure_site_keys(load_site_config(toml))
+        config = load_site_config(toml)
+        ensure_site_keys(config)
+        # The shared cache holds every slide: this only writes the site's report.
+        prepare_site(config, workers=1)
         paths.append(toml)
     return paths
 

@@ -102,9 +102,11 @@ def _manifest_slides(path: Path) -> dict[int, str]:
     except OSError:
         return {}
     reader = csv.DictReader(text.splitlines())
-    return {
-        line: (rec.get("slide") or "").strip() for line, rec in enumerate(reader, 2)
-    }
+    slides: dict[int, str] = {}
+    for rec in reader:
+        # The line a person sees (header = 1), as the manifest counts it.
+        slides[reader.line_num] = (rec.get("slide") or "").strip()
+    return slides
 
 
 __all__ = ["prepare_with_progress", "report_lines"]

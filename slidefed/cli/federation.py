@@ -43,6 +43,7 @@ def simulate(
     paths = sim.simulation_sites(sites)
     out = sim.check_run_folder(out, resume=resume)
     setup_logging(verbose)
+    _prepare_sites(paths)
     run = sim.simulation_run_config(
         paths,
         out,
@@ -59,6 +60,21 @@ def simulate(
         sim.run_simulation(run, n_sites=len(paths), verbose=verbose)
     console().print(rounds_table(live.rows(), rounds))
     print(f"run finished: {out / 'metrics.jsonl'}, {out / 'final.safetensors'}")
+
+
+def _prepare_sites(paths: list[Path]) -> None:
+    """Prepare each site not prepared yet: a round only reads prepared features."""
+    from slidefed.client.config import load_site_config
+    from slidefed.client.prepare.pipeline import prepare_unless_ready
+
+    for path in paths:
+        config = load_site_config(path)
+        report = prepare_unless_ready(config)
+        if report is not None:
+            console().print(
+                f"prepared site {config.site.name}: {len(report.usable)} of "
+                f"{len(report.slides)} slides ready, {len(report.skipped)} skipped"
+            )
 
 
 def launch(

@@ -204,14 +204,18 @@ def site_start(
         typer.Option(help="Give up reaching the SuperLink after this many seconds."),
     ] = None,
 ) -> None:
-    """Run the site's SuperNode (TLS, node key) and its app-approving executor."""
+    """Run the site's SuperNode (TLS, node key) and its app-approving executor.
+
+    Slides not prepared yet (see 'site prepare') are prepared first: a round
+    only reads prepared features.
+    """
     from slidefed.client.config import load_site_config
     from slidefed.deploy.approval import approvals_path, load_approved_apps
     from slidefed.deploy.doctor.node_status import (
         clear_node_status,
         record_node_status,
     )
-    from slidefed.deploy.site_node import build_site_launch
+    from slidefed.deploy.site_node import build_site_launch, prepare_before_serving
     from slidefed.deploy.supervisor import supervise
 
     launch = build_site_launch(
@@ -222,6 +226,9 @@ def site_start(
         runtime_port=runtime_port,
         max_wait_time=max_wait_time,
     )
+    # Rounds read prepared features only: prepare what 'site prepare' has not.
+    for line in prepare_before_serving(config):
+        print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout)
     if insecure:
         print(_INSECURE_WARNING, file=sys.stderr)
     approvals = approvals_path(config)

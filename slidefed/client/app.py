@@ -1,4 +1,10 @@
-"""The site's ClientApp: DP training and held-out evaluation on the Message API."""
+"""The site's ClientApp: DP training and held-out evaluation on the Message API.
+
+Every refusal or failure is answered with an entry of the site's table of errors
+(:mod:`slidefed.common.site_errors`): a code and its fixed message. What made the
+site refuse (which rule, which budget, the exception) goes to the site's log and
+audit log only.
+"""
 
 from __future__ import annotations
 
@@ -17,14 +23,13 @@ from flwr.clientapp import ClientApp
 from slidefed.client import messages as m
 from slidefed.client import noised_metrics as nm
 from slidefed.client.egress import check_egress, egress_guard_mod
-from slidefed.client.messages import BLOCKED, FAILED, REFUSED
 from slidefed.client.privacy.anchor import verify_ledger
 from slidefed.client.privacy.charging import Charge, charge_round
 from slidefed.client.privacy.evaluation_charging import charge_evaluation
 from slidefed.client.privacy.releases import Kind
 from slidefed.client.site import Site, config_hash
 from slidefed.client.train import batches_per_epoch, train_dp
-from slidefed.common.arrays import specs_of, update_nbytes, update_sha256
+from slidefed.common.arrays import ArraySpec, specs_of, update_nbytes, update_sha256
 from slidefed.common.audit.events import (
     EgressBlocked,
     EvaluationCharged,
@@ -38,8 +43,14 @@ from slidefed.common.audit.events import (
     RunJoined,
     UpdateReleased,
 )
-from slidefed.common.errors import AuditError, PolicyViolation, SlidefedError
+from slidefed.common.errors import (
+    AuditError,
+    PolicyViolation,
+    SiteNotPrepared,
+    SlidefedError,
+)
 from slidefed.common.run_config import RunConfig, parse_run_config
+from slidefed.common.site_errors import SiteError, SiteRefusal
 
 logger = logging.getLogger(__name__)
 
@@ -48,21 +59,17 @@ app = ClientApp(mods=[egress_guard_mod])
 
 def _check_policy(run: RunConfig, site: Site) -> None:
     policy = site.config.policy
-    if run.task not in policy.allowed_tasks:
-        raise PolicyViolation(
-            f"task {run.task!r} is not allowed by this site's policy "
-            f"(allowed_tasks={list(policy.allowed_tasks)})"
-        )
-    if run.encoder != site.config.features.encoder:
-        raise PolicyViolation(
-            f"the run uses encoder {run.encoder!r} but this site prepares features "
-            f"with {site.config.features.encoder!r} (features.encoder in site.toml)"
-        )
     if run.max_grad_norm > policy.max_grad_norm:
-        raise PolicyViolation(
+        raise SiteRefusal(
             f"max-grad-norm={run.max_grad_norm} exceeds the site's max_grad_norm "
-            f"{policy.max_grad_norm}; lower it in the run config"
+            f"{policy.max_grad_norm}; lower it in the run config",
+            code=SiteError.CLIPPING_NORM,
         )
+
+
+def _detail(code: SiteError, exc: BaseException | str) -> str:
+    """What the site's audit log records of a refusal: the reason and its code."""
+    return f"{exc} (site error {int(code)})"
 
 
 Handler = Callable[[Message, Context, RunConfig, Site, int], Message]
@@ -75,29 +82,53 @@ def _handle(
     *,
     refused: type[RoundRefused] | type[EvaluationRefused],
 ) -> Message:
-    """Run one handler; refusals and failures become error replies, audited."""
+    """Run one handler; refusals and failures become table replies, audited.
+
+    The reply carries the table entry only; the reason (with its code) goes to the
+    site log and, once the site is loaded, to its audit log.
+    """
     try:
         run = parse_run_config(dict(context.run_config))
+    except SlidefedError as exc:
+        logger.error(
+            "run config refused (site error %d): %s", SiteError.RUN_CONFIG_INVALID, exc
+        )
+        return m.error(msg, SiteError.RUN_CONFIG_INVALID)
+    try:
         site = Site.from_node(context.node_config, run)
     except SlidefedError as exc:
-        return m.error(msg, FAILED, str(exc))
+        logger.error(
+            "site not prepared (site error %d): %s", SiteError.SITE_NOT_PREPARED, exc
+        )
+        return m.error(msg, SiteError.SITE_NOT_PREPARED)
     server_round = int(m.config(msg, "server-round", 0))
     try:
         return body(msg, context, run, site, server_round)
     except PolicyViolation as exc:
-        _audit_quietly(site, refused(reason=str(exc)), context.run_id, server_round)
-        return m.error(msg, REFUSED, f"site {site.config.site.name} refused: {exc}")
+        code = m.refusal_code(exc)
+        logger.warning("round %s refused: %s", server_round, _detail(code, exc))
+        event = refused(reason=_detail(code, exc))
+        _audit_quietly(site, event, context.run_id, server_round)
+        return m.error(msg, code)
     except (OSError, AuditError) as exc:
         # Disk full or read-only state: a ledger or audit write failed before
         # anything was released, so the round is refused; the files stay valid
         # because both are written atomically or appended whole.
         logger.warning("storage error in round %s", server_round, exc_info=True)
-        reason = f"site storage error ({getattr(exc, 'strerror', None) or exc}); round refused"
-        _audit_quietly(site, refused(reason=reason), context.run_id, server_round)
-        return m.error(msg, REFUSED, reason)
+        why = f"site storage error ({getattr(exc, 'strerror', None) or exc}); round refused"
+        event = refused(reason=_detail(SiteError.STORAGE_ERROR, why))
+        _audit_quietly(site, event, context.run_id, server_round)
+        return m.error(msg, SiteError.STORAGE_ERROR)
     except SlidefedError as exc:
-        _audit_quietly(site, RoundFailed(reason=str(exc)), context.run_id, server_round)
-        return m.error(msg, FAILED, str(exc))
+        code = (
+            SiteError.SITE_NOT_PREPARED
+            if isinstance(exc, SiteNotPrepared)
+            else SiteError.FAILED
+        )
+        logger.error("round %s failed: %s", server_round, _detail(code, exc))
+        failed = RoundFailed(reason=_detail(code, exc))
+        _audit_quietly(site, failed, context.run_id, server_round)
+        return m.error(msg, code)
 
 
 @app.train()
@@ -122,6 +153,7 @@ def _audit_quietly(
 def _train(
     msg: Message, context: Context, run: RunConfig, site: Site, server_round: int
 ) -> Message:
+    specs = m.check_model(msg, run, site)
     train_bags, fingerprint = _training_samples(context, run, site, server_round)
     ledger_run = m.ledger_run(run, context)
     key = m.input_key("train", msg, fingerprint, run, site)
@@ -146,6 +178,7 @@ def _train(
         state,
         metrics,
         charge,
+        specs=specs,
     )
     if blocked is not None:
         return blocked
@@ -161,12 +194,18 @@ def _store_unless_blocked(
     arrays: dict[str, Any] | None,
     metrics: dict[str, Any],
     charge: Charge,
+    *,
+    specs: list[ArraySpec] | None = None,
 ) -> Message | None:
-    """Store a release before it is sent; the error reply if the guard blocks it."""
+    """Store a release before it is sent; the error reply if the guard blocks it.
+
+    ``specs``: the site's own model, which the arrays must match.
+    """
     kind, ledger_run, server_round, key = release
-    problem = _egress_problem(context, site, server_round, arrays, metrics)
+    problem = _egress_problem(context, site, server_round, arrays, metrics, specs)
     if problem:
-        return m.error(msg, BLOCKED, f"egress guard blocked the reply: {problem}")
+        logger.warning("egress check blocked the reply: %s", problem)
+        return m.error(msg, SiteError.EGRESS_BLOCKED)
     site.releases.put(
         kind=kind,
         run_id=ledger_run,
@@ -194,7 +233,10 @@ def _training_samples(
     bags, fingerprint = site.samples(run)
     train_bags = [b for b in bags if b.split == "train"]
     if not train_bags:
-        raise PolicyViolation("no training patients with features at this site")
+        raise SiteRefusal(
+            "no training patients with features at this site",
+            code=SiteError.NO_TRAINING_DATA,
+        )
     if server_round == 1:
         site.audit.append(
             RunJoined(config_hash=config_hash(run), dataset=fingerprint),
@@ -300,9 +342,10 @@ def _egress_problem(
     server_round: int,
     state: dict[str, Any] | None,
     metrics: dict[str, Any],
+    specs: list[ArraySpec] | None,
 ) -> str | None:
     """Why the reply may not leave (audited), or None."""
-    problem = check_egress(state, metrics, specs_of(state) if state else None)
+    problem = check_egress(state, metrics, specs if state is not None else None)
     if problem:
         site.audit.append(
             EgressBlocked(reason=problem), run_id=context.run_id, round=server_round
@@ -339,6 +382,7 @@ def _evaluate(
     msg: Message, context: Context, run: RunConfig, site: Site, server_round: int
 ) -> Message:
     torch.set_num_threads(1)
+    m.check_model(msg, run, site)
     verify_ledger(site.ledger, site.config.audit_path)
     bags, fingerprint = site.samples(run)
     test = [b for b in bags if b.split == "test"]
@@ -351,12 +395,7 @@ def _evaluate(
             run_id=context.run_id,
             round=server_round,
         )
-        return m.error(
-            msg,
-            REFUSED,
-            f"metrics withheld: too few held-out units for the site's "
-            f"min_eval_patients={minimum}",
-        )
+        return m.error(msg, SiteError.TOO_FEW_EVAL_UNITS)
     ledger_run = m.ledger_run(run, context)
     key = m.input_key("evaluate", msg, fingerprint, run, site)
     stored = site.releases.get("evaluate", ledger_run, server_round, key)
@@ -424,4 +463,4 @@ def _noised_metrics(
     return nm.histogram_metrics(nm.add_noise(hist, stream, sigma))
 
 
-__all__ = ["BLOCKED", "FAILED", "REFUSED", "app"]
+__all__ = ["app", "evaluate_handler", "train"]

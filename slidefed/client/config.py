@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from slidefed.common.tomlfile import dump_toml, load_toml_model
 
@@ -21,8 +21,22 @@ class SiteSection(BaseModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     manifest: Path = Path("manifest.csv")
     slides_root: Path = Path()
+    # Folders outside slides_root that manifest rows may also name (an archive on
+    # another mount). Every other path a row resolves to is refused.
+    extra_slide_roots: tuple[Path, ...] = ()
     state_dir: Path = Path("state")
     audit_dir: Path = Path("audit")
+
+    @field_validator("extra_slide_roots")
+    @classmethod
+    def _no_filesystem_root(cls, roots: tuple[Path, ...]) -> tuple[Path, ...]:
+        for root in roots:
+            if root.is_absolute() and root == Path(root.anchor):
+                raise ValueError(
+                    f"{root} would allow every file on the machine; name the "
+                    "folder that holds the slides"
+                )
+        return roots
 
 
 class TilingSection(BaseModel):
@@ -35,6 +49,25 @@ class TilingSection(BaseModel):
     tissue_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
     fallback_mpp: float | None = Field(default=None, gt=0.0)
     workers: int = Field(default=0, ge=0)
+
+
+#: Default of ``[prepare] max_tile_pixels``: a 4096 x 4096 px stored tile.
+MAX_TILE_PIXELS = 4096 * 4096
+
+
+class PrepareSection(BaseModel):
+    """Limits on what preparing a slide may decode.
+
+    ``max_tile_pixels`` caps the pixels of one stored tile (or strip, or DICOM
+    frame), as the file's tags declare it and as the tile's own codestream
+    header declares it; a slide with a tile past the cap is skipped, named in
+    the prepare report, and never decoded.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # At most 8192 x 8192 px: 192 MiB of RGB pixels for the largest tile.
+    max_tile_pixels: int = Field(default=MAX_TILE_PIXELS, ge=32 * 32, le=8192 * 8192)
 
 
 class FeaturesSection(BaseModel):
@@ -78,6 +111,10 @@ class TilesSection(BaseModel):
         return self
 
 
+DEFAULT_MAX_UPDATE_BYTES = 64 * 1024 * 1024
+"""Default ``policy.max_update_bytes`` (64 MiB): far above the hed/ABMIL models."""
+
+
 class SitePolicy(BaseModel):
     """The site's privacy and use policy; a run can never override it."""
 
@@ -106,6 +143,10 @@ class SitePolicy(BaseModel):
     max_evaluations_per_round: int = Field(default=1, ge=0)
     # None: as many as the run's planned rounds.
     max_evaluations_per_run: int | None = Field(default=None, ge=0)
+    # The most bytes of model arrays an instruction may bring and a reply may carry
+    # (their .npy serialisation). The egress guard uses the smaller of this and the
+    # size of the model the site builds itself for the run.
+    max_update_bytes: int = Field(default=DEFAULT_MAX_UPDATE_BYTES, ge=1)
 
     def delta_for(self, n_patients: int) -> float:
         """The delta in force: the policy's, else min(1e-5, 1/(10 N)) for N units."""
@@ -121,6 +162,7 @@ class SiteConfig(BaseModel):
     site: SiteSection
     tiling: TilingSection = TilingSection()
     features: FeaturesSection = FeaturesSection()
+    prepare: PrepareSection = PrepareSection()
     tiles: TilesSection | None = None
     policy: SitePolicy = SitePolicy()
     base_dir: Path = Path()
@@ -138,6 +180,11 @@ class SiteConfig(BaseModel):
     def slides_root(self) -> Path:
         """Absolute folder that slide paths in the manifest are relative to."""
         return self.resolve(self.site.slides_root)
+
+    @property
+    def extra_slide_roots(self) -> tuple[Path, ...]:
+        """Absolute extra folders that manifest slides may lie in."""
+        return tuple(self.resolve(p) for p in self.site.extra_slide_roots)
 
     @property
     def state_dir(self) -> Path:
@@ -184,6 +231,7 @@ def dump_site_config(config: SiteConfig) -> str:
 
 
 __all__ = [
+    "DEFAULT_MAX_UPDATE_BYTES",
     "FeaturesSection",
     "SiteConfig",
     "SitePolicy",

@@ -1,4 +1,4 @@
-"""Egress guard: only the model's arrays and allow-listed scalar metrics leave.
+"""Egress guard: only the model's arrays, allowed metrics and table errors leave.
 
 Two layers use the same rules:
 
@@ -8,21 +8,28 @@ Two layers use the same rules:
   (``ClientApp(mods=[egress_guard_mod])``), and the site's runtime wraps every
   approved app in it as well (:mod:`slidefed.deploy.approval_gate`).
 
-What may leave (anything else is blocked, the reply is replaced by an error reply
-with code :data:`EGRESS_BLOCKED`, and ``egress_blocked`` is audited):
+What may leave (anything else is blocked: the reply is replaced by the table entry
+:attr:`~slidefed.common.site_errors.SiteError.EGRESS_BLOCKED`, and
+``egress_blocked`` is audited):
 
 - in the reply to a ``train`` instruction, one ArrayRecord with exactly the arrays
-  the server sent (same names in the same order, same shapes, the same dtype or a
-  narrower float such as float16 for float32, numpy serialisation, finite values,
-  no larger than the model); no arrays otherwise;
+  of the model the site builds itself for the run
+  (:func:`slidefed.client.site_model.site_model_specs`), which must also be the
+  arrays the server sent: same names in the same order, same shapes, the same dtype
+  or a narrower float such as float16 for float32, numpy serialisation, finite
+  values, and in all no more bytes than the site's egress limit (the smaller of
+  ``policy.max_update_bytes`` and the size of that model); no arrays otherwise;
 - MetricRecords and ConfigRecords whose keys are on :data:`ALLOWED_METRICS` and
   whose values are finite scalar numbers (no strings, bytes or lists);
-- error replies with a short reason (at most :data:`MAX_ERROR_REASON` characters).
-  An exception raised by the app is answered with its type only: exception texts
-  can carry anything.
+- error replies that are exactly an entry of the site's table of errors
+  (:mod:`slidefed.common.site_errors`): a table code with its table message. An
+  exception raised by the app is answered with
+  :attr:`~slidefed.common.site_errors.SiteError.APP_EXCEPTION`; its type and text
+  stay in the site log.
 
 Neither the error reply nor the audit record repeats what was blocked: names that
-did not come from the server are counted and hashed, never written.
+did not come from the site's model are counted and hashed, and of an error reason
+not in the table only its length and a hash are written.
 """
 
 from __future__ import annotations
@@ -32,29 +39,34 @@ import logging
 import math
 import re
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict
 
+from slidefed.client.site_model import (
+    NPY_HEADER_SLACK,
+    dtype_fits,
+    expected_model,
+    site_config_path,
+)
 from slidefed.common.arrays import ArraySpec, validate_update
 from slidefed.common.errors import SlidefedError
+from slidefed.common.site_errors import (
+    SITE_ERRORS,
+    SiteError,
+    is_site_error,
+    site_error_message,
+)
 
 logger = logging.getLogger(__name__)
 
-EGRESS_BLOCKED = 4003
-"""Error code of a reply the egress guard replaced (slidefed's BLOCKED)."""
+EGRESS_BLOCKED = SiteError.EGRESS_BLOCKED
+"""Error code of a reply the egress guard replaced."""
 
-APP_EXCEPTION = 4002
+APP_EXCEPTION = SiteError.APP_EXCEPTION
 """Error code of a reply that replaced an exception raised by the app."""
-
-MAX_ERROR_REASON = 1024
-"""Longest error reason that may leave the site."""
-
-NPY_HEADER_SLACK = 4096
-"""Bytes allowed per array beyond its payload (the ``.npy`` header)."""
 
 # Scalar metrics that a reply may carry; everything else is blocked. Training
 # replies carry the update's weight and the (public) privacy accounting; evaluation
@@ -105,7 +117,7 @@ def check_egress(
 
 
 class EgressVerdict(BaseModel):
-    """Why a reply was blocked; safe to send and to audit (no content of it)."""
+    """Why a reply was blocked; safe to audit (no content of it)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -128,74 +140,89 @@ def _arrays_sent(instruction: Any) -> dict[str, Any]:
 
 
 def _check_arrays(
-    reply_records: list[Any], sent: dict[str, Any]
+    reply_records: list[Any],
+    sent: dict[str, Any],
+    expected: list[ArraySpec] | None,
+    limit: int,
 ) -> EgressVerdict | None:
     if not reply_records:
         return None
     if not sent:
         return EgressVerdict(rule="arrays in a reply that may carry none")
+    if expected is None:
+        return EgressVerdict(
+            rule="arrays in a reply to a run the site trains no model for"
+        )
     if len(reply_records) != 1:
         return EgressVerdict(
             rule="more than one ArrayRecord", detail=f"{len(reply_records)} records"
         )
     record = reply_records[0]
-    names = list(record.keys())
-    if names != list(sent):
-        extra = [n for n in names if n not in sent]
-        missing = [n for n in sent if n not in names]
-        detail = f"{len(extra)} unexpected (names sha256 {_fingerprint(extra)}), "
-        detail += f"missing {missing}" if missing else "none missing"
-        if not extra and not missing:
-            detail = "same arrays in another order"
+    verdict = _check_names(list(record.keys()), [s.name for s in expected], sent)
+    if verdict is not None:
+        return verdict
+    total = sum(len(array.data) for array in record.values())
+    if total > limit:
         return EgressVerdict(
-            rule="arrays differ from the model the server sent", detail=detail
+            rule="reply larger than the site's egress limit",
+            detail=f"{total} bytes, limit {limit}",
         )
-    budget = 0
-    for name, array in record.items():
-        want = sent[name]
-        budget += len(want.data) + NPY_HEADER_SLACK
-        if array.stype != want.stype or not _dtype_fits(array.dtype, want.dtype):
-            return EgressVerdict(
-                rule="array dtype differs from the model",
-                detail=f"{name}: {array.dtype} instead of {want.dtype}",
-            )
-        if tuple(array.shape) != tuple(want.shape):
-            return EgressVerdict(
-                rule="array shape differs from the model",
-                detail=f"{name}: {tuple(array.shape)} instead of {tuple(want.shape)}",
-            )
-        if len(array.data) > len(want.data) + NPY_HEADER_SLACK:
-            return EgressVerdict(rule="array larger than the model", detail=name)
-        try:
-            value = array.numpy()
-        except (TypeError, ValueError, OSError):
-            return EgressVerdict(rule="array cannot be read as numpy", detail=name)
-        if str(value.dtype) != array.dtype or tuple(value.shape) != tuple(want.shape):
-            return EgressVerdict(
-                rule="array data disagrees with its header", detail=name
-            )
-        if not np.issubdtype(value.dtype, np.floating) or not np.all(
-            np.isfinite(value)
-        ):
-            return EgressVerdict(rule="array not finite floating point", detail=name)
-    if sum(len(a.data) for a in record.values()) > budget:
-        return EgressVerdict(rule="reply larger than the model")
+    for spec in expected:
+        verdict = _check_array(spec.name, record[spec.name], spec, sent[spec.name])
+        if verdict is not None:
+            return verdict
     return None
 
 
-def _dtype_fits(got: str, want: str) -> bool:
-    """The server's dtype, or a narrower float (float16 for float32: less capacity)."""
-    if got == want:
-        return True
+def _check_names(
+    names: list[str], model: list[str], sent: dict[str, Any]
+) -> EgressVerdict | None:
+    """The reply's array names must be the site's model's, which the server sent."""
+    if names == model and names == list(sent):
+        return None
+    if model != list(sent):
+        return EgressVerdict(
+            rule="the server sent arrays unlike the site's model",
+            detail=f"{len(sent)} arrays sent, the site's model has {len(model)}",
+        )
+    extra = [n for n in names if n not in model]
+    missing = [n for n in model if n not in names]
+    detail = f"{len(extra)} unexpected (names sha256 {_fingerprint(extra)}), "
+    detail += f"missing {missing}" if missing else "none missing"
+    if not extra and not missing:
+        detail = "same arrays in another order"
+    return EgressVerdict(rule="arrays differ from the site's model", detail=detail)
+
+
+def _check_array(
+    name: str, array: Any, spec: ArraySpec, want: Any
+) -> EgressVerdict | None:
+    """One array: the site model's dtype and shape, the server's, finite floats."""
+    if (
+        array.stype != want.stype
+        or not dtype_fits(array.dtype, spec.dtype)
+        or not dtype_fits(array.dtype, want.dtype)
+    ):
+        return EgressVerdict(
+            rule="array dtype differs from the model",
+            detail=f"{name}: {array.dtype} instead of {spec.dtype}",
+        )
+    if tuple(array.shape) != spec.shape or tuple(want.shape) != spec.shape:
+        return EgressVerdict(
+            rule="array shape differs from the model",
+            detail=f"{name}: {tuple(array.shape)} instead of {spec.shape}",
+        )
+    if len(array.data) > len(want.data) + NPY_HEADER_SLACK:
+        return EgressVerdict(rule="array larger than the model", detail=name)
     try:
-        have, sent = np.dtype(got), np.dtype(want)
-    except TypeError:
-        return False
-    return bool(
-        np.issubdtype(have, np.floating)
-        and np.issubdtype(sent, np.floating)
-        and have.itemsize < sent.itemsize
-    )
+        value = array.numpy()
+    except (TypeError, ValueError, OSError):
+        return EgressVerdict(rule="array cannot be read as numpy", detail=name)
+    if str(value.dtype) != array.dtype or tuple(value.shape) != spec.shape:
+        return EgressVerdict(rule="array data disagrees with its header", detail=name)
+    if not np.issubdtype(value.dtype, np.floating) or not np.all(np.isfinite(value)):
+        return EgressVerdict(rule="array not finite floating point", detail=name)
+    return None
 
 
 def _check_scalars(kind: str, records: list[Any]) -> EgressVerdict | None:
@@ -221,7 +248,26 @@ def _check_scalars(kind: str, records: list[Any]) -> EgressVerdict | None:
     return None
 
 
-def inspect_reply(instruction: Any, reply: Any) -> EgressVerdict | None:
+def _check_error(code: Any, reason: Any) -> EgressVerdict | None:
+    """An error reply leaves only as an exact entry of the site's table."""
+    if (
+        isinstance(code, int)
+        and isinstance(reason, str)
+        and is_site_error(code, reason)
+    ):
+        return None
+    text = str(reason or "")
+    # Neither the reason nor a code outside the table is written: either could
+    # carry anything. Only the reason's length and a hash.
+    known = "a table code" if code in SITE_ERRORS else "a code not in the table"
+    digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:16]
+    return EgressVerdict(
+        rule="error reply not in the site's table of errors",
+        detail=f"{known}; reason of {len(text)} characters, sha256 {digest}",
+    )
+
+
+def inspect_reply(instruction: Any, reply: Any, context: Any) -> EgressVerdict | None:
     """Why ``reply`` may not leave the site, or None when it may.
 
     Parameters
@@ -230,6 +276,9 @@ def inspect_reply(instruction: Any, reply: Any) -> EgressVerdict | None:
         The message from the server that ``reply`` answers.
     reply : flwr.app.Message
         What the ClientApp returned.
+    context : flwr.app.Context
+        The node's context: the run config and site config, from which the site
+        builds its own model and its egress limit.
 
     Returns
     -------
@@ -237,12 +286,7 @@ def inspect_reply(instruction: Any, reply: Any) -> EgressVerdict | None:
         The rule that blocks it.
     """
     if reply.has_error():
-        if len(reply.error.reason or "") > MAX_ERROR_REASON:
-            return EgressVerdict(
-                rule="error reason too long",
-                detail=f"{len(reply.error.reason)} characters",
-            )
-        return None
+        return _check_error(reply.error.code, reply.error.reason)
     if not reply.has_content():
         return None
     content = reply.content
@@ -253,9 +297,16 @@ def inspect_reply(instruction: Any, reply: Any) -> EgressVerdict | None:
     )
     if known != len(content):
         return EgressVerdict(rule="record of an unknown type")
+    arrays = list(content.array_records.values())
     sent = _arrays_sent(instruction) if _is_train(instruction) else {}
+    verdict = None
+    if arrays and sent:
+        expected, limit = expected_model(context)
+        verdict = _check_arrays(arrays, sent, expected, limit)
+    elif arrays:
+        verdict = EgressVerdict(rule="arrays in a reply that may carry none")
     return (
-        _check_arrays(list(content.array_records.values()), sent)
+        verdict
         or _check_scalars("metric", list(content.metric_records.values()))
         or _check_scalars("config", list(content.config_records.values()))
     )
@@ -266,23 +317,8 @@ def _is_train(instruction: Any) -> bool:
     return kind == "train" or kind.startswith("train.")
 
 
-def _site_config_of(context: Any) -> Path | None:
-    """The site.toml of this node (deployment or simulation), if it has one."""
-    node = dict(context.node_config)
-    if "site-config" in node:
-        return Path(str(node["site-config"]))
-    sites = [
-        p for p in str(dict(context.run_config).get("sim-sites", "")).split(",") if p
-    ]
-    if "partition-id" in node and sites:
-        pid = int(node["partition-id"])
-        if 0 <= pid < len(sites):
-            return Path(sites[pid])
-    return None
-
-
 def _audit_block(instruction: Any, context: Any, verdict: EgressVerdict) -> None:
-    path = _site_config_of(context)
+    path = site_config_path(context)
     if path is None:
         logger.warning(
             "egress guard blocked a reply (no site audit log): %s", verdict.rule
@@ -311,6 +347,26 @@ def _audit_block(instruction: Any, context: Any, verdict: EgressVerdict) -> None
         logger.error("egress guard could not audit a blocked reply: %s", exc)
 
 
+def table_reply(msg: Any, code: SiteError) -> Any:
+    """The error reply of table entry ``code`` to ``msg``: its code and fixed message.
+
+    Parameters
+    ----------
+    msg : flwr.app.Message
+        The instruction it answers.
+    code : SiteError
+        The entry of the site's table of errors.
+
+    Returns
+    -------
+    flwr.app.Message
+        An error reply carrying exactly that entry.
+    """
+    from flwr.app import Error, Message
+
+    return Message(Error(code=int(code), reason=site_error_message(code)), reply_to=msg)
+
+
 def egress_guard_mod(msg: Any, ctx: Any, call_next: Callable[[Any, Any], Any]) -> Any:
     """Flower client mod: let a reply leave only if it passes the egress rules.
 
@@ -319,30 +375,29 @@ def egress_guard_mod(msg: Any, ctx: Any, call_next: Callable[[Any, Any], Any]) -
     msg : flwr.app.Message
         The instruction from the server.
     ctx : flwr.app.Context
-        The node's context (``node_config["site-config"]`` finds the audit log).
+        The node's context (``node_config["site-config"]`` finds the audit log,
+        the policy and, with the run config, the site's own model).
     call_next : callable
         The rest of the ClientApp.
 
     Returns
     -------
     flwr.app.Message
-        The reply, or an error reply (code :data:`EGRESS_BLOCKED`) in its place.
+        The reply, or the table entry :data:`EGRESS_BLOCKED` in its place
+        (:data:`APP_EXCEPTION` when the app raised).
     """
-    from flwr.app import Error, Message
-
     try:
         reply = call_next(msg, ctx)
-    except Exception as exc:  # its text must not leave the site
+    except Exception as exc:  # neither its text nor its type may leave the site
         logger.error(
-            "the ClientApp raised %s; its message stays at the site", type(exc).__name__
+            "the ClientApp raised %s; it is answered with site error %d",
+            type(exc).__name__,
+            APP_EXCEPTION,
         )
         logger.debug("ClientApp exception", exc_info=exc)
-        reason = (
-            f"the ClientApp raised {type(exc).__name__}; details are in the site log"
-        )
-        return Message(Error(code=APP_EXCEPTION, reason=reason), reply_to=msg)
+        return table_reply(msg, APP_EXCEPTION)
     try:
-        verdict = inspect_reply(msg, reply)
+        verdict = inspect_reply(msg, reply, ctx)
     except Exception:  # noqa: BLE001 - an uninspectable reply is blocked
         verdict = EgressVerdict(rule="reply could not be inspected")
     if verdict is None:
@@ -351,17 +406,17 @@ def egress_guard_mod(msg: Any, ctx: Any, call_next: Callable[[Any, Any], Any]) -
     logger.warning(
         "egress guard blocked a %s reply: %s", msg.metadata.message_type, verdict.rule
     )
-    reason = f"egress guard blocked the reply: {verdict.rule}"
-    return Message(Error(code=EGRESS_BLOCKED, reason=reason), reply_to=msg)
+    return table_reply(msg, EGRESS_BLOCKED)
 
 
 __all__ = [
     "ALLOWED_METRICS",
     "APP_EXCEPTION",
     "EGRESS_BLOCKED",
-    "MAX_ERROR_REASON",
     "EgressVerdict",
     "check_egress",
     "egress_guard_mod",
     "inspect_reply",
+    "is_allowed_metric",
+    "table_reply",
 ]

@@ -1,7 +1,8 @@
 """Reading instructions and building replies for the ClientApp's handlers.
 
-Error codes, the instruction's config values, the model in, the release's input
-digest (everything a release depends on), the ledger's run id and delta.
+Error replies (entries of the site's table, :mod:`slidefed.common.site_errors`),
+the instruction's config values, the model in, the release's input digest
+(everything a release depends on), the ledger's run id and delta.
 """
 
 from __future__ import annotations
@@ -21,17 +22,19 @@ from flwr.app import (
     RecordDict,
 )
 
+from slidefed.client.privacy.anchor import LedgerMismatch
+from slidefed.client.privacy.evaluation_charging import (
+    EvaluationRefused as EvaluationCapReached,
+)
 from slidefed.client.privacy.ledger import stable_run_id
 from slidefed.client.privacy.releases import Kind
 from slidefed.client.site import Site, code_sha256
-from slidefed.common.arrays import update_sha256
+from slidefed.client.site_model import check_model_in, site_model_specs
+from slidefed.common.arrays import ArraySpec, update_sha256
+from slidefed.common.errors import PolicyViolation, PrivacyBudgetExhausted
 from slidefed.common.model import build_model, feature_dim
 from slidefed.common.run_config import RunConfig
-
-# Error codes in replies (Flower reserves small codes).
-REFUSED = 4001
-FAILED = 4002
-BLOCKED = 4003
+from slidefed.common.site_errors import SiteError, SiteRefusal, site_error_message
 
 
 def config(msg: Message, key: str, default: float) -> float:
@@ -52,8 +55,13 @@ def config_text(msg: Message, key: str) -> str:
     return ""
 
 
-def error(msg: Message, code: int, reason: str) -> Message:
-    return Message(Error(code=code, reason=reason), reply_to=msg)
+def error(msg: Message, code: SiteError) -> Message:
+    """The error reply of table entry ``code``: its code and fixed message only.
+
+    Whatever made the site refuse or fail goes to the site's log and audit log,
+    never into the reply.
+    """
+    return Message(Error(code=int(code), reason=site_error_message(code)), reply_to=msg)
 
 
 def load_model(run: RunConfig, site: Site, msg: Message) -> torch.nn.Module:
@@ -63,6 +71,41 @@ def load_model(run: RunConfig, site: Site, msg: Message) -> torch.nn.Module:
     arrays = next(iter(msg.content.array_records.values()))
     model.load_state_dict(arrays.to_torch_state_dict())
     return model
+
+
+def check_model(msg: Message, run: RunConfig, site: Site) -> list[ArraySpec]:
+    """The site's own model for the run, once the model sent is that model.
+
+    Raises
+    ------
+    SiteRefusal
+        If the policy forbids the task, the encoder is not the site's, or the
+        model sent is too large for the policy or is not the site's model.
+    """
+    specs = site_model_specs(run, site.config)
+    records = list(msg.content.array_records.values()) if msg.has_content() else []
+    if len(records) > 1:
+        raise SiteRefusal(
+            f"the instruction carries {len(records)} ArrayRecords, not one model",
+            code=SiteError.MODEL_DIFFERS,
+        )
+    check_model_in(
+        dict(records[0].items()) if records else None, specs, site.config.policy
+    )
+    return specs
+
+
+def refusal_code(exc: PolicyViolation) -> SiteError:
+    """The table entry that answers a refusal."""
+    if isinstance(exc, SiteRefusal):
+        return exc.code
+    if isinstance(exc, PrivacyBudgetExhausted):
+        return SiteError.BUDGET
+    if isinstance(exc, LedgerMismatch):
+        return SiteError.LEDGER_CHECK_FAILED
+    if isinstance(exc, EvaluationCapReached):
+        return SiteError.EVALUATION_CAP
+    return SiteError.REFUSED
 
 
 def input_key(
@@ -123,9 +166,7 @@ def evaluation_cap(run: RunConfig, site: Site) -> int:
 
 
 __all__ = [
-    "BLOCKED",
-    "FAILED",
-    "REFUSED",
+    "check_model",
     "config",
     "config_text",
     "delta",
@@ -134,5 +175,6 @@ __all__ = [
     "input_key",
     "ledger_run",
     "load_model",
+    "refusal_code",
     "reply",
 ]

@@ -14,7 +14,7 @@ import numpy as np
 from slidefed.client.config import SiteConfig, load_site_config
 from slidefed.client.data.bags import PatientBag, build_bags
 from slidefed.client.keys import ensure_site_keys
-from slidefed.client.prepare.pipeline import load_site_features
+from slidefed.client.prepare.prepared import load_site_features, report_path
 from slidefed.client.privacy.ledger import PrivacyLedger
 from slidefed.client.privacy.randomness import SiteRandomness
 from slidefed.client.privacy.releases import ReleaseStore
@@ -100,7 +100,17 @@ class Site:
         return list(bags), fingerprint
 
     def bags(self, run: RunConfig) -> tuple[list[PatientBag], dict[str, Any]]:
-        """Patient bags (features cached on disk) and the dataset fingerprint."""
+        """Patient bags and the dataset fingerprint.
+
+        The features come from the site's last preparation, read from the
+        cache: a message never makes the site prepare or decode a slide.
+
+        Raises
+        ------
+        SiteNotPrepared
+            If the site was not prepared for its manifest, encoder and tiling
+            (``slidefed site prepare --config site.toml`` fixes it).
+        """
         manifest, feats = load_site_features(self.config)
         bag_size = min(run.bag_size, self.config.policy.max_bag_size)
         # The subsample of a large bag is the site's secret draw, not the run's seed.
@@ -123,7 +133,8 @@ _SAMPLES: dict[tuple[Any, ...], tuple[list[Any], dict[str, Any]]] = {}
 
 def _data_signature(config: SiteConfig) -> tuple[Any, ...]:
     """Paths, sizes and modification times of everything the samples depend on."""
-    paths = [config.manifest_path]
+    # A new preparation report means new features, whatever else changed.
+    paths = [config.manifest_path, report_path(config)]
     if config.tiles is not None:
         root = config.resolve(config.tiles.path)
         paths += sorted(root.rglob("*")) if root.exists() else []
@@ -132,8 +143,13 @@ def _data_signature(config: SiteConfig) -> tuple[Any, ...]:
     elif config.manifest_path.is_file():
         import csv
 
+        from slidefed.client.data.slide_paths import SlideRoots
+
+        roots = SlideRoots.of_site(config)
         rows = csv.DictReader(config.manifest_path.read_text().splitlines())
-        paths += [config.slides_root / (r.get("slide") or "") for r in rows]
+        # Only stat()ed here; preparation refuses a slide outside the roots.
+        found = (roots.resolve((r.get("slide") or "").strip()) for r in rows)
+        paths += [p for p in found if p is not None and roots.allows(p)]
     # The tiles section and the policy's unit decide the samples too.
     out = [str(config.base_dir), repr(config.tiles), str(config.policy.unit)]
     for path in paths:

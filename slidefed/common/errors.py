@@ -4,8 +4,11 @@
 
     SlidefedError
      ├── ConfigError (ValueError)         exit 2: bad config or bad CLI input
+     │    └── SiteNotPrepared             exit 2: features not prepared for a round
      ├── ManifestError (ValueError)       exit 2: the site manifest is invalid
+     │    └── SlidePathError              exit 2: a row's slide is outside the store
      ├── SlideReadError (ValueError)      exit 2: a slide cannot be read
+     │    └── SlideDecodeRefused          exit 2: a tile would decode past the cap
      ├── PolicyViolation                  exit 3: a request breaks the site policy
      │    └── PrivacyBudgetExhausted      exit 3: a round would exceed the budget
      ├── AuditError                       exit 4: audit log missing or unusable
@@ -35,6 +38,19 @@ class ManifestError(SlidefedError, ValueError):
     exit_code = 2
 
 
+class SlidePathError(ManifestError):
+    """A manifest row names a slide outside the site's slide store.
+
+    The message names the manifest, the row and the slide; ``fix`` says how to
+    repair it, and ``str()`` holds both on one line.
+    """
+
+    def __init__(self, detail: str, *, fix: str) -> None:
+        super().__init__(f"{detail}; {fix}")
+        self.detail = detail
+        self.fix = fix
+
+
 class SlideReadError(SlidefedError, ValueError):
     """A slide file cannot be opened or read; the message names file and reason."""
 
@@ -44,6 +60,21 @@ class SlideReadError(SlidefedError, ValueError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+    def __reduce__(self) -> tuple[type[SlideReadError], tuple[str, str]]:
+        # Raised in worker processes too: pickled with both arguments.
+        return (type(self), (self.path, self.reason))
+
+
+class SlideDecodeRefused(SlideReadError):
+    """A stored tile declares more pixels than the slide or the site's cap allow.
+
+    Raised before the tile is decoded; the whole slide is skipped and named.
+    """
+
+
+class SiteNotPrepared(ConfigError):
+    """A round needs features the site has not prepared (``slidefed site prepare``)."""
 
 
 class PolicyViolation(SlidefedError):
@@ -77,6 +108,9 @@ __all__ = [
     "ManifestError",
     "PolicyViolation",
     "PrivacyBudgetExhausted",
+    "SiteNotPrepared",
+    "SlideDecodeRefused",
+    "SlidePathError",
     "SlideReadError",
     "SlidefedError",
 ]

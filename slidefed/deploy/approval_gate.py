@@ -27,14 +27,19 @@ So slidefed enforces approval in the site's runtime, before the FAB is even unpa
   message with an error reply; nothing of the app was unpacked or imported. The
   second wraps the loaded ClientApp in :func:`slidefed.client.egress.egress_guard_mod`,
   so the site's egress guard applies to every approved app as well, whatever mods
-  the app itself declares.
+  the app itself declares. A third sits in front of the reply Flower pushes: an
+  error reply that Flower's runtime built itself (its reason is the exception's
+  type and text, e.g. of :class:`~slidefed.deploy.approval.AppNotApproved`) leaves
+  only as an entry of the site's table of errors
+  (:mod:`slidefed.common.site_errors`).
 - The executor and the SuperNode share a secret (``--superexec-auth-secret-file``),
   so no other local process can take the SuperNode's tasks.
 
 Tied to one Flower version
 --------------------------
-The hooks replace three functions of ``flwr.supernode.runtime.run_clientapp``
-(``pull_task_input``, ``install_from_fab``, ``get_load_client_app_fn``) and the
+The hooks replace four functions of ``flwr.supernode.runtime.run_clientapp``
+(``pull_task_input``, ``install_from_fab``, ``get_load_client_app_fn``,
+``push_message``) and the
 executor factory of ``flwr.supercore.superexec.run_superexec``: private code that
 may change in any release. The gate was written and tested for
 :data:`FLOWER_SERIES`; on any other installed Flower it fails closed
@@ -71,7 +76,12 @@ FLOWER_SERIES = "1.42"
 ENTRY_MODULE = "slidefed.deploy.approval_gate"
 """``python -m`` target of the site's executor and of each gated ClientApp."""
 
-_HOOKED = ("pull_task_input", "install_from_fab", "get_load_client_app_fn")
+_HOOKED = (
+    "pull_task_input",
+    "install_from_fab",
+    "get_load_client_app_fn",
+    "push_message",
+)
 
 
 def installed_flower_version() -> str:
@@ -125,6 +135,40 @@ class _GuardedClientApp:
         return egress_guard_mod(message, context, self._inner)
 
 
+def _table_error(reply: Any, pulled: dict[str, Any]) -> Any:
+    """``reply`` with any error not in the site's table replaced by a table entry.
+
+    Flower's runtime answers an exception raised outside the app (the approval
+    check, installing or loading the FAB) with its type and text; that text stays
+    in the site log. A refused app is answered with ``APP_NOT_APPROVED``, any
+    other such error with ``APP_NOT_STARTED``.
+    """
+    from flwr.app import Error
+
+    from slidefed.common.site_errors import (
+        SiteError,
+        is_site_error,
+        site_error_message,
+    )
+
+    if reply is None or not reply.has_error():
+        return reply
+    if is_site_error(reply.error.code, reply.error.reason):
+        return reply
+    code = (
+        SiteError.APP_NOT_APPROVED
+        if pulled.get("refused")
+        else SiteError.APP_NOT_STARTED
+    )
+    logger.error(
+        "Flower's runtime answered with error %s; sent as site error %d instead",
+        reply.error.code,
+        code,
+    )
+    reply.error = Error(code=int(code), reason=site_error_message(code))
+    return reply
+
+
 def _refuse(site_config: Path, content: bytes, pulled: dict[str, Any]) -> None:
     """Audit ``app_refused`` for FAB bytes that failed :func:`check_fab`."""
     run, context = pulled.get("run"), pulled.get("context")
@@ -137,6 +181,7 @@ def _refuse(site_config: Path, content: bytes, pulled: dict[str, Any]) -> None:
         fab_version=str(getattr(run, "fab_version", "")),
         reason="not in approved_apps.toml",
     )
+    pulled["refused"] = True
     logger.error("refused app %s: not approved by this site", fab_hash)
 
 
@@ -162,6 +207,7 @@ def _install_hooks(site_config: Path) -> None:
     original_pull = rc.pull_task_input
     original_install = rc.install_from_fab
     original_loader = rc.get_load_client_app_fn
+    original_push = rc.push_message
 
     def pull_task_input(client: Any) -> Any:
         result = original_pull(client)
@@ -187,9 +233,13 @@ def _install_hooks(site_config: Path) -> None:
 
         return guarded
 
+    def push_message(client: Any, message: Any, context: Any) -> Any:
+        return original_push(client, _table_error(message, pulled), context)
+
     rc.pull_task_input = pull_task_input
     rc.install_from_fab = install_from_fab
     rc.get_load_client_app_fn = get_load_client_app_fn
+    rc.push_message = push_message
 
 
 def run_gated_clientapp(argv: Sequence[str]) -> None:

@@ -275,6 +275,52 @@ def _executor_command(site_toml: Path, *, port: int, secret: Path) -> list[str]:
     ]
 
 
+# ------------------------------------------------------------ preparation
+def prepare_before_serving(config_path: Path) -> list[str]:
+    """Prepare the site's slides unless its features are ready for rounds.
+
+    A round only reads prepared features (it never prepares or decodes a
+    slide), so ``site start`` prepares first what ``site prepare`` has not:
+    nothing when the last preparation still describes the site. A site with
+    no manifest yet starts anyway (every round then fails until it has one).
+
+    Returns
+    -------
+    list of str
+        Lines for the operator (warnings start with ``warning:``).
+
+    Raises
+    ------
+    ManifestError
+        If the manifest exists but is invalid.
+    ConfigError
+        If the encoder is unknown or its weights file is missing.
+    """
+    from slidefed.client.prepare.pipeline import prepare_unless_ready
+    from slidefed.client.prepare.prepared import prepare_command
+
+    config = load_site_config(Path(config_path))
+    if config.tiles is None and not config.manifest_path.is_file():
+        return [
+            f"warning: no manifest at {config.manifest_path}: every round will "
+            f"fail; write it, then run '{prepare_command(config)}'"
+        ]
+    report = prepare_unless_ready(config)
+    if report is None:
+        return []
+    lines = [
+        f"prepared {len(report.usable)} of {len(report.slides)} slides "
+        f"({len(report.skipped)} skipped) before serving rounds; report in "
+        f"{config.state_dir / 'prepare-report.json'}"
+    ]
+    if not report.usable:
+        lines.append(
+            "warning: no usable slide at this site: every round will fail; "
+            f"fix the slides '{prepare_command(config)}' lists"
+        )
+    return lines
+
+
 __all__ = [
     "EXECUTOR_MODULE",
     "LOCALHOST",
@@ -284,4 +330,5 @@ __all__ = [
     "ensure_superexec_secret",
     "free_port",
     "node_key_path",
+    "prepare_before_serving",
 ]

@@ -278,6 +278,8 @@ def _round_recorder(
         now = time.perf_counter()
         row = _row(strategy, absolute, now - clock[0])
         clock[0] = now
+        if int(row.get("sites_trained", 0)) < run.min_sites:
+            _fail_round(run, context, absolute, row, audit)
         metrics_log.append(row)
         _checkpoint(checkpoints, run, absolute, metrics_log, global_arrays, strategy)
         audit.append(
@@ -294,6 +296,57 @@ def _round_recorder(
         return None
 
     return after_round
+
+
+def _why_untrained(row: dict[str, Any]) -> str:
+    """The sites' reasons for a round without enough training, one per reason."""
+    reasons: dict[str, list[str]] = {}
+    for entry in [*row.get("errors", []), *row.get("rejected", [])]:
+        nodes = reasons.setdefault(str(entry["reason"]), [])
+        if str(entry["node"]) not in nodes:
+            nodes.append(str(entry["node"]))
+    if not reasons:
+        return "no site replied in time (see the sites' logs and round-timeout)"
+    return "; ".join(
+        f"{reason} (site{'s' if len(nodes) > 1 else ''} {', '.join(nodes)})"
+        for reason, nodes in reasons.items()
+    )
+
+
+def _fail_round(
+    run: RunConfig,
+    context: Context,
+    absolute: int,
+    row: dict[str, Any],
+    audit: AuditLog,
+) -> None:
+    """End the run: a round with fewer trained sites than min-sites is no result.
+
+    Nothing of the round is logged as a metric or checkpointed: the metrics of
+    an untrained model must not look like results.
+
+    Raises
+    ------
+    FederationError
+        Always, naming the round, the count and the sites' reasons.
+    """
+    trained = int(row.get("sites_trained", 0))
+    audit.append(
+        RoundCompleted(
+            sites_trained=trained,
+            sites_evaluated=int(row.get("sites_evaluated", 0)),
+            rejected=len(row.get("rejected", [])),
+            errors=len(row.get("errors", [])),
+        ),
+        run_id=context.run_id,
+        round=absolute,
+    )
+    message = (
+        f"round {absolute}: {trained} of min-sites {run.min_sites} sites trained, so "
+        f"the run stops without a model; {_why_untrained(row)}"
+    )
+    logger.error("%s", message)
+    raise FederationError(message)
 
 
 def _checkpoint(

@@ -26,6 +26,7 @@ from slidefed.common.audit.events import (
     UpdateRejected,
 )
 from slidefed.common.audit.writer import AuditLog
+from slidefed.common.site_errors import describe_reply_error
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +192,12 @@ class ValidatingMixin:
         """Whether a train reply may be aggregated; records and audits why not."""
         node = str(msg.metadata.src_node_id)
         if msg.has_error():
-            reason = str(msg.error.reason)
-            info["errors"].append({"node": node, "reason": reason})
+            # Shown by its code, from the table of site errors: a site's own text
+            # is never displayed, logged or audited here.
+            reason = describe_reply_error(msg.error.code, msg.error.reason)
+            info["errors"].append(
+                {"node": node, "code": int(msg.error.code), "reason": reason}
+            )
             self._audit(ReplyError(node=node, reason=reason), absolute)
             logger.warning(
                 "round %s: site %s replied with an error: %s",
@@ -248,7 +253,10 @@ class ValidatingMixin:
         for msg in replies:
             if msg.has_error():
                 node = str(msg.metadata.src_node_id)
-                info["errors"].append({"node": node, "reason": str(msg.error.reason)})
+                reason = describe_reply_error(msg.error.code, msg.error.reason)
+                info["errors"].append(
+                    {"node": node, "code": int(msg.error.code), "reason": reason}
+                )
             else:
                 valid.append(msg)
         info["sites_evaluated"] = len(valid)

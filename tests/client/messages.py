@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -23,12 +24,23 @@ from slidefed.common.run_config import RunConfig
 _IDS = itertools.count()
 
 
-def instruction(
-    kind: str, server_round: int, *, seed: int = 0, run_id: int = 42
-) -> Message:
-    """A train or evaluate instruction carrying a model built from ``seed``."""
+def model_arrays(seed: int = 0) -> dict[str, np.ndarray]:
+    """The arrays of the ABMIL/hed model built from ``seed``, as a coordinator sends."""
     model = build_model("abmil", feature_dim("hed"), seed=seed)
-    arrays = ArrayRecord({k: Array(v.numpy()) for k, v in model.state_dict().items()})
+    return {k: v.numpy() for k, v in model.state_dict().items()}
+
+
+def instruction(
+    kind: str,
+    server_round: int,
+    *,
+    seed: int = 0,
+    run_id: int = 42,
+    arrays: dict[str, np.ndarray] | None = None,
+) -> Message:
+    """A train or evaluate instruction carrying ``arrays`` (default: the model)."""
+    sent = model_arrays(seed) if arrays is None else arrays
+    record = ArrayRecord({k: Array(v) for k, v in sent.items()})
     meta = Metadata(
         run_id=run_id,
         message_id=f"{kind}-{server_round}-{next(_IDS)}",
@@ -41,7 +53,7 @@ def instruction(
         message_type=kind,
     )
     content = RecordDict(
-        {"arrays": arrays, "config": ConfigRecord({"server-round": server_round})}
+        {"arrays": record, "config": ConfigRecord({"server-round": server_round})}
     )
     return Message(content=content, metadata=meta)  # type: ignore[call-overload,no-any-return]
 
@@ -58,4 +70,4 @@ def node_context(site_toml: Path, *, run_id: int = 42, **run: Any) -> Context:
     )
 
 
-__all__ = ["instruction", "node_context"]
+__all__ = ["instruction", "model_arrays", "node_context"]

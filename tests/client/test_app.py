@@ -10,12 +10,14 @@ from flwr.app import (
     Message,
 )
 
-from slidefed.client.app import REFUSED, app
+from slidefed.client.app import app
 from slidefed.client.config import load_site_config
 from slidefed.client.keys import ensure_site_keys
 from slidefed.common.model import build_model
+from slidefed.common.site_errors import SiteError, site_error_message
 from slidefed.demo.synth import SynthSite
 from tests.client.messages import instruction, node_context
+from tests.client.prepared import prepare_like_shared
 
 
 def _message(kind: str, server_round: int) -> Message:
@@ -36,6 +38,7 @@ def site_toml(small_site: SynthSite, tmp_path: Path) -> Path:
         "max_epsilon = 3.0\n"
     )
     ensure_site_keys(load_site_config(path))
+    prepare_like_shared(path, small_site)  # rounds read prepared features only
     return path
 
 
@@ -63,12 +66,23 @@ def test_train_releases_only_model_arrays_and_charges_first(site_toml: Path) -> 
     assert events.index("round_charged") < events.index("update_released")
 
 
+def _entry(reply: Message) -> tuple[int, str]:
+    assert reply.has_error()
+    return int(reply.error.code), str(reply.error.reason)
+
+
+def _table(code: SiteError) -> tuple[int, str]:
+    return int(code), site_error_message(code)
+
+
 def test_round_breaking_policy_is_refused_and_audited(site_toml: Path) -> None:
     reply = app(_message("train", 1), _context(site_toml, max_grad_norm=50.0))
-    assert reply.has_error()
-    assert reply.error.code == REFUSED
-    assert "max_grad_norm" in str(reply.error.reason)
-    assert _events(site_toml)[-1]["event"] == "round_refused"
+    assert _entry(reply) == (4109, "refused: clipping norm above the site's limit")
+    # The rule and the fix stay at the site, in its audit log.
+    last = _events(site_toml)[-1]
+    assert last["event"] == "round_refused"
+    assert "max_grad_norm" in str(last["data"]["reason"])  # type: ignore[index]
+    assert "site error 4109" in str(last["data"]["reason"])  # type: ignore[index]
 
 
 def test_run_over_budget_is_refused(site_toml: Path) -> None:
@@ -77,14 +91,14 @@ def test_run_over_budget_is_refused(site_toml: Path) -> None:
     ctx = _context(site_toml, target_epsilon=2.0)
     ctx.run_id = 43
     reply = app(_message("train", 1), ctx)
-    assert reply.has_error()
-    assert "lower target-epsilon" in str(reply.error.reason)
+    assert _entry(reply) == _table(SiteError.BUDGET)
+    last = _events(site_toml)[-1]
+    assert "lower target-epsilon" in str(last["data"]["reason"])  # type: ignore[index]
 
 
 def test_evaluation_below_minimum_patients_releases_no_metric(site_toml: Path) -> None:
     # The 10-patient site holds 4 test patients, below the policy's minimum of 5.
     reply = app(_message("evaluate", 1), _context(site_toml))
-    assert reply.has_error()
-    assert "min_eval_patients=5" in str(reply.error.reason)
+    assert _entry(reply) == _table(SiteError.TOO_FEW_EVAL_UNITS)
     assert not reply.has_content()
     assert _events(site_toml)[-1]["event"] == "metric_withheld"

@@ -21,11 +21,18 @@ from flwr.app import (
 )
 
 from slidefed.cli import main
-from slidefed.client.app import REFUSED, app
+from slidefed.client.app import app
 from slidefed.client.config import load_site_config
 from slidefed.client.keys import ensure_site_keys
+from slidefed.common.site_errors import (
+    SITE_ERRORS,
+    SiteError,
+    is_site_error,
+    site_error_message,
+)
 from slidefed.demo.synth import SynthSite
-from tests.client.messages import instruction, node_context
+from tests.client.messages import instruction, model_arrays, node_context
+from tests.client.prepared import prepare_like_shared
 
 
 def _message(
@@ -56,13 +63,15 @@ def _site(
         f'audit_dir = "{folder / "audit"}"\n'
         "[policy]\nmax_epsilon = 20.0\nmin_eval_patients = 1\n" + extra
     )
-    config = load_site_config(path)
-    # The features are prepared once for the shared slides; each site gets a copy.
-    shared_cache = small_site.root / "state" / "cache"
-    if shared_cache.is_dir():
-        shutil.copytree(shared_cache, config.cache_dir, dirs_exist_ok=True)
-    ensure_site_keys(config)
+    ensure_site_keys(load_site_config(path))
+    # Rounds read prepared features only; from a copy of the shared slides' cache.
+    prepare_like_shared(path, small_site)
     return path
+
+
+def _audit(site_toml: Path) -> list[dict[str, Any]]:
+    path = load_site_config(site_toml).audit_path
+    return [json.loads(x) for x in path.read_text().splitlines()]
 
 
 def _arrays(reply: Message) -> dict[str, np.ndarray]:
@@ -129,7 +138,8 @@ def test_a_replay_after_the_data_or_policy_changed_is_a_new_charged_release(
     again = app(_message("train", 1), _context(site, target_epsilon=4.0))
 
     if again.has_error():  # refused is acceptable: nothing new left for free
-        assert again.error.code == REFUSED
+        assert is_site_error(again.error.code, again.error.reason)
+        assert again.error.code == SiteError.BUDGET
     else:
         assert not _same(first, _arrays(again))
         assert _budget(site, capsys)["epsilon_spent"] > spent
@@ -188,9 +198,11 @@ def test_a_deleted_or_rolled_back_ledger_stops_training(
 
     reply = app(_message("train", 3), _context(site, target_epsilon=6.0))
 
-    assert reply.has_error()
-    assert reply.error.code == REFUSED
-    assert "ledger" in str(reply.error.reason)
+    assert (reply.error.code, reply.error.reason) == (
+        SiteError.LEDGER_CHECK_FAILED,
+        "refused: ledger check failed",
+    )
+    assert "ledger" in _audit(site)[-1]["data"]["reason"]
 
 
 def test_flipping_a_training_label_changes_only_the_dp_protected_arrays(
@@ -237,7 +249,10 @@ def test_crafted_evaluations_are_charged_each_and_capped(
             _message("evaluate", 1 + i % 3, seed=i), _context(site, target_epsilon=4.0)
         )
         if reply.has_error():
-            assert reply.error.code == REFUSED
+            assert (reply.error.code, reply.error.reason) == (
+                SiteError.EVALUATION_CAP,
+                site_error_message(SiteError.EVALUATION_CAP),
+            )
             refused += 1
             continue
         answered += 1
@@ -256,7 +271,7 @@ def test_crafted_evaluations_are_charged_each_and_capped(
 
 
 def test_site_init_makes_a_private_secret_and_a_site_without_one_trains_nothing(
-    small_site: SynthSite, tmp_path: Path
+    small_site: SynthSite, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     folder = tmp_path / "fresh"
     assert main(["site", "init", str(folder), "--name", "hospital-y"]) == 0
@@ -268,5 +283,82 @@ def test_site_init_makes_a_private_secret_and_a_site_without_one_trains_nothing(
     (load_site_config(site).state_dir / "keys" / "rng_secret").unlink()
     reply = app(_message("train", 1), _context(site, target_epsilon=4.0))
 
+    assert (reply.error.code, reply.error.reason) == (
+        SiteError.SITE_NOT_PREPARED,
+        "refused: site not prepared",
+    )
+    # Why stays at the site, in its log.
+    assert "randomness secret is missing" in caplog.text
+
+
+# ------------------------------------------------ the model it sends the site
+def _refused_with(reply: Message, code: SiteError) -> None:
     assert reply.has_error()
-    assert "randomness secret is missing" in str(reply.error.reason)
+    assert (reply.error.code, reply.error.reason) == (int(code), SITE_ERRORS[code])
+
+
+@pytest.mark.parametrize("kind", ["train", "evaluate"])
+def test_a_model_over_the_sites_limit_is_refused_before_anything_is_charged(
+    small_site: SynthSite,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+) -> None:
+    # The site's own model is about 24 KB; an extra 1 MiB array rides along.
+    site = _site(tmp_path / "site", small_site, extra="max_update_bytes = 262144\n")
+    big = {**model_arrays(), "exfil": np.zeros(1 << 18, dtype=np.float32)}
+
+    reply = app(instruction(kind, 1, arrays=big), _context(site, target_epsilon=4.0))
+
+    _refused_with(reply, SiteError.MODEL_TOO_LARGE)
+    last = _audit(site)[-1]
+    assert last["event"] in {"round_refused", "evaluation_refused"}
+    assert "max_update_bytes=262144" in last["data"]["reason"]
+    assert _budget(site, capsys)["epsilon_spent"] == 0
+
+
+def test_a_policy_limit_below_the_model_refuses_the_model_itself(
+    small_site: SynthSite, tmp_path: Path
+) -> None:
+    site = _site(tmp_path / "site", small_site, extra="max_update_bytes = 4096\n")
+    reply = app(instruction("train", 1), _context(site, target_epsilon=4.0))
+    _refused_with(reply, SiteError.MODEL_TOO_LARGE)
+
+
+def test_a_run_config_asking_the_site_for_a_huge_model_is_refused(
+    small_site: SynthSite, tmp_path: Path
+) -> None:
+    # 1000 labels make the site's own tile classifier about 270 KB: over the limit,
+    # whatever the coordinator actually sends.
+    site = _site(tmp_path / "site", small_site, extra="max_update_bytes = 100000\n")
+    labels = ",".join(f"c{i}" for i in range(1000))
+    ctx = _context(site, task="tiles", labels=labels, target_epsilon=4.0)
+    _refused_with(app(instruction("train", 1), ctx), SiteError.MODEL_TOO_LARGE)
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["extra", "missing", "shape", "order"],
+)
+def test_a_model_unlike_the_sites_own_is_refused(
+    small_site: SynthSite,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    change: str,
+) -> None:
+    site = _site(tmp_path / "site", small_site)
+    arrays = model_arrays()
+    if change == "extra":
+        arrays["exfil"] = np.zeros(16, dtype=np.float32)
+    elif change == "missing":
+        arrays.pop("head.bias")
+    elif change == "shape":
+        arrays["head.bias"] = np.zeros(3, dtype=np.float32)
+    else:
+        arrays = dict(reversed(arrays.items()))
+
+    reply = app(instruction("train", 1, arrays=arrays), _context(site))
+
+    _refused_with(reply, SiteError.MODEL_DIFFERS)
+    assert _audit(site)[-1]["event"] == "round_refused"
+    assert _budget(site, capsys)["epsilon_spent"] == 0

@@ -27,19 +27,19 @@ from slidefed.client.config import load_site_config
 from slidefed.client.egress import (
     APP_EXCEPTION,
     EGRESS_BLOCKED,
-    MAX_ERROR_REASON,
     egress_guard_mod,
     inspect_reply,
 )
 from slidefed.common.crypto import generate_audit_key
 from slidefed.common.errors import ConfigError
+from slidefed.common.model import build_model
+from slidefed.common.site_errors import SITE_ERRORS, SiteError, site_error_message
 from slidefed.deploy import approval, approval_gate
 
 PATIENT = "P-000417"
-MODEL = {
-    "embed.weight": np.full((4, 3), 0.5, dtype=np.float32),
-    "head.bias": np.zeros(2, dtype=np.float32),
-}
+# The model the site builds itself for the default run config (ABMIL on hed).
+MODEL = {k: v.numpy() for k, v in build_model("abmil", 24, seed=0).state_dict().items()}
+BLOCKED_TEXT = site_error_message(SiteError.EGRESS_BLOCKED)
 
 
 @pytest.fixture
@@ -51,7 +51,9 @@ def site_toml(tmp_path: Path) -> Path:
     return path
 
 
-def _instruction(kind: str = "train", arrays: bool = True) -> Message:
+def _instruction(
+    kind: str = "train", arrays: bool = True, model: dict[str, Any] | None = None
+) -> Message:
     meta = Metadata(
         run_id=7,
         message_id=f"{kind}-1",
@@ -65,16 +67,17 @@ def _instruction(kind: str = "train", arrays: bool = True) -> Message:
     )
     records: dict[str, Any] = {"config": ConfigRecord({"server-round": 3})}
     if arrays:
-        records["arrays"] = ArrayRecord({k: Array(v) for k, v in MODEL.items()})
+        sent = MODEL if model is None else model
+        records["arrays"] = ArrayRecord({k: Array(v) for k, v in sent.items()})
     return Message(content=RecordDict(records), metadata=meta)  # type: ignore[call-overload,no-any-return]
 
 
-def _context(site_toml: Path | None) -> Context:
+def _context(site_toml: Path | None, **run: Any) -> Context:
     node: dict[str, bool | float | int | str] = (
         {"site-config": str(site_toml)} if site_toml else {}
     )
     return Context(
-        run_id=7, node_id=2, node_config=node, state=RecordDict(), run_config={}
+        run_id=7, node_id=2, node_config=node, state=RecordDict(), run_config=run
     )
 
 
@@ -105,6 +108,17 @@ def _app(handler: Any) -> ClientApp:
     return app
 
 
+def _assert_blocked(reply: Message, site_toml: Path | None = None) -> str:
+    """The reply is exactly the table's "blocked" entry; the rule audited, if any."""
+    assert reply.has_error()
+    assert (reply.error.code, reply.error.reason) == (EGRESS_BLOCKED, BLOCKED_TEXT)
+    if site_toml is None:
+        return ""
+    [record] = _audit(site_toml)
+    assert record["event"] == "egress_blocked"
+    return str(record["data"]["rule"])
+
+
 # ---------------------------------------------------------------- blocked
 def test_egress_blocks_a_tile_image_returned_with_the_model(site_toml: Path) -> None:
     tile = np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)
@@ -113,26 +127,22 @@ def test_egress_blocks_a_tile_image_returned_with_the_model(site_toml: Path) -> 
         return _reply(msg, {**MODEL, "tile": tile}, metrics=_metrics())
 
     reply = _app(leaky)(_instruction(), _context(site_toml))
-    assert reply.has_error()
-    assert reply.error.code == EGRESS_BLOCKED
-    assert "tile" not in str(reply.error.reason)
+    assert _assert_blocked(reply, site_toml) == "arrays differ from the site's model"
     [record] = _audit(site_toml)
-    assert record["event"] == "egress_blocked"
     assert record["run_id"] == 7
     assert record["round"] == 3
-    assert record["data"]["rule"] == "arrays differ from the model the server sent"
     assert "tile" not in json.dumps(record["data"])
 
 
 def test_egress_blocks_a_tile_image_in_place_of_a_model_array(site_toml: Path) -> None:
-    tile = np.zeros((4, 3), dtype=np.uint8)  # right name and shape, pixel dtype
+    # Right name and shape, pixel dtype.
+    tile = np.zeros(MODEL["embed.weight"].shape, dtype=np.uint8)
 
     def leaky(msg: Message, _ctx: Context) -> Message:
         return _reply(msg, {**MODEL, "embed.weight": tile}, metrics=_metrics())
 
     reply = _app(leaky)(_instruction(), _context(site_toml))
-    assert reply.error.code == EGRESS_BLOCKED
-    assert "dtype" in str(reply.error.reason)
+    assert "dtype" in _assert_blocked(reply, site_toml)
 
 
 def test_egress_blocks_a_patient_id_string(site_toml: Path) -> None:
@@ -142,12 +152,8 @@ def test_egress_blocks_a_patient_id_string(site_toml: Path) -> None:
         )
 
     reply = _app(leaky)(_instruction(), _context(site_toml))
-    assert reply.error.code == EGRESS_BLOCKED
-    assert "string" in str(reply.error.reason)
-    assert PATIENT not in str(reply.error.reason)
-    [record] = _audit(site_toml)
-    assert record["event"] == "egress_blocked"
-    assert PATIENT not in json.dumps(record)
+    assert "string" in _assert_blocked(reply, site_toml)
+    assert PATIENT not in json.dumps(_audit(site_toml))
 
 
 def test_egress_blocks_a_patient_id_hidden_in_a_metric_name(site_toml: Path) -> None:
@@ -155,11 +161,8 @@ def test_egress_blocks_a_patient_id_hidden_in_a_metric_name(site_toml: Path) -> 
         return _reply(msg, MODEL, metrics=_metrics(**{PATIENT: 1.0}))
 
     reply = _app(leaky)(_instruction(), _context(site_toml))
-    assert reply.error.code == EGRESS_BLOCKED
-    assert PATIENT not in str(reply.error.reason)
-    [record] = _audit(site_toml)
-    assert record["data"]["rule"] == "metric key not on the allow-list"
-    assert PATIENT not in json.dumps(record)
+    assert _assert_blocked(reply, site_toml) == "metric key not on the allow-list"
+    assert PATIENT not in json.dumps(_audit(site_toml))
 
 
 def test_egress_blocks_arrays_in_an_evaluate_reply(site_toml: Path) -> None:
@@ -167,8 +170,7 @@ def test_egress_blocks_arrays_in_an_evaluate_reply(site_toml: Path) -> None:
         return _reply(msg, MODEL, metrics=_metrics())
 
     reply = _app(leaky)(_instruction("evaluate"), _context(site_toml))
-    assert reply.error.code == EGRESS_BLOCKED
-    assert "may carry none" in str(reply.error.reason)
+    assert "may carry none" in _assert_blocked(reply, site_toml)
 
 
 @pytest.mark.parametrize(
@@ -185,9 +187,55 @@ def test_egress_blocks_arrays_unlike_the_model(
     site_toml: Path, arrays: dict[str, Any], rule: str
 ) -> None:
     msg = _instruction()
-    verdict = inspect_reply(msg, _reply(msg, arrays, metrics=_metrics()))
+    verdict = inspect_reply(
+        msg, _reply(msg, arrays, metrics=_metrics()), _context(site_toml)
+    )
     assert verdict is not None
     assert rule in verdict.rule
+
+
+def test_egress_checks_the_sites_own_model_not_what_the_server_sent(
+    site_toml: Path,
+) -> None:
+    # The server sends a larger model (an extra array) and the app echoes it: the
+    # reply matches the instruction exactly, but not the model the site builds.
+    bigger = {**MODEL, "extra.weight": np.zeros((512, 512), dtype=np.float32)}
+
+    def echo(msg: Message, _ctx: Context) -> Message:
+        return _reply(msg, bigger, metrics=_metrics())
+
+    reply = _app(echo)(_instruction(model=bigger), _context(site_toml))
+    assert _assert_blocked(reply, site_toml) == (
+        "the server sent arrays unlike the site's model"
+    )
+
+
+def test_egress_limit_is_the_smaller_of_the_policy_and_the_sites_model(
+    site_toml: Path,
+) -> None:
+    def honest(msg: Message, _ctx: Context) -> Message:
+        return _reply(msg, MODEL, metrics=_metrics())
+
+    assert not _app(honest)(_instruction(), _context(site_toml)).has_error()
+    site_toml.write_text(site_toml.read_text() + "[policy]\nmax_update_bytes = 4096\n")
+    reply = _app(honest)(_instruction(), _context(site_toml))
+    assert (
+        _assert_blocked(reply, site_toml) == "reply larger than the site's egress limit"
+    )
+
+
+def test_egress_blocks_arrays_of_a_run_the_site_trains_no_model_for(
+    site_toml: Path,
+) -> None:
+    site_toml.write_text(
+        site_toml.read_text() + '[policy]\nallowed_tasks = ["tiles"]\n'
+    )
+
+    def echo(msg: Message, _ctx: Context) -> Message:
+        return _reply(msg, MODEL, metrics=_metrics())
+
+    reply = _app(echo)(_instruction(), _context(site_toml))
+    assert "no model" in _assert_blocked(reply, site_toml)
 
 
 @pytest.mark.parametrize(
@@ -199,33 +247,31 @@ def test_egress_blocks_arrays_unlike_the_model(
 )
 def test_egress_blocks_non_finite_or_list_metrics(metrics: MetricRecord) -> None:
     msg = _instruction()
-    assert inspect_reply(msg, _reply(msg, MODEL, metrics=metrics)) is not None
+    assert (
+        inspect_reply(msg, _reply(msg, MODEL, metrics=metrics), _context(None))
+        is not None
+    )
 
 
-def test_egress_withholds_the_text_of_an_app_exception(site_toml: Path) -> None:
+def test_egress_withholds_the_text_and_type_of_an_app_exception(
+    site_toml: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     def crashing(_msg: Message, _ctx: Context) -> Message:
         raise ValueError(f"slide of patient {PATIENT} is corrupt")
 
     reply = _app(crashing)(_instruction(), _context(site_toml))
-    assert reply.error.code == APP_EXCEPTION
-    assert "ValueError" in str(reply.error.reason)
-    assert PATIENT not in str(reply.error.reason)
-
-
-def test_egress_blocks_an_overlong_error_reason(site_toml: Path) -> None:
-    def chatty(msg: Message, _ctx: Context) -> Message:
-        return Message(Error(code=1, reason="x" * (MAX_ERROR_REASON + 1)), reply_to=msg)
-
-    reply = _app(chatty)(_instruction(), _context(site_toml))
-    assert reply.error.code == EGRESS_BLOCKED
+    assert (reply.error.code, reply.error.reason) == (
+        APP_EXCEPTION,
+        "the ClientApp raised an exception; details are in the site log",
+    )
+    assert "ValueError" in caplog.text  # the type name stays in the site log
 
 
 def test_egress_block_without_a_site_still_blocks() -> None:
     def leaky(msg: Message, _ctx: Context) -> Message:
         return _reply(msg, MODEL, metrics=_metrics(), config=ConfigRecord({"p": "x"}))
 
-    reply = _app(leaky)(_instruction(), _context(None))
-    assert reply.error.code == EGRESS_BLOCKED
+    _assert_blocked(_app(leaky)(_instruction(), _context(None)))
 
 
 # ---------------------------------------------------------------- allowed
@@ -247,15 +293,17 @@ def test_egress_lets_the_model_and_allowed_metrics_leave(site_toml: Path) -> Non
 def test_egress_lets_a_float16_update_of_a_float32_model_leave() -> None:
     msg = _instruction()
     narrow = {k: v.astype(np.float16) for k, v in MODEL.items()}
-    assert inspect_reply(msg, _reply(msg, narrow, metrics=_metrics())) is None
-
-
-def test_egress_lets_short_error_replies_leave() -> None:
-    msg = _instruction()
-    refusal = Message(
-        Error(code=4001, reason="site refused: budget spent"), reply_to=msg
+    assert (
+        inspect_reply(msg, _reply(msg, narrow, metrics=_metrics()), _context(None))
+        is None
     )
-    assert inspect_reply(msg, refusal) is None
+
+
+@pytest.mark.parametrize("code", sorted(SITE_ERRORS))
+def test_egress_lets_every_entry_of_the_table_leave(code: int) -> None:
+    msg = _instruction()
+    refusal = Message(Error(code=code, reason=SITE_ERRORS[code]), reply_to=msg)
+    assert inspect_reply(msg, refusal, _context(None)) is None
 
 
 def test_egress_guard_is_attached_to_the_slidefed_client_app() -> None:
@@ -306,6 +354,7 @@ def test_approval_gate_refuses_and_audits_before_unpacking(
         rc, "pull_task_input", lambda _c: (None, _context(site_toml), None, None)
     )
     monkeypatch.setattr(rc, "get_load_client_app_fn", lambda **_k: None)
+    monkeypatch.setattr(rc, "push_message", rc.push_message)  # restored after
     approval_gate._install_hooks(site_toml)
     rc.pull_task_input(None)
     with pytest.raises(approval.AppNotApproved, match="not approved"):
@@ -335,6 +384,7 @@ def test_approval_gate_puts_the_egress_guard_around_any_app(
     foreign = ClientApp()  # an app that attaches no mods of its own
     foreign.train()(leaky)
     monkeypatch.setattr(rc, "get_load_client_app_fn", lambda **_k: lambda *_a: foreign)
+    monkeypatch.setattr(rc, "push_message", rc.push_message)  # restored after
     approval_gate._install_hooks(site_toml)
     loaded = rc.get_load_client_app_fn(
         default_app_ref="", app_path=None, multi_app=True
@@ -342,7 +392,46 @@ def test_approval_gate_puts_the_egress_guard_around_any_app(
     reply = loaded("id", "1.0", "hash")(
         message=_instruction(), context=_context(site_toml)
     )
-    assert reply.error.code == EGRESS_BLOCKED
+    _assert_blocked(reply, site_toml)
+
+
+def _flower_error(exc: Exception) -> Message:
+    """The error reply Flower's ClientApp runtime builds for an exception."""
+    reason = str(type(exc)) + ":<'" + str(exc) + "'>"
+    return Message(Error(code=2, reason=reason), reply_to=_instruction())
+
+
+@pytest.mark.parametrize("refused", [True, False], ids=["not-approved", "other"])
+def test_approval_gate_sends_flowers_own_errors_as_table_entries(
+    site_toml: Path, monkeypatch: pytest.MonkeyPatch, refused: bool
+) -> None:
+    rc: Any = importlib.import_module("flwr.supernode.runtime.run_clientapp")
+    pushed: list[Message] = []
+    monkeypatch.setattr(rc, "install_from_fab", lambda fab, **_k: None)
+    monkeypatch.setattr(
+        rc, "pull_task_input", lambda _c: (None, _context(site_toml), None, None)
+    )
+    monkeypatch.setattr(rc, "get_load_client_app_fn", lambda **_k: None)
+    monkeypatch.setattr(rc, "push_message", lambda _c, msg, _x: pushed.append(msg))
+    approval_gate._install_hooks(site_toml)
+    rc.pull_task_input(None)
+    if refused:
+        with pytest.raises(approval.AppNotApproved) as info:
+            rc.install_from_fab(b"unapproved fab bytes", skip_prompt=True)
+        error: Exception = info.value
+    else:
+        error = RuntimeError(f"unpacking failed for patient {PATIENT}")
+
+    rc.push_message(None, _flower_error(error), None)
+    # A table entry passes as it is.
+    table = Message(Error(code=4103, reason=SITE_ERRORS[4103]), reply_to=_instruction())
+    rc.push_message(None, table, None)
+
+    code = SiteError.APP_NOT_APPROVED if refused else SiteError.APP_NOT_STARTED
+    assert [(m.error.code, m.error.reason) for m in pushed] == [
+        (code, site_error_message(code)),
+        (4103, SITE_ERRORS[4103]),
+    ]
 
 
 def test_gated_executor_launches_only_client_apps_through_the_gate(

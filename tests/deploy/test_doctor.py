@@ -166,6 +166,55 @@ def test_doctor_reports_unreadable_slides_and_a_bad_manifest(
     )
 
 
+def test_doctor_names_a_manifest_row_outside_the_slide_store(
+    site_toml: Path,
+    small_site: SynthSite,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    first = (
+        small_site.root / small_site.manifest.read_text().splitlines()[1].split(",")[0]
+    )
+    store, outside = tmp_path / "store", tmp_path / "outside" / "x.tiff"
+    store.mkdir()
+    outside.parent.mkdir()
+    (store / first.name).write_bytes(first.read_bytes())
+    outside.write_bytes(first.read_bytes())
+    manifest = tmp_path / "escaping.csv"
+    manifest.write_text(
+        f"slide,patient_id,label,split\n{first.name},P1,0,train\n"
+        "../outside/x.tiff,P2,1,test\n"
+    )
+    text = site_toml.read_text().replace("manifest = ", f'manifest = "{manifest}" #')
+    site_toml.write_text(text.replace("slides_root = ", f'slides_root = "{store}" #'))
+    checks = _by_name(doctor.run_doctor(site_toml, gpu=False))
+    bad = checks["manifest valid"]
+    assert bad.status == "fail"
+    assert bad.detail == (
+        f"{manifest}: line 3: slide '../outside/x.tiff' resolves to "
+        f"{outside.resolve()}, outside the slide store"
+    )
+    assert bad.fix == (
+        f"move the slide under slides_root ({store.resolve()}) or add its "
+        "folder to site.extra_slide_roots in site.toml"
+    )
+    assert checks["slides readable"].status == "skip"
+    assert main(["site", "doctor", "--config", str(site_toml)]) == 1
+    out = capsys.readouterr().out
+    assert "line 3: slide '../outside/x.tiff'" in out
+    assert "Traceback" not in out
+    # With the folder allowed the row passes and its slide is opened.
+    site_toml.write_text(
+        site_toml.read_text().replace(
+            "[site]\n", f'[site]\nextra_slide_roots = ["{outside.parent}"]\n'
+        )
+    )
+    checks = _by_name(doctor.run_doctor(site_toml, gpu=False))
+    assert checks["manifest valid"].status == "ok"
+    assert checks["slides readable"].status == "ok"
+    assert checks["slides readable"].detail == "2 of 2 slides opened"
+
+
 def test_doctor_remembers_a_refused_node_key(site_toml: Path) -> None:
     config = load_site_config(site_toml)
     deploy.ensure_node_key(config)

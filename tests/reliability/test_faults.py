@@ -78,6 +78,9 @@ def app_site(small_site, tmp_path: Path) -> Path:
         f'slides_root = "{small_site.root}"\n'
     )
     ensure_site_keys(load_site_config(path))
+    from tests.client.prepared import prepare_like_shared
+
+    prepare_like_shared(path, small_site)  # rounds read prepared features only
     return path
 
 

@@ -44,12 +44,17 @@ def three_sites(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def _copy_sites(sites: list[Path], dest: Path) -> list[Path]:
+    """Copies of prepared sites, prepared again where they are (from the cache)."""
+    from slidefed.client.config import load_site_config
+    from slidefed.client.prepare.pipeline import prepare_unless_ready
+
     out = []
     for site in sites:
         target = dest / site.name
         shutil.copytree(
             site, target, ignore=shutil.ignore_patterns("ledger.json*", "audit")
         )
+        prepare_unless_ready(load_site_config(target / "site.toml"))
         out.append(target)
     return out
 
@@ -68,7 +73,8 @@ def test_malicious_nan_and_wrong_shape_updates_are_rejected_and_audited(
     run = RunConfig(
         num_server_rounds=2,
         local_epochs=1,
-        min_sites=3,
+        # Two of the three sites misbehave: the run goes on with the honest one.
+        min_sites=1,
         run_dir=str(tmp_path / "run"),
         run_name="malicious",
         sim_sites=",".join(str(s / "site.toml") for s in sites),
@@ -88,6 +94,25 @@ def test_malicious_nan_and_wrong_shape_updates_are_rejected_and_audited(
     assert len(rejected) == 4
     assert {e["round"] for e in rejected} == {1, 2}
     assert (tmp_path / "run" / "final.safetensors").is_file()
+
+
+def test_a_run_in_which_no_site_trains_fails_with_the_reasons(
+    three_sites: list[Path], tmp_path: Path
+) -> None:
+    sites = _copy_sites(three_sites, tmp_path)
+    for site in sites:  # a budget too small for any round: every site refuses
+        text = (site / "site.toml").read_text()
+        (site / "site.toml").write_text(text + "max_epsilon = 0.01\n")
+    run = tmp_path / "run"
+    done = _simulate(sites, run, 2)
+    out, _ = done.communicate(timeout=600)
+    assert done.returncode == 5, out[-3000:]
+    assert "round 1: 0 of min-sites 3 sites trained" in out
+    assert "refused: privacy budget" in out
+    # No model and no metrics of the untrained model that would look like results.
+    assert not (run / "final.safetensors").exists()
+    assert (run / "metrics.jsonl").read_text() == ""
+    assert not list((run / "checkpoints").glob("round-*.json"))
 
 
 def _simulate(

@@ -42,7 +42,15 @@ def test_invalid_and_error_replies_are_dropped_and_recorded() -> None:
     assert "NaN" in reasons["12"]
     assert "extra" in reasons["13"]
     assert "num-examples" in reasons["14"]
-    assert info["errors"] == [{"node": "15", "reason": "site refused: budget"}]
+    # Shown by its code from the table of site errors, never the site's own text.
+    assert info["errors"] == [
+        {
+            "node": "15",
+            "code": 4001,
+            "reason": "refused by the site's policy (site error 4001); "
+            "the site sent another reason, not shown",
+        }
+    ]
 
 
 def test_no_valid_reply_keeps_the_model() -> None:

@@ -2,7 +2,9 @@
 
 Each row names a slide, its patient, a label and a split; bad rows are rejected
 one by one with a reason, and a patient whose slides disagree on the label or
-the split is rejected whole. Grouping the slides' features into patient bags is
+the split is rejected whole. A row whose slide lies outside the site's slide
+store refuses the whole manifest (:mod:`slidefed.client.data.slide_paths`): the
+operator must fix it, nothing is skipped silently. Grouping the slides' features into patient bags is
 :mod:`slidefed.client.data.bags`.
 """
 
@@ -12,11 +14,15 @@ import csv
 import hashlib
 from collections import defaultdict
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from slidefed.client.data.slide_paths import SlideRoots
 from slidefed.common.errors import ManifestError
+
+if TYPE_CHECKING:
+    from slidefed.client.config import SiteConfig
 
 REQUIRED_COLUMNS = ("slide", "patient_id", "label", "split")
 
@@ -49,17 +55,29 @@ class Manifest(BaseModel):
         return len({r.patient_id for r in self.rows})
 
 
-def load_manifest(path: Path) -> Manifest:
+def load_manifest(path: Path, *, roots: SlideRoots | None = None) -> Manifest:
     """Read and validate the manifest CSV.
 
     Bad rows are rejected one by one with a reason (line, message); a patient
     whose slides carry different labels or splits is rejected whole.
+
+    Parameters
+    ----------
+    path : Path
+        The CSV.
+    roots : SlideRoots, optional
+        The folders slides may lie in; when given, a row whose slide resolves
+        outside them refuses the whole manifest. Anything that reads slides
+        loads the manifest with them (:func:`load_site_manifest`).
 
     Raises
     ------
     ManifestError
         If the file is missing, has no header with the required columns, or no
         usable row remains.
+    SlidePathError
+        If ``roots`` is given and a row's slide lies outside them (the message
+        names the file, the line and the slide).
     """
     if not path.is_file():
         raise ManifestError(
@@ -70,6 +88,9 @@ def load_manifest(path: Path) -> Manifest:
     reader = csv.DictReader(text.splitlines())
     unit = _privacy_unit(path, list(reader.fieldnames or []))
     rows, rejected = _validate_rows(reader, unit)
+    if roots is not None:
+        for line, row in rows:
+            roots.check(row.slide, manifest=path, line=line)
     rows, conflicts = _drop_conflicting_patients(rows)
     rejected.extend(conflicts)
     if not rows:
@@ -81,6 +102,20 @@ def load_manifest(path: Path) -> Manifest:
         rows=[r for _, r in rows],
         rejected=rejected,
     )
+
+
+def load_site_manifest(config: SiteConfig) -> Manifest:
+    """The site's manifest, every slide confined to its slide store.
+
+    Raises
+    ------
+    ManifestError
+        As :func:`load_manifest`.
+    SlidePathError
+        If a row's slide lies outside ``site.slides_root`` and every folder of
+        ``site.extra_slide_roots``.
+    """
+    return load_manifest(config.manifest_path, roots=SlideRoots.of_site(config))
 
 
 def _privacy_unit(path: Path, columns: list[str]) -> Literal["patient", "slide"]:
@@ -110,7 +145,9 @@ def _validate_rows(
     rows: list[tuple[int, ManifestRow]] = []
     rejected: list[tuple[int, str]] = []
     seen: set[str] = set()
-    for line, rec in enumerate(reader, start=2):
+    for rec in reader:
+        # The line a person sees in an editor (header = 1), blank lines counted.
+        line = reader.line_num
         try:
             values = {k: (rec.get(k) or "").strip() for k in REQUIRED_COLUMNS}
             if unit == "slide":
@@ -151,4 +188,10 @@ def _drop_conflicting_patients(
     return kept, rejected
 
 
-__all__ = ["REQUIRED_COLUMNS", "Manifest", "ManifestRow", "load_manifest"]
+__all__ = [
+    "REQUIRED_COLUMNS",
+    "Manifest",
+    "ManifestRow",
+    "load_manifest",
+    "load_site_manifest",
+]

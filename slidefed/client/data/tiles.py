@@ -33,7 +33,7 @@ from slidefed.client.data.tile_records import (
 )
 from slidefed.client.prepare.cache import FeatureCache, cache_key, file_sha256
 from slidefed.client.prepare.encoders import get_encoder
-from slidefed.common.errors import ConfigError, ManifestError
+from slidefed.common.errors import ConfigError, ManifestError, SlidePathError
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def read_groups(path: Path) -> dict[str, TileRecord]:
 
 
 def scan_folder(
-    root: Path, tiles: TilesSection
+    root: Path, tiles: TilesSection, extra_roots: tuple[Path, ...] = ()
 ) -> tuple[list[TileRecord], list[tuple[str, str]]]:
     """Tiles of a folder of class folders; unknown classes are skipped by name.
 
@@ -152,6 +152,7 @@ def scan_folder(
             f"tiles.path {root} is not a folder; point it at the class folders"
         )
     groups = read_groups(root / tiles.groups) if tiles.groups is not None else {}
+    base, extra = root.resolve(), tuple(p.resolve() for p in extra_roots)
     records: list[TileRecord] = []
     skipped: list[tuple[str, str]] = []
     known = set(tiles.labels)
@@ -169,6 +170,7 @@ def scan_folder(
             continue
         for p in files:
             name = f"{folder.name}/{p.name}"
+            _inside(base, p, str(p), name, extra)  # a symlink out of the folder
             listed = groups.get(name)
             records.append(
                 TileRecord(
@@ -186,8 +188,29 @@ def scan_folder(
     return records, skipped
 
 
+def _inside(
+    base: Path, path: Path, where: str, name: str, extra: tuple[Path, ...] = ()
+) -> Path:
+    """``path`` resolved (symlinks followed), refused outside ``base`` and ``extra``.
+
+    Raises
+    ------
+    SlidePathError
+        Naming the row (``file:line``) or file, when the tile lies outside.
+    """
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(root) for root in (base, *extra)):
+        raise SlidePathError(
+            f"{where}: tile {name!r} resolves to {resolved}, outside the tiles "
+            f"folder {base}",
+            fix="move the tile under that folder or add its folder to "
+            "site.extra_slide_roots in site.toml",
+        )
+    return resolved
+
+
 def scan_manifest(
-    path: Path, tiles: TilesSection
+    path: Path, tiles: TilesSection, extra_roots: tuple[Path, ...] = ()
 ) -> tuple[list[TileRecord], list[tuple[str, str]]]:
     """Tiles of a manifest CSV.
 
@@ -204,6 +227,8 @@ def scan_manifest(
     records: list[TileRecord] = []
     skipped: list[tuple[str, str]] = []
     known = set(tiles.labels)
+    base = path.parent.resolve()
+    extra = tuple(p.resolve() for p in extra_roots)
     for line, row in enumerate(rows, start=2):
         where = f"{path}:{line}"
         tile = _cell(row, "tile")
@@ -219,7 +244,7 @@ def scan_manifest(
             continue
         records.append(
             TileRecord(
-                path=(path.parent / tile).resolve(),
+                path=_inside(base, path.parent / tile, where, tile, extra),
                 name=_norm(tile),
                 label=label,
                 patient_id=_cell(row, "patient_id"),
@@ -349,9 +374,9 @@ def load_tile_dataset(config: SiteConfig, labels: list[str]) -> TileDataset:
         )
     root = config.resolve(tiles.path)
     records, skipped = (
-        scan_folder(root, tiles)
+        scan_folder(root, tiles, config.extra_slide_roots)
         if tiles.source == "folder"
-        else scan_manifest(root, tiles)
+        else scan_manifest(root, tiles, config.extra_slide_roots)
     )
     unit, units = assign_units(records, tiles, config.policy.unit)
     index = {name: i for i, name in enumerate(labels)}

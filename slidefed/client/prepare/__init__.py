@@ -6,8 +6,10 @@ grid at the target resolution (:mod:`~slidefed.client.prepare.tiling`), a frozen
 encoder (:mod:`~slidefed.client.prepare.encoders`) and the per-slide feature
 cache (:mod:`~slidefed.client.prepare.cache`). One slide's work is
 :mod:`~slidefed.client.prepare.slide`, the outcome records
-:mod:`~slidefed.client.prepare.report`. Importing the package loads numpy,
-scipy and Pillow; torch and timm load only when a ``timm:<arch>`` encoder is built.
+:mod:`~slidefed.client.prepare.report`; what a round reads (the prepared
+features, from the cache only) :mod:`~slidefed.client.prepare.prepared`.
+Importing the package loads numpy, scipy and Pillow; torch and timm load only
+when a ``timm:<arch>`` encoder is built.
 """
 
 from slidefed.client.prepare.cache import FeatureCache as FeatureCache
@@ -23,6 +25,10 @@ from slidefed.client.prepare.encoders import encoder_for as encoder_for
 from slidefed.client.prepare.encoders import get_encoder as get_encoder
 from slidefed.client.prepare.pipeline import load_site_features as load_site_features
 from slidefed.client.prepare.pipeline import prepare_site as prepare_site
+from slidefed.client.prepare.pipeline import (
+    prepare_unless_ready as prepare_unless_ready,
+)
+from slidefed.client.prepare.prepared import check_prepared as check_prepared
 from slidefed.client.prepare.report import PrepareReport as PrepareReport
 from slidefed.client.prepare.report import SlideOutcome as SlideOutcome
 from slidefed.client.prepare.slide import prepare_slide as prepare_slide
@@ -44,6 +50,7 @@ __all__ = [
     "TileGrid",
     "TimmEncoder",
     "cache_key",
+    "check_prepared",
     "encoder_cache_id",
     "encoder_for",
     "file_sha256",
@@ -53,6 +60,7 @@ __all__ = [
     "plan_tiles",
     "prepare_site",
     "prepare_slide",
+    "prepare_unless_ready",
     "read_tile",
     "slide_sha256",
     "tissue_mask",

@@ -15,9 +15,13 @@ Two ways to spread the work over processes:
   model runs once, in large batches, while the workers decode ahead.
 
 Bad slides (missing, truncated, not a slide, unsupported, no tissue, too small,
-all tiles unreadable) are skipped with a reason and the rest is prepared. One
-slide's work is in :mod:`slidefed.client.prepare.slide`, the records in
-:mod:`slidefed.client.prepare.report`.
+all tiles unreadable, a stored tile past ``[prepare] max_tile_pixels``) are
+skipped with a reason and the rest is prepared. One slide's work is in
+:mod:`slidefed.client.prepare.slide`, the records in
+:mod:`slidefed.client.prepare.report`. Preparation runs only when asked
+(``slidefed site prepare``, the demo, ``site start`` and ``simulate`` before
+they serve rounds); a round reads the report and the cache
+(:mod:`slidefed.client.prepare.prepared`).
 """
 
 from __future__ import annotations
@@ -29,14 +33,19 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-import numpy as np
-from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict
 
 from slidefed.client.config import FeaturesSection, SiteConfig, TilingSection
-from slidefed.client.data.manifest import Manifest, ManifestRow, load_manifest
-from slidefed.client.prepare.cache import FeatureCache, HashMemo, cache_key
+from slidefed.client.data.manifest import Manifest, ManifestRow, load_site_manifest
+from slidefed.client.data.slide_paths import SlideRoots
+from slidefed.client.prepare.cache import (
+    FeatureCache,
+    HashMemo,
+    cache_key,
+    slide_signature,
+)
 from slidefed.client.prepare.encoders import encoder_cache_id, get_encoder
+from slidefed.client.prepare.prepared import check_prepared, load_site_features
 from slidefed.client.prepare.report import PrepareReport, SlideOutcome
 from slidefed.client.prepare.slide import (
     known_outcome,
@@ -44,6 +53,7 @@ from slidefed.client.prepare.slide import (
     prepare_slide_in_main,
     tiling_params,
 )
+from slidefed.common.errors import SiteNotPrepared
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +100,10 @@ class _SiteRun:
         self.progress = progress
         self.memo_path = config.cache_dir / HASH_MEMO
         self.memo = HashMemo.load(self.memo_path)
+        self.roots = SlideRoots.of_site(config)
         self.outcomes: list[SlideOutcome] = []
+        # Each row's files as they were hashed: a round refuses changed ones.
+        self.signatures: dict[int, str] = {}
         self.last_write = time.perf_counter()
 
     def report(self, complete: bool) -> PrepareReport:
@@ -101,6 +114,8 @@ class _SiteRun:
             site=self.config.site.name,
             encoder=self.config.features.encoder,
             encoder_id=self.encoder_id,
+            tiling=tiling_params(self.config.tiling),
+            max_tile_pixels=self.config.prepare.max_tile_pixels,
             manifest_sha256=self.manifest.sha256,
             slides=sorted(self.outcomes, key=lambda o: o.row),
             rejected_rows=self.manifest.rejected,
@@ -111,12 +126,15 @@ class _SiteRun:
 
     def record(self, outcome: SlideOutcome) -> None:
         """Add one slide's outcome; write the partial report now and then."""
+        signature = self.signatures.get(outcome.row, "")
+        if signature:
+            outcome = outcome.model_copy(update={"signature": signature})
         self.outcomes.append(outcome)
         if outcome.status == "skipped":
             logger.warning(
                 "slide #%d skipped: %s",
                 outcome.row,
-                _scrub(outcome.reason, self.config.slides_root / outcome.slide),
+                _scrub(outcome.reason, self.roots.resolve(outcome.slide) or Path()),
             )
         if self.progress:
             self.progress(outcome)
@@ -145,10 +163,13 @@ def _triage(
     entry: ManifestRow,
 ) -> SlideOutcome | _Job:
     """The outcome of a slide known without decoding it, or its job."""
-    path = run.config.slides_root / entry.slide
+    # Checked when the manifest was loaded; checked again in case a symlink
+    # changed since.
+    path = run.roots.check(entry.slide, manifest=run.manifest.path)
     if not path.exists():
         return _skipped(entry, row, "file named in the manifest does not exist")
     try:
+        signature = slide_signature(path)
         digest = run.memo.sha256(path)
     except OSError as exc:
         return _skipped(entry, row, f"cannot read the file ({exc.strerror or exc})")
@@ -159,6 +180,7 @@ def _triage(
             f"same content as manifest slide #{seen[digest]} (a copy of it)",
         )
     seen[digest] = row
+    run.signatures[row] = signature
     key = cache_key(digest, run.encoder_id, tiling_params(run.config.tiling))
     known = known_outcome(cache, key, entry.slide, row)
     if known is not None:
@@ -212,7 +234,7 @@ def prepare_site(
         If the encoder is unknown or its weights file is missing.
     """
     start = time.perf_counter()
-    manifest = load_manifest(config.manifest_path)
+    manifest = load_site_manifest(config)
     weights = config.features.weights
     weights = config.resolve(weights) if weights is not None else None
     features = config.features.model_copy(update={"weights": weights})
@@ -234,16 +256,31 @@ def _run_in_workers(
     n_workers: int,
     record: Callable[[SlideOutcome], None],
 ) -> None:
+    cap = config.prepare.max_tile_pixels
+
     def args(job: _Job) -> tuple[str, Path, TilingSection, FeaturesSection, Path]:
         return (job.slide, job.path, config.tiling, features, config.cache_dir)
 
     if n_workers <= 1 or len(jobs) <= 1:
         for job in jobs:
-            record(prepare_slide(*args(job), content_hash=job.digest, row=job.row))
+            record(
+                prepare_slide(
+                    *args(job),
+                    content_hash=job.digest,
+                    row=job.row,
+                    max_tile_pixels=cap,
+                )
+            )
         return
     with ProcessPoolExecutor(max_workers=min(n_workers, len(jobs))) as pool:
         futures = [
-            pool.submit(prepare_slide, *args(job), content_hash=job.digest, row=job.row)
+            pool.submit(
+                prepare_slide,
+                *args(job),
+                content_hash=job.digest,
+                row=job.row,
+                max_tile_pixels=cap,
+            )
             for job in jobs
         ]
         for fut in as_completed(futures):
@@ -282,15 +319,45 @@ def _run_in_main(
             pool.shutdown(cancel_futures=True)
 
 
-def load_site_features(
+def prepare_unless_ready(
     config: SiteConfig,
-) -> tuple[Manifest, dict[str, NDArray[np.float32]]]:
-    """Manifest and cached features per slide; prepares missing slides first."""
-    report = prepare_site(config, workers=1)
-    manifest = load_manifest(config.manifest_path)
-    cache = FeatureCache(config.cache_dir)
-    feats = {s.slide: cache.load(s.key) for s in report.usable}
-    return manifest, feats
+    *,
+    workers: int | None = None,
+    progress: Callable[[SlideOutcome], None] | None = None,
+) -> PrepareReport | None:
+    """Prepare the site unless its last preparation still describes it.
+
+    What ``site start`` and ``simulate`` run before a node serves rounds: a
+    site prepared for its manifest, encoder and tiling, whose slides are
+    unchanged, is left alone (nothing is hashed or opened).
+
+    Returns
+    -------
+    PrepareReport or None
+        The new report; None when the site was ready, or holds labelled tiles
+        rather than slides.
+
+    Raises
+    ------
+    ManifestError
+        If the manifest is missing or invalid.
+    ConfigError
+        If the encoder is unknown or its weights file is missing.
+    """
+    if config.tiles is not None:
+        return None
+    try:
+        check_prepared(config)
+    except SiteNotPrepared as exc:
+        logger.info("preparing site %s: %s", config.site.name, exc)
+        return prepare_site(config, workers=workers, progress=progress)
+    return None
 
 
-__all__ = ["HASH_MEMO", "REPORT_INTERVAL", "load_site_features", "prepare_site"]
+__all__ = [
+    "HASH_MEMO",
+    "REPORT_INTERVAL",
+    "load_site_features",
+    "prepare_site",
+    "prepare_unless_ready",
+]

@@ -2,12 +2,14 @@
 
 The report is written to ``state/prepare-report.json``, during the run as well
 (with ``complete`` false), so that a killed run leaves a true account of what it
-had done.
+had done. A round reads its features through the last complete report
+(:mod:`slidefed.client.prepare.prepared`), never by preparing slides.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -42,6 +44,10 @@ class SlideOutcome(BaseModel):
         Tiles left out because they could not be read.
     decoded_tiles : int
         Stored tiles decoded for this slide (0 for a cached slide).
+    signature : str
+        Names, sizes and modification times of the slide's files when it was
+        hashed (:func:`~slidefed.client.prepare.cache.slide_signature`): a round
+        refuses a slide whose files changed since.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -55,17 +61,25 @@ class SlideOutcome(BaseModel):
     row: int = 0
     unreadable_tiles: int = 0
     decoded_tiles: int = 0
+    signature: str = ""
 
 
 class PrepareReport(BaseModel):
-    """The prepare report written to ``state/prepare-report.json``."""
+    """The prepare report written to ``state/prepare-report.json``.
+
+    ``tiling`` holds the tiling parameters that keyed the cache and
+    ``max_tile_pixels`` the cap in force; a round compares them, the encoder
+    and the manifest's hash with the site's config of the moment.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: int = 2
+    schema_version: int = 3
     site: str
     encoder: str
     encoder_id: str = ""
+    tiling: dict[str, Any] | None = None
+    max_tile_pixels: int | None = None
     manifest_sha256: str
     slides: list[SlideOutcome]
     rejected_rows: list[tuple[int, str]]

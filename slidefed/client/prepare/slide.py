@@ -9,7 +9,11 @@ for when each is used):
   reader processes decodes chunks of tiles ahead and sends them back.
 
 A bad slide never raises: it gives a ``skipped`` outcome with the reason, and a
-skip caused by the slide itself is remembered in the cache.
+skip caused by the slide itself is remembered in the cache. A slide refused for
+a stored tile past the site's pixel cap
+(:class:`~slidefed.common.errors.SlideDecodeRefused`) is skipped too, but not
+remembered: the next ``site prepare`` checks it again against the cap then in
+force, still without decoding the refused tile.
 """
 
 from __future__ import annotations
@@ -23,7 +27,12 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from slidefed.client.config import FeaturesSection, SiteConfig, TilingSection
+from slidefed.client.config import (
+    MAX_TILE_PIXELS,
+    FeaturesSection,
+    SiteConfig,
+    TilingSection,
+)
 from slidefed.client.prepare.cache import FeatureCache, cache_key, slide_sha256
 from slidefed.client.prepare.encoders import Encoder, get_encoder
 from slidefed.client.prepare.report import SlideOutcome
@@ -36,7 +45,7 @@ from slidefed.client.prepare.tiling import (
     read_tile_chunk,
 )
 from slidefed.client.slides.sniff import open_slide
-from slidefed.common.errors import SlideReadError
+from slidefed.common.errors import SlideDecodeRefused, SlideReadError
 
 # Features of the tiles read, their level-0 positions, and why tiles failed.
 _Collected = tuple[list[NDArray[np.float32]], list[tuple[int, int]], list[str]]
@@ -69,8 +78,11 @@ def known_outcome(
 def _remember_skip(cache: FeatureCache, key: str, exc: SlideReadError) -> None:
     """Remember a skip caused by the slide itself, not by a failing disk or mount.
 
-    Unreadable tiles are not remembered either: they may come from the storage.
+    Unreadable tiles are not remembered either: they may come from the storage;
+    nor a refusal by the pixel cap, which the site may raise.
     """
+    if isinstance(exc, SlideDecodeRefused):
+        return
     cause = exc.__cause__
     while cause is not None and not isinstance(cause, OSError):
         cause = cause.__cause__
@@ -140,6 +152,7 @@ def _read_and_encode(
     *,
     cache: FeatureCache,
     key: str,
+    max_tile_pixels: int,
 ) -> tuple[_Collected, int]:
     """Encode the tissue tiles of one slide, read here; and the tiles decoded.
 
@@ -147,7 +160,7 @@ def _read_and_encode(
     slide itself caused it, then raised.
     """
     try:
-        with open_slide(path) as slide:
+        with open_slide(path, max_tile_pixels=max_tile_pixels) as slide:
             grid = plan_tiles(slide, tiling)
             if not grid.coords:
                 raise SlideReadError(str(path), "no tissue found")
@@ -169,6 +182,7 @@ def prepare_slide(
     content_hash: str | None = None,
     encoder: Encoder | None = None,
     row: int = 0,
+    max_tile_pixels: int = MAX_TILE_PIXELS,
 ) -> SlideOutcome:
     """Features of one slide, from the cache when its content is unchanged.
 
@@ -188,6 +202,9 @@ def prepare_slide(
         A loaded encoder (default: ``features.encoder`` loaded here).
     row : int
         The slide's position in the manifest, for the outcome.
+    max_tile_pixels : int
+        The site's cap on pixels per stored tile (``[prepare]``); a slide with
+        a tile past it is skipped, that tile undecoded.
 
     Returns
     -------
@@ -209,7 +226,13 @@ def prepare_slide(
         if known is not None:
             return known
         collected, decoded = _read_and_encode(
-            path, tiling, features.batch_size, enc, cache=cache, key=key
+            path,
+            tiling,
+            features.batch_size,
+            enc,
+            cache=cache,
+            key=key,
+            max_tile_pixels=max_tile_pixels,
         )
     except SlideReadError as exc:
         return SlideOutcome(
@@ -225,27 +248,38 @@ def _read_ahead(
     grid: TileGrid,
     batch_size: int,
     window: int,
+    max_tile_pixels: int,
 ) -> Iterator[TileBatch]:
     """Tile batches in order, read by ``pool`` with ``window`` chunks in flight."""
     chunks = [
         grid.coords[i : i + batch_size] for i in range(0, len(grid.coords), batch_size)
     ]
     if pool is None:
-        with open_slide(path) as slide:
+        with open_slide(path, max_tile_pixels=max_tile_pixels) as slide:
             yield from iter_tiles(slide, grid, batch_size, skip_unreadable=True)
         return
     pending: deque[Future[TileBatch]] = deque()
     todo = iter(chunks)
-    for chunk in todo:
-        pending.append(pool.submit(read_tile_chunk, str(path), grid, chunk))
-        if len(pending) >= window:
-            break
-    while pending:
-        batch = pending.popleft().result()
-        nxt = next(todo, None)
-        if nxt is not None:
-            pending.append(pool.submit(read_tile_chunk, str(path), grid, nxt))
-        yield batch
+
+    def submit(chunk: list[tuple[int, int]]) -> Future[TileBatch]:
+        return pool.submit(
+            read_tile_chunk, str(path), grid, chunk, max_tile_pixels=max_tile_pixels
+        )
+
+    try:
+        for chunk in todo:
+            pending.append(submit(chunk))
+            if len(pending) >= window:
+                break
+        while pending:
+            batch = pending.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(submit(nxt))
+            yield batch
+    finally:
+        for future in pending:  # a refused slide: its other chunks are not read
+            future.cancel()
 
 
 def prepare_slide_in_main(
@@ -266,12 +300,13 @@ def prepare_slide_in_main(
     """
     start = time.perf_counter()
     cache = FeatureCache(config.cache_dir)
+    cap = config.prepare.max_tile_pixels
     try:
-        with open_slide(path) as slide:
+        with open_slide(path, max_tile_pixels=cap) as slide:
             grid = plan_tiles(slide, config.tiling)
         if not grid.coords:
             raise SlideReadError(str(path), "no tissue found")
-        batches = _read_ahead(pool, path, grid, config.features.batch_size, window)
+        batches = _read_ahead(pool, path, grid, config.features.batch_size, window, cap)
         collected = _collect(batches, encoder.encode)
     except SlideReadError as exc:
         _remember_skip(cache, key, exc)

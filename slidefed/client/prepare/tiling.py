@@ -25,13 +25,13 @@ from numpy.typing import NDArray
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from slidefed.client.config import TilingSection
+from slidefed.client.config import MAX_TILE_PIXELS, TilingSection
 from slidefed.client.prepare.tissue import tissue_mask
 from slidefed.client.slides.base import SlideSource
 from slidefed.client.slides.pixels import box_reduce
 from slidefed.client.slides.sniff import open_slide
 from slidefed.client.slides.stored_tiles import StoredTileReader
-from slidefed.common.errors import SlideReadError
+from slidefed.common.errors import SlideDecodeRefused, SlideReadError
 
 # Level downsamples are floats (2.0005 on real scans): compare with a tolerance.
 _LEVEL_TOLERANCE = 0.01
@@ -236,6 +236,9 @@ def iter_tiles(
     ------
     SlideReadError
         If a tile cannot be read and ``skip_unreadable`` is false.
+    SlideDecodeRefused
+        If a stored tile declares more pixels than allowed, even with
+        ``skip_unreadable``: the whole slide is refused, not the tile.
     """
     todo = grid.coords if coords is None else coords
     ts = grid.tile_size
@@ -248,6 +251,8 @@ def iter_tiles(
         for xy in chunk:
             try:
                 read(grid.level_xy(xy), out[len(kept)])
+            except SlideDecodeRefused:
+                raise
             except SlideReadError as exc:
                 if not skip_unreadable:
                     raise
@@ -309,11 +314,11 @@ _MAX_OPEN = 2
 _OPEN_SLIDES = _OpenSlides(maxsize=_MAX_OPEN)
 
 
-def worker_slide(path: str) -> SlideSource:
+def worker_slide(path: str, *, max_tile_pixels: int = MAX_TILE_PIXELS) -> SlideSource:
     """The slide at ``path``, kept open in this (worker) process between calls."""
     slide = _OPEN_SLIDES.get(path)
     if slide is None:
-        slide = open_slide(Path(path))
+        slide = open_slide(Path(path), max_tile_pixels=max_tile_pixels)
         _OPEN_SLIDES[path] = slide
     return slide
 
@@ -324,13 +329,14 @@ def read_tile_chunk(
     coords: Sequence[tuple[int, int]],
     *,
     skip_unreadable: bool = True,
+    max_tile_pixels: int = MAX_TILE_PIXELS,
 ) -> TileBatch:
     """Read some tiles of a slide in a worker process (the slide stays open).
 
     Meant for a process pool: the parent plans the grid and sends chunks of
     coordinates; each worker keeps its last slides open between chunks.
     """
-    slide = worker_slide(path)
+    slide = worker_slide(path, max_tile_pixels=max_tile_pixels)
     batches = list(
         iter_tiles(
             slide,

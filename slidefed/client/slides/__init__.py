@@ -9,7 +9,9 @@ readers cut regions from decoded stored tiles kept in a bounded cache
 
 Modules: ``base`` (the protocol, level and slide records, the errors readers
 raise), ``pixels`` (RGB conversion and the one box downsampling), ``stored_tiles``,
-``tiff``, ``dicom``, ``sniff``. Importing the package loads numpy and pydantic
+``tiff`` (with ``tiff_levels``), ``dicom``, ``sniff``; ``codestream`` (the decoded
+size a JPEG, JPEG 2000, WebP or PNG header declares) and ``bounds`` (the check of
+every stored tile against it and the site's pixel cap, before any decode). Importing the package loads numpy and pydantic
 only: tiffslide, tifffile, imagecodecs and wsidicom load when a slide is opened.
 """
 
@@ -24,15 +26,11 @@ from slidefed.client.slides.pixels import ycbcr_to_rgb as ycbcr_to_rgb
 from slidefed.client.slides.sniff import is_dicom_file as is_dicom_file
 from slidefed.client.slides.sniff import open_slide as open_slide
 from slidefed.client.slides.sniff import sniff_format as sniff_format
-from slidefed.client.slides.stored_tiles import (
-    MAX_STORED_TILE_BYTES as MAX_STORED_TILE_BYTES,
-)
 from slidefed.client.slides.stored_tiles import TILE_CACHE_BYTES as TILE_CACHE_BYTES
 from slidefed.client.slides.stored_tiles import StoredTileReader as StoredTileReader
 from slidefed.client.slides.tiff import TiffSlideSource as TiffSlideSource
 
 __all__ = [
-    "MAX_STORED_TILE_BYTES",
     "READ_ERRORS",
     "TILE_CACHE_BYTES",
     "DicomSlideSource",

@@ -13,6 +13,12 @@ Two differences from the TIFF readers are hidden behind the
   :meth:`DicomSlideSource.read_region` takes level-0 locations.
 * wsidicom raises on reads outside a level; here those pixels are black.
 
+Bounded decoding: a frame is decoded only after its codestream header (JPEG,
+JPEG-LS, JPEG 2000) was read and found to declare no more than the level's
+frame size and the site's cap on pixels per tile
+(:mod:`~slidefed.client.slides.bounds`); a transfer syntax whose decoded size
+cannot be read that way is refused when the slide is opened.
+
 Colour: a JPEG frame that carries a JFIF marker holds YCbCr samples (the JFIF
 standard says so), whatever the DICOM PhotometricInterpretation claims; such
 frames are converted to RGB. Frames labelled RGB without a JFIF or Adobe marker
@@ -28,16 +34,23 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from slidefed.client.config import MAX_TILE_PIXELS
 from slidefed.client.slides.base import (
     READ_ERRORS,
     LevelInfo,
     SlideInfo,
     quiet_loggers,
 )
+from slidefed.client.slides.bounds import (
+    DICOM_FAMILIES,
+    TileCheck,
+    TileRefused,
+    over_cap,
+)
 from slidefed.client.slides.pixels import to_rgb, ycbcr_to_rgb
 from slidefed.client.slides.sniff import is_dicom_file
 from slidefed.client.slides.stored_tiles import TILE_CACHE_BYTES, StoredTileReader
-from slidefed.common.errors import SlideReadError
+from slidefed.common.errors import SlideDecodeRefused, SlideReadError
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +134,7 @@ class _DicomLevel:
         planar = getattr(level.datasets[0], "PlanarConfiguration", 0)
         self.planar = int(planar or 0)
         self.mpp = float(level.mpp.width) if level.mpp is not None else None
+        self.check = TileCheck("tags", declared=(self.tw, self.th))
 
 
 class DicomSlideSource(StoredTileReader):
@@ -136,9 +150,16 @@ class DicomSlideSource(StoredTileReader):
 
     format = "dicom"
 
-    def __init__(self, path: Path, cache_bytes: int = TILE_CACHE_BYTES) -> None:
+    def __init__(
+        self,
+        path: Path,
+        cache_bytes: int = TILE_CACHE_BYTES,
+        *,
+        max_tile_pixels: int = MAX_TILE_PIXELS,
+    ) -> None:
         super().__init__(cache_bytes)
         self.path = Path(path)
+        self.max_tile_pixels = max_tile_pixels
         try:
             from wsidicom import WsiDicom  # type: ignore[import-untyped, import-not-found, unused-ignore]
         except ImportError as exc:
@@ -212,7 +233,39 @@ class DicomSlideSource(StoredTileReader):
                     f"unsupported pixel type ({lv.bits} bits, {lv.samples} samples); "
                     "only 8-bit RGB or greyscale slides are supported",
                 )
+            lv.check = self._frame_check(lv)
         return described
+
+    def _frame_check(self, lv: _DicomLevel) -> TileCheck:
+        """The header check of a level's frames; refuses what cannot be checked."""
+        too_big = over_cap(lv.tw, lv.th, self.max_tile_pixels)
+        if too_big is not None:
+            raise SlideDecodeRefused(str(self.path), too_big)
+        family = DICOM_FAMILIES.get(lv.syntax)
+        if family is None:
+            raise SlideDecodeRefused(
+                str(self.path),
+                f"transfer syntax {lv.syntax} is not one whose decoded size can be "
+                "checked before decoding; export the slide with JPEG, JPEG 2000 or "
+                "uncompressed frames",
+            )
+        return TileCheck(family, declared=(lv.tw, lv.th), cap=self.max_tile_pixels)
+
+    def _checked(self, lv: _DicomLevel, tx: int, ty: int, data: bytes) -> None:
+        """Check one frame's header before it is decoded.
+
+        A cut or corrupt header raises its
+        :class:`~slidefed.client.slides.codestream.CodestreamError`, which the
+        caller reports as an unreadable frame.
+        """
+        try:
+            lv.check(data)
+        except TileRefused as exc:
+            raise SlideDecodeRefused(
+                str(self.path),
+                f"frame ({tx}, {ty}) of level {lv.scale} refused before decoding: "
+                f"{exc}",
+            ) from exc
 
     def _check_frames(self) -> None:
         """Read the last frame of every level: catches truncated files at open."""
@@ -262,6 +315,7 @@ class DicomSlideSource(StoredTileReader):
         th = min(lv.th, lv.height - ty * lv.th)
         try:
             data = self._encoded(lv, tx, ty)
+            self._checked(lv, tx, ty, data)
             arr: NDArray[np.uint8]
             if lv.syntax in _JPEG_SYNTAXES:
                 kwargs: dict[str, Any] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from slidefed.client.config import MAX_TILE_PIXELS
 from slidefed.client.slides.base import SlideSource
 from slidefed.client.slides.tiff import TiffSlideSource
 from slidefed.common.errors import SlideReadError
@@ -94,25 +95,36 @@ def sniff_format(path: Path) -> str:
     raise SlideReadError(str(path), _foreign_reason(path, head))
 
 
-def open_slide(path: Path) -> SlideSource:
+def open_slide(path: Path, *, max_tile_pixels: int = MAX_TILE_PIXELS) -> SlideSource:
     """Open a slide with the reader that fits its content.
 
     TIFF-family files (SVS, NDPI, OME-TIFF, tiled TIFF) open with tiffslide;
     DICOM files, or a folder holding one DICOM series, with wsidicom.
+
+    Parameters
+    ----------
+    path : Path
+        The slide file, or a DICOM series folder.
+    max_tile_pixels : int
+        Cap on the pixels of one stored tile, as declared by the file and by
+        each tile's codestream header (``[prepare] max_tile_pixels``).
 
     Raises
     ------
     SlideReadError
         If the file is missing, truncated, not a slide, or in an unsupported
         format.
+    SlideDecodeRefused
+        If its stored tiles are over the cap (also raised later, by a read,
+        for a tile whose own header declares too much).
     """
     path = Path(path)
     kind = sniff_format(path)
     if kind == "dicom":
         from slidefed.client.slides.dicom import DicomSlideSource
 
-        return DicomSlideSource(path)
-    return TiffSlideSource(path)
+        return DicomSlideSource(path, max_tile_pixels=max_tile_pixels)
+    return TiffSlideSource(path, max_tile_pixels=max_tile_pixels)
 
 
 __all__ = ["is_dicom_file", "open_slide", "sniff_format"]

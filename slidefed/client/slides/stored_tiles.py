@@ -5,7 +5,10 @@ one stored tile (the TIFF reader reads them with ``os.pread`` and decodes them
 with imagecodecs), and a region is cut from the decoded tiles it overlaps.
 Decoded tiles are kept in a small least-recently-used cache bounded in bytes,
 so that neighbouring regions (a row of tiles, a full-width NDPI band) decode
-each stored tile once, and memory stays bounded whatever the slide size.
+each stored tile once, and memory stays bounded whatever the slide size. Each
+reader checks a stored tile's own header before decoding it
+(:mod:`~slidefed.client.slides.bounds`), so that no tile decodes to more pixels
+than the file declares or the site's cap allows.
 """
 
 from __future__ import annotations
@@ -26,9 +29,6 @@ from slidefed.common.errors import SlideReadError
 
 #: Bytes of decoded stored tiles one open slide keeps (per process).
 TILE_CACHE_BYTES = 128 * 1024 * 1024
-#: Largest decoded stored tile (or strip) read; larger ones are refused.
-MAX_STORED_TILE_BYTES = 256 * 1024 * 1024
-
 TileKey = tuple[int, int, int]  # (level, tx, ty)
 
 
@@ -341,7 +341,6 @@ class StoredTileReader:
 
 
 __all__ = [
-    "MAX_STORED_TILE_BYTES",
     "TILE_CACHE_BYTES",
     "StoredTileReader",
     "tile_cache",

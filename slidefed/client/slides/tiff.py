@@ -4,42 +4,45 @@ tiffslide reads the metadata and checks the structure; the pixels come from the
 stored tiles (see :mod:`slidefed.client.slides.stored_tiles`), whose bytes are
 read with ``os.pread`` and decoded with imagecodecs where the compression
 allows it (JPEG, JPEG 2000), with tifffile's own decoder otherwise.
+
+No tile reaches a decoder before its own codestream header was checked
+(:mod:`~slidefed.client.slides.bounds`): a tile declaring more pixels than the
+file's tile size or the site's cap makes the read raise
+:class:`~slidefed.common.errors.SlideDecodeRefused`. Levels tiffslide reads
+(through tifffile's zarr store, which decodes internally) have the headers of
+the tiles under each region read and checked first, with ``os.pread``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import struct
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from slidefed.client.config import MAX_TILE_PIXELS
 from slidefed.client.slides.base import (
     READ_ERRORS,
     LevelInfo,
     SlideInfo,
     quiet_loggers,
 )
-from slidefed.client.slides.pixels import to_rgb, ycbcr_to_rgb
-from slidefed.client.slides.stored_tiles import (
-    MAX_STORED_TILE_BYTES,
-    TILE_CACHE_BYTES,
-    StoredTileReader,
+from slidefed.client.slides.bounds import (
+    HEADER_PREFIX,
+    TIFF_FAMILIES,
+    TIFF_UNCHECKED,
+    TileCheck,
+    TileRefused,
+    over_cap,
 )
-from slidefed.common.errors import SlideReadError
-
-# Compression codes (TIFF tag 259) decoded with imagecodecs directly.
-_JPEG = 7
-_APERIO_J2K_YCBCR = 33003
-_APERIO_J2K_RGB = 33005
-_JPEG2000 = 34712
-
-#: Decodes one stored tile's bytes, into ``out`` when given.
-TileDecoder = Callable[[bytes, NDArray[np.uint8] | None], Any]
+from slidefed.client.slides.codestream import CodestreamError
+from slidefed.client.slides.pixels import to_rgb
+from slidefed.client.slides.stored_tiles import TILE_CACHE_BYTES, StoredTileReader
+from slidefed.client.slides.tiff_levels import TiffLevel, tile_shape
+from slidefed.common.errors import SlideDecodeRefused, SlideReadError
 
 
 def _first_ifd_offset(head: bytes) -> int | None:
@@ -52,74 +55,6 @@ def _first_ifd_offset(head: bytes) -> int | None:
     return None
 
 
-def _jpeg_decoder(page: Any) -> TileDecoder | None:
-    """imagecodecs' JPEG decoder for an RGB or YCbCr page, None otherwise."""
-    import imagecodecs
-    from tifffile.tifffile import jpeg_decode_colorspace
-
-    colorspace, outcolorspace = jpeg_decode_colorspace(
-        int(page.photometric),
-        int(page.planarconfig),
-        tuple(page.extrasamples),
-        bool(page.is_jfif),
-    )
-    kwargs: dict[str, Any] = {"tables": page.jpegtables}
-    if colorspace == 2:
-        kwargs["colorspace"] = "RGB"
-    if outcolorspace == 2:
-        kwargs["outcolorspace"] = "RGB"
-    if int(page.photometric) not in (2, 6) or "outcolorspace" not in kwargs:
-        return None
-    jpeg8_decode = imagecodecs.jpeg8_decode
-
-    def decode_jpeg(data: bytes, out: NDArray[np.uint8] | None) -> NDArray[np.uint8]:
-        return jpeg8_decode(data, out=out, **kwargs)
-
-    return decode_jpeg
-
-
-def _j2k_decoder(compression: int) -> TileDecoder:
-    """imagecodecs' JPEG 2000 decoder; Aperio's YCbCr flavour is made RGB."""
-    import imagecodecs
-
-    jpeg2k_decode = imagecodecs.jpeg2k_decode
-    ycbcr = compression == _APERIO_J2K_YCBCR
-
-    def decode_j2k(data: bytes, out: NDArray[np.uint8] | None) -> NDArray[np.uint8]:
-        arr = jpeg2k_decode(data, numthreads=1)
-        if ycbcr:
-            arr = ycbcr_to_rgb(arr)
-        if out is not None:
-            out[...] = arr
-            return out
-        return arr
-
-    return decode_j2k
-
-
-class _TiffLevel:
-    """What the fast path needs to know about one TIFF level page."""
-
-    def __init__(self, page: Any, width: int, height: int) -> None:
-        self.page = page
-        self.width = width
-        self.height = height
-        if page.is_tiled:
-            self.tw, self.th = int(page.tilewidth), int(page.tilelength)
-        else:
-            self.tw, self.th = width, min(int(page.rowsperstrip or height), height)
-        self.nx = math.ceil(width / self.tw)
-        self.offsets = [int(o) for o in page.dataoffsets]
-        self.counts = [int(c) for c in page.databytecounts]
-        self.compression = int(page.compression)
-        self.decode_into: TileDecoder | None = None
-        jpegheader = getattr(page, "jpegheader", None)
-        if self.compression == _JPEG and jpegheader is None and page.is_tiled:
-            self.decode_into = _jpeg_decoder(page)
-        elif self.compression in (_APERIO_J2K_RGB, _JPEG2000, _APERIO_J2K_YCBCR):
-            self.decode_into = _j2k_decoder(self.compression)
-
-
 class TiffSlideSource(StoredTileReader):
     """A TIFF-family slide (SVS, NDPI, OME-TIFF, generic tiled TIFF).
 
@@ -128,11 +63,18 @@ class TiffSlideSource(StoredTileReader):
     tifffile's own decoder otherwise.
     """
 
-    def __init__(self, path: Path, cache_bytes: int = TILE_CACHE_BYTES) -> None:
+    def __init__(
+        self,
+        path: Path,
+        cache_bytes: int = TILE_CACHE_BYTES,
+        *,
+        max_tile_pixels: int = MAX_TILE_PIXELS,
+    ) -> None:
         import tiffslide
 
         super().__init__(cache_bytes)
         self.path = Path(path)
+        self.max_tile_pixels = max_tile_pixels
         if not self.path.is_file():
             raise SlideReadError(str(self.path), "file not found")
         self._check_header()
@@ -172,7 +114,7 @@ class TiffSlideSource(StoredTileReader):
                 f"of a {size}-byte file); copy the slide again from the scanner store",
             )
 
-    def _check_structure(self) -> list[_TiffLevel | None]:
+    def _check_structure(self) -> list[TiffLevel]:
         """Check pixel type and truncation; describe each level for the fast path."""
         size = self.path.stat().st_size
         tf = self._slide.ts_tifffile
@@ -201,8 +143,8 @@ class TiffSlideSource(StoredTileReader):
 
     def _check_level_page(
         self, level: Any, w: int, h: int, size: int, axes: Any
-    ) -> _TiffLevel | None:
-        """Check one level's data lies in the file; None if it needs tiffslide."""
+    ) -> TiffLevel:
+        """Check one level's data lies in the file and its tiles are bounded."""
         page = level.keyframe
         ends = [
             o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)
@@ -214,17 +156,10 @@ class TiffSlideSource(StoredTileReader):
                 f"{max(ends) if ends else '?'}); copy the slide again "
                 "from the scanner store",
             )
-        tile_px = (
-            int(page.tilewidth) * int(page.tilelength)
-            if page.is_tiled
-            else w * min(int(page.rowsperstrip or h), h)
-        )
-        if tile_px * 3 > MAX_STORED_TILE_BYTES:
-            raise SlideReadError(
-                str(self.path),
-                f"stored tiles or strips of {tile_px * 3 >> 20} MiB cannot be "
-                "read in bounded memory; save the slide as a tiled pyramid",
-            )
+        too_big = over_cap(*tile_shape(page), self.max_tile_pixels)
+        if too_big is not None:
+            hint = "" if page.is_tiled else "; save the slide as a tiled pyramid"
+            raise SlideDecodeRefused(str(self.path), too_big + hint)
         fast = (
             axes == "YXS"
             and len(level.pages) == 1
@@ -233,7 +168,71 @@ class TiffSlideSource(StoredTileReader):
             and not page.extrasamples
             and int(page.bitspersample) == 8
         )
-        return _TiffLevel(page, w, h) if fast else None
+        lv = TiffLevel(page, w, h, pages=list(level.pages), fast=fast)
+        lv.check = self._tile_check(page, lv)
+        return lv
+
+    def _tile_check(self, page: Any, lv: TiffLevel) -> TileCheck:
+        """The header check of a level's tiles; refuses unchecked compressions."""
+        if lv.compression in TIFF_UNCHECKED:
+            raise SlideDecodeRefused(
+                str(self.path),
+                f"its tiles are {TIFF_UNCHECKED[lv.compression]}-compressed, whose "
+                "decoded size cannot be checked before decoding; convert the slide "
+                "to JPEG or JPEG 2000 tiles",
+            )
+        try:
+            return TileCheck(
+                TIFF_FAMILIES.get(lv.compression, "tags"),
+                declared=(lv.tw, lv.th),
+                cap=self.max_tile_pixels,
+                tables=page.jpegtables or None,
+                header=getattr(page, "jpegheader", None),
+            )
+        except TileRefused as exc:
+            raise SlideDecodeRefused(
+                str(self.path), f"its JPEG tables are refused: {exc}"
+            ) from exc
+        except CodestreamError as exc:
+            raise SlideReadError(
+                str(self.path), f"its JPEG tables are unreadable ({exc})"
+            ) from exc
+
+    def _checked(self, level: int, index: int, data: bytes) -> None:
+        """Check one stored tile's header before it is decoded.
+
+        Raises
+        ------
+        SlideDecodeRefused
+            If the header declares more than the tile size or the site's cap.
+        CodestreamError
+            If the header is cut or corrupt (the tile is not decoded; the
+            region read reports it as unreadable).
+        """
+        try:
+            self._levels[level].check(data)
+        except TileRefused as exc:
+            raise SlideDecodeRefused(
+                str(self.path),
+                f"stored tile {index} of level {level} refused before decoding: {exc}",
+            ) from exc
+
+    def _check_region_tiles(self, level: int, x: int, y: int, w: int, h: int) -> None:
+        """Check the headers of the tiles tiffslide is about to decode for a region."""
+        lv = self._levels[level]
+        if not lv.check.reads_header:
+            return
+        for page_no, (offsets, counts) in enumerate(lv.pages):
+            for index in lv.segments(x, y, w, h):
+                if index >= len(counts) or not counts[index]:
+                    continue
+                if (page_no, index) in lv.checked:
+                    continue
+                data = os.pread(
+                    self._fd, min(counts[index], HEADER_PREFIX), offsets[index]
+                )
+                self._checked(level, index, data)
+                lv.checked.add((page_no, index))
 
     @property
     def format(self) -> str:
@@ -260,13 +259,13 @@ class TiffSlideSource(StoredTileReader):
 
     def _tile_geometry(self, level: int) -> tuple[int, int] | None:
         lv = self._levels[level] if level < len(self._levels) else None
-        return (lv.tw, lv.th) if lv is not None else None
+        return (lv.tw, lv.th) if lv is not None and lv.fast else None
 
     def _decode_tile(
         self, level: int, tx: int, ty: int, out: NDArray[np.uint8] | None = None
     ) -> NDArray[np.uint8]:
         lv = self._levels[level]
-        if lv is None:
+        if not lv.fast:
             raise SlideReadError(str(self.path), f"level {level} has no stored tiles")
         index = ty * lv.nx + tx
         count = lv.counts[index]
@@ -284,6 +283,7 @@ class TiffSlideSource(StoredTileReader):
                 str(self.path),
                 f"tile {index} of level {level} is cut short; the file is truncated",
             )
+        self._checked(level, index, data)
         if lv.decode_into is not None:
             full_size = tw == lv.tw and th == lv.th
             arr = lv.decode_into(data, out if full_size else None)
@@ -302,7 +302,7 @@ class TiffSlideSource(StoredTileReader):
         return tile
 
     def _decode_with_tifffile(
-        self, lv: _TiffLevel, level: int, index: int, data: bytes
+        self, lv: TiffLevel, level: int, index: int, data: bytes
     ) -> NDArray[Any]:
         """A stored tile imagecodecs is not given directly, as tifffile decodes it."""
         decoded, _, _ = lv.page.decode(
@@ -321,6 +321,7 @@ class TiffSlideSource(StoredTileReader):
     def _fallback_region(
         self, level: int, x: int, y: int, w: int, h: int
     ) -> NDArray[np.uint8]:
+        self._check_region_tiles(level, x, y, w, h)
         axes = self._props.get("tiffslide.series-axes")
         arr: Any = self._slide.zarr_group[str(level)]
         if axes == "CYX":

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from slidefed.client.config import SiteConfig
-from slidefed.common.errors import SlidefedError
+from slidefed.common.errors import SlidefedError, SlidePathError
 from slidefed.deploy.doctor.report import Check
 
 SLIDE_SAMPLE = 3
@@ -32,11 +32,17 @@ def check_manifest(config: SiteConfig) -> Check:
     Returns
     -------
     Check
-        ``warn`` when rows were rejected or privacy is per slide (no patient ids).
+        ``warn`` when rows were rejected or privacy is per slide (no patient ids);
+        ``fail`` naming the row when a slide lies outside the slide store.
     """
-    from slidefed.client.data.manifest import load_manifest
+    from slidefed.client.data.manifest import load_site_manifest
 
-    manifest = load_manifest(config.manifest_path)
+    try:
+        manifest = load_site_manifest(config)
+    except SlidePathError as exc:
+        return Check(
+            name="manifest valid", status="fail", detail=exc.detail, fix=exc.fix
+        )
     detail = (
         f"{len(manifest.rows)} slides of {manifest.n_patients} "
         f"{'patients' if manifest.unit == 'patient' else 'slides (no patient ids)'}"
@@ -74,17 +80,30 @@ def check_slides(config: SiteConfig, sample: int = SLIDE_SAMPLE) -> Check:
     Check
         ``fail`` naming the first unreadable slide's reason.
     """
-    from slidefed.client.data.manifest import load_manifest
+    from slidefed.client.data.manifest import load_site_manifest
+    from slidefed.client.data.slide_paths import SlideRoots
     from slidefed.client.slides import open_slide
 
-    rows = load_manifest(config.manifest_path).rows
+    try:
+        rows = load_site_manifest(config).rows
+    except SlidePathError:
+        # Nothing is opened outside the slide store; "manifest valid" names the row.
+        return Check(
+            name="slides readable",
+            status="skip",
+            detail="not checked: a manifest row names a slide outside the slide store",
+            fix="fix the row named under 'manifest valid'",
+        )
+    roots = SlideRoots.of_site(config)
     step = max(1, len(rows) // max(sample, 1))
     picked = rows[::step][:sample]
     bad: list[str] = []
     for row in picked:
-        path = config.slides_root / row.slide
         try:
-            with open_slide(path) as slide:
+            path = roots.check(row.slide, manifest=config.manifest_path)
+            with open_slide(
+                path, max_tile_pixels=config.prepare.max_tile_pixels
+            ) as slide:
                 slide.info()
         except SlidefedError as exc:
             bad.append(str(getattr(exc, "reason", exc)))

@@ -17,7 +17,7 @@ from slidefed.client.data.tiles import (
 from slidefed.client.evaluation import evaluate_tiles
 from slidefed.client.site import tile_samples
 from slidefed.client.train import train_dp
-from slidefed.common.errors import ManifestError, PolicyViolation
+from slidefed.common.errors import ManifestError, PolicyViolation, SlidePathError
 from slidefed.common.model import build_model, feature_dim
 from slidefed.common.run_config import RunConfig
 
@@ -99,7 +99,8 @@ def test_manifest_with_patient_ids_makes_patient_samples(
         )
     (tmp_path / "tiles.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "site.toml").write_text(
-        '[site]\nname = "m"\n[tiles]\nsource = "manifest"\npath = "tiles.csv"\n'
+        f'[site]\nname = "m"\nextra_slide_roots = ["{source}"]\n'
+        '[tiles]\nsource = "manifest"\npath = "tiles.csv"\n'
     )
     data = load_tile_dataset(load_site_config(tmp_path / "site.toml"), ["ADI", "TUM"])
     assert data.unit == "patient"
@@ -297,3 +298,52 @@ def test_class_folders_with_a_groups_file_split_by_group(
 def test_groups_file_is_only_for_class_folders() -> None:
     with pytest.raises(ValueError, match=r"tiles\.groups is for class-folder sites"):
         TilesSection(source="manifest", groups=Path("groups.csv"))
+
+
+def _tile_png(path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (224, 224), (200, 100, 150)).save(path)
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_a_tile_manifest_row_outside_the_tiles_folder_is_refused(
+    tmp_path: Path, how: str
+) -> None:
+    site = tmp_path / "site"
+    outside = tmp_path / "outside" / "x.png"
+    _tile_png(outside)
+    _tile_png(site / "tiles" / "a.png")
+    name = {"dotdot": "../../outside/x.png", "absolute": str(outside)}.get(
+        how, "ln.png"
+    )
+    if how == "symlink":
+        (site / "tiles" / "ln.png").symlink_to(outside)
+    (site / "tiles" / "tiles.csv").write_text(
+        f"tile,label,patient_id\na.png,ADI,P1\n{name},TUM,P2\n"
+    )
+    (site / "site.toml").write_text(
+        '[site]\nname = "m"\n[tiles]\nsource = "manifest"\npath = "tiles/tiles.csv"\n'
+    )
+    with pytest.raises(SlidePathError) as refused:
+        load_tile_dataset(load_site_config(site / "site.toml"), ["ADI", "TUM"])
+    assert f"tiles.csv:3: tile {name!r} resolves to {outside.resolve()}" in str(
+        refused.value
+    )
+    assert "site.extra_slide_roots" in str(refused.value)
+
+
+def test_a_symlink_out_of_a_class_folder_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside" / "x.png"
+    _tile_png(outside)
+    _tile_png(tmp_path / "tiles" / "ADI" / "a.png")
+    (tmp_path / "tiles" / "TUM").mkdir()
+    (tmp_path / "tiles" / "TUM" / "b.png").symlink_to(outside)
+    with pytest.raises(SlidePathError, match=r"tile 'TUM/b\.png' resolves to"):
+        scan_folder(tmp_path / "tiles", TilesSection())
+    # Allowed explicitly, it is read.
+    records, _ = scan_folder(
+        tmp_path / "tiles", TilesSection(), (tmp_path / "outside",)
+    )
+    assert sorted(r.name for r in records) == ["ADI/a.png", "TUM/b.png"]

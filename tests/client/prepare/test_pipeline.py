@@ -44,8 +44,12 @@ def _site(root: Path, rows: list[tuple[str, str, int, str]], extra: str = "") ->
         f"{s},{p},{label},{split}" for s, p, label, split in rows
     ]
     (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    # Slides named by absolute path elsewhere (a fixture folder, the shared data)
+    # are allowed explicitly, as a site with an archive on another mount does.
+    outside = sorted({str(Path(r[0]).parent) for r in rows if Path(r[0]).is_absolute()})
+    roots = f"extra_slide_roots = {json.dumps(outside)}\n" if outside else ""
     config = root / "site.toml"
-    config.write_text(f'[site]\nname = "t"\n{extra}')
+    config.write_text(f'[site]\nname = "t"\n{roots}{extra}')
     return config
 
 

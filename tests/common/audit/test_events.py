@@ -86,6 +86,8 @@ WRITTEN: dict[str, dict[str, Any]] = {
         "errors": 1,
     },
     "ReplyError": {"node": "9314", "reason": "timeout"},
+    "ReplyReasked": {"node": "9314", "stage": "train", "asks": 2},
+    "ReplyLost": {"node": "9314", "stage": "evaluate", "asks": 3},
     "UpdateRejected": {"node": "9313", "reason": "non-finite values"},
     "UpdateAggregated": {"node": "4", "sha256": "b" * 64, "bytes": 192, "weight": 28},
 }
@@ -126,6 +128,8 @@ def test_event_names() -> None:
         "run_finished",
         "round_completed",
         "reply_error",
+        "reply_reasked",
+        "reply_lost",
         "update_rejected",
         "update_aggregated",
     }

@@ -26,6 +26,7 @@ from flwr.clientapp import ClientApp
 
 from slidefed.client.app import evaluate_handler
 from slidefed.client.app import train as slidefed_train
+from slidefed.common.site_errors import SiteError, site_error_message
 
 EXTRA_BYTES = 32 * 1024 * 1024
 """Size of the array appended to the model: far larger than the model itself."""
@@ -59,5 +60,9 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """slidefed's evaluation; a marked site declines."""
     if _marked(context):
-        return Message(Error(code=4001, reason="no evaluation here"), reply_to=msg)
+        # An entry of the site's table: the one kind of error reply that leaves.
+        refused = SiteError.REFUSED
+        return Message(
+            Error(code=int(refused), reason=site_error_message(refused)), reply_to=msg
+        )
     return evaluate_handler(msg, context)
