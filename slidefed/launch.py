@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,18 @@ def _flwr(args: list[str], env: dict[str, str]) -> str:
     exe = shutil.which("flwr")
     if exe is None:
         raise ConfigError("the 'flwr' command is not on PATH; activate slidefed's venv")
-    proc = subprocess.run(
-        [exe, *args], capture_output=True, text=True, env=env, check=False, timeout=600
-    )
+    # flwr reads a connection name that is also a folder of the current directory
+    # as an app path ("./slidefed"): run it from an empty folder of its own.
+    with tempfile.TemporaryDirectory(prefix="slidefed-flwr-") as empty:
+        proc = subprocess.run(
+            [exe, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+            timeout=600,
+            cwd=empty,
+        )
     return proc.stdout + "\n" + proc.stderr
 
 
@@ -88,7 +98,7 @@ def launch(
         If the run could not start, did not complete, or ran past ``timeout``.
     """
     env = flower_env()
-    args = ["run", str(app_dir), connection, "--format", "json"]
+    args = ["run", str(app_dir.resolve()), connection, "--format", "json"]
     if run_config:
         args += ["--run-config", run_config]
     run_id = parse_run_id(_flwr(args, env))

@@ -12,7 +12,11 @@ from slidefed.cli._console import console, setup_logging
 
 def simulate(
     sites: Annotated[
-        list[Path], typer.Option("--sites", help="site.toml (or its folder); repeat.")
+        list[Path],
+        typer.Option(
+            "--sites",
+            help="site.toml (or its folder); repeat, or list them: --sites a b c.",
+        ),
     ],
     rounds: Annotated[int, typer.Option(help="Federated rounds.")],
     out: Annotated[Path, typer.Option(help="Run folder.")],
@@ -35,12 +39,16 @@ def simulate(
         str, typer.Option(help="float32 or float16 on the wire.")
     ] = "float32",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    more_sites: Annotated[
+        list[Path] | None,
+        typer.Argument(help="More sites (as in --sites a b c).", show_default=False),
+    ] = None,
 ) -> None:
     """Run a federation of local site folders on Flower's simulation engine."""
     from slidefed import simulation as sim
     from slidefed.progress import LiveRounds, rounds_table
 
-    paths = sim.simulation_sites(sites)
+    paths = sim.simulation_sites([*sites, *(more_sites or [])])
     out = sim.check_run_folder(out, resume=resume)
     setup_logging(verbose)
     _prepare_sites(paths)

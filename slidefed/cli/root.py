@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import click
 import typer
+import typer.core
 
 from slidefed.cli.audit import audit_app
 from slidefed.cli.bench import bench_app
@@ -21,6 +22,11 @@ from slidefed.cli.server import server_app
 from slidefed.cli.site import site_app
 from slidefed.cli.slide import slide_app
 from slidefed.common.errors import SlidefedError
+
+# slidefed's help is plain text (rich_markup_mode=None), but typer 0.20 escapes
+# "[required]" and "[default: ...]" for rich whenever rich is installed, which
+# prints a literal "\[required]". Plain help needs no rich at all.
+typer.core.HAS_RICH = False
 
 app = typer.Typer(
     name="slidefed",

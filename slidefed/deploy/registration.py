@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
+import tempfile
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -128,18 +129,22 @@ def _flwr_register(key: Path, name: str, *, home: Path, address: str) -> str:
         "--format",
         "json",
     ]
-    try:
-        done = subprocess.run(
-            argv,
-            env=flower_env(home),
-            capture_output=True,
-            text=True,
-            timeout=REGISTER_TIMEOUT_S,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise FederationError(
-            f"the SuperLink at {address} did not answer in {REGISTER_TIMEOUT_S} s"
-        ) from exc
+    # flwr reads a connection name that is also a folder of the current directory
+    # as an app path ("./slidefed"): run it from an empty folder of its own.
+    with tempfile.TemporaryDirectory(prefix="slidefed-register-") as empty:
+        try:
+            done = subprocess.run(
+                argv,
+                env=flower_env(home),
+                capture_output=True,
+                text=True,
+                timeout=REGISTER_TIMEOUT_S,
+                cwd=empty,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise FederationError(
+                f"the SuperLink at {address} did not answer in {REGISTER_TIMEOUT_S} s"
+            ) from exc
     return done.stdout
 
 

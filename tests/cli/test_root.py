@@ -184,3 +184,29 @@ def test_demo_and_bench_packages_import_light() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_help_shows_required_and_defaults_without_escapes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["simulate", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "[required]" in out
+    assert "[default: fedavg]" in out
+    assert "\\[" not in out
+
+
+def test_simulate_takes_sites_listed_after_one_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "site.toml").write_text(f'[site]\nname = "{name}"\n')
+    (tmp_path / "c").mkdir()  # the third has no site.toml: named as such
+    sites = [str(tmp_path / n) for n in "abc"]
+    argv = ["simulate", "--sites", *sites, "--rounds", "1", "--out"]
+    assert main([*argv, str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unexpected extra argument" not in err.lower()
+    assert f"{tmp_path / 'c'}" in err
+    assert "no site.toml there" in err

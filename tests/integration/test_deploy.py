@@ -647,3 +647,25 @@ def test_egress_site_runtime_stops_a_tile_image_and_a_patient_id(
     blocked = [r for r in federation.audit(site) if r["event"] == "egress_blocked"]
     assert len(blocked) == 1
     assert "P-000417" not in json.dumps(blocked[0])
+
+
+def test_register_site_works_from_a_folder_holding_a_slidefed_folder(
+    federation: Federation, tmp_path: Path
+) -> None:
+    # flwr takes a connection name that is also a folder here for an app path.
+    here = tmp_path / "work"
+    (here / "slidefed").mkdir(parents=True)
+    (here / "slidefed" / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    key = tmp_path / "spare_key"
+    generate_node_key(key)
+    done = subprocess.run(
+        [
+            str(BIN / "slidefed"), "server", "register-site", f"{key}.pub",
+            "--name", "spare-site", "--config",
+            str(federation.coord / "server.toml"),
+        ],
+        env=federation.env(federation.root / "cli-home"),
+        capture_output=True, text=True, timeout=120, cwd=here,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "registered site spare-site as node" in done.stdout

@@ -125,17 +125,24 @@ def _privacy_unit(path: Path, columns: list[str]) -> Literal["patient", "slide"]
     unit: Literal["patient", "slide"] = (
         "patient" if "patient_id" in columns else "slide"
     )
-    missing = [
-        c
-        for c in REQUIRED_COLUMNS
-        if c not in columns and not (c == "patient_id" and unit == "slide")
-    ]
-    if missing:
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if [c for c in missing if c != "patient_id"]:
+        # Every missing column at once, patient_id included: a header is fixed once.
         raise ManifestError(
             f"{path}: missing column(s) {', '.join(missing)}; the header must be "
-            f"{','.join(REQUIRED_COLUMNS)}"
+            f"{','.join(REQUIRED_COLUMNS)} (without patient_id each slide is its "
+            "own privacy unit)"
         )
     return unit
+
+
+_ROW_FIXES = {
+    "slide": "slide is empty; give the slide's path relative to slides_root",
+    "patient_id": "patient_id is empty; give the patient's pseudonymous id",
+    "label": "label must be a whole number >= 0 (0, 1, ...); fix the label cell",
+    "split": "split must be train or test; fix the split cell",
+}
+"""What to do about a row whose cell breaks a rule, by column."""
 
 
 def _validate_rows(
@@ -154,8 +161,8 @@ def _validate_rows(
                 values["patient_id"] = values["slide"]
             row = ManifestRow.model_validate(values)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            rejected.append((line, f"{err['loc'][0]}: {err['msg']}"))
+            field = str(exc.errors()[0]["loc"][0])
+            rejected.append((line, _ROW_FIXES.get(field, f"{field}: invalid")))
             continue
         if row.slide in seen:
             rejected.append((line, f"duplicate slide {row.slide}"))

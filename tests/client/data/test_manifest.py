@@ -76,3 +76,22 @@ def test_bags_group_slides_by_patient_and_cap_size() -> None:
     assert 0 < bags[0].features[:, 0].mean() < 1
     again = build_bags(rows, feats, bag_size=40, seed=0)
     np.testing.assert_array_equal(bags[0].features, again[0].features)
+
+
+def test_manifest_names_every_missing_column_at_once(tmp_path: Path) -> None:
+    path = _write(tmp_path, "slide,label\na.tif,0\n")
+    with pytest.raises(ManifestError) as refused:
+        load_manifest(path)
+    assert "missing column(s) patient_id, split;" in str(refused.value)
+    assert "slide,patient_id,label,split" in str(refused.value)
+
+
+def test_a_bad_cell_is_named_with_its_fix(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "slide,patient_id,label,split\na.tif,P1,tumour,train\nb.tif,P2,1,train\n",
+    )
+    reasons = dict(load_manifest(path).rejected)
+    assert reasons[2] == (
+        "label must be a whole number >= 0 (0, 1, ...); fix the label cell"
+    )
