@@ -144,3 +144,74 @@ def bench_robust(
             f"{r['strategy']:>14} {r['attack']:>10}: AUC {r['auc']}, "
             f"rejected {r['rejected_updates']}"
         )
+
+
+@bench_app.command("utility")
+def bench_utility(
+    as_json: JsonOpt = False,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of class folders (default: shared/data/patches/lc25000-lung)."
+        ),
+    ] = None,
+    groups: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV of each tile's group or patient_id (default: DATA/groups.csv "
+            "if present; without one each tile is its own unit)."
+        ),
+    ] = None,
+    sites: Annotated[int, typer.Option(min=1, help="Number of sites.")] = 3,
+    epsilons: Annotated[
+        str, typer.Option(help="Target epsilons per site, comma-separated.")
+    ] = "1,4,8",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Work folder: site folders and the feature cache."),
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="PNG of macro-F1 per setting (default OUT).")
+    ] = None,
+    quick: Annotated[bool, typer.Option(help="Few units and rounds (tests).")] = False,
+    evaluate: Annotated[
+        str,
+        typer.Option(help="Score on 'test' units, or on 'val' (inside train) to tune."),
+    ] = "test",
+    plan: Annotated[
+        Path | None, typer.Option(help="JSON of training plans (see --json).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split and training.")] = 0,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Processes that encode uncached tiles.")
+    ] = 2,
+) -> None:
+    """Centralised, federated and federated-DP utility on real tiles, side by side."""
+    import tempfile
+
+    from slidefed.bench._utility_report import plot as draw
+    from slidefed.bench._utility_report import table
+    from slidefed.bench.utility import load_plans, parse_epsilons, run_utility
+    from slidefed.common.errors import ConfigError
+
+    if evaluate not in ("test", "val"):
+        raise ConfigError(f"--evaluate {evaluate!r} must be 'test' or 'val'")
+    work = out or Path(tempfile.gettempdir()) / "slidefed-bench-utility"
+    result = run_utility(
+        data=data,
+        groups=groups,
+        out=work,
+        sites=sites,
+        epsilons=parse_epsilons(epsilons),
+        quick=quick,
+        evaluate="test" if evaluate == "test" else "val",
+        plans=load_plans(plan) if plan else None,
+        seed=seed,
+        workers=workers,
+    )
+    result["plot"] = str(draw(result, plot or work / "utility-macro-f1.png"))
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    print(table(result))
+    print(f"plot: {result['plot']}")

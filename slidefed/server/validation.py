@@ -65,6 +65,11 @@ def weighted_metrics(contents: list[RecordDict], weight_key: str) -> MetricRecor
     return MetricRecord(out)
 
 
+def _update_digest(msg: Message) -> str:
+    """SHA-256 of a train reply's arrays."""
+    return update_sha256(_numpy(next(iter(msg.content.array_records.values()))))
+
+
 def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
 
@@ -180,13 +185,33 @@ class ValidatingMixin:
         info["sites_trained"] = len(valid)
         if not valid:
             return None, None
+        # Sums of floats depend on their order, and replies arrive in any order
+        # (a replayed release comes back at once): aggregate in the order of the
+        # updates' hashes, so the same updates always give the same global model.
+        valid.sort(key=_update_digest)
         start = time.perf_counter()
         aggregated: tuple[ArrayRecord | None, MetricRecord | None]
         aggregated = super().aggregate_train(absolute, valid)  # type: ignore[misc]
         info["aggregate_seconds"] = round(time.perf_counter() - start, 4)
         if aggregated[1] is not None:
             info["train"] = dict(aggregated[1])
-        return aggregated
+        return self._in_model_dtypes(aggregated[0]), aggregated[1]
+
+    def _in_model_dtypes(self, arrays: ArrayRecord | None) -> ArrayRecord | None:
+        """The global model in the model's own dtypes.
+
+        Server optimisers (FedAdam, FedYogi, ...) compute in float64; the sites
+        accept only their own model, in its dtypes, so the model goes out as such.
+        """
+        if arrays is None:
+            return None
+        dtypes = {spec.name: spec.dtype for spec in self.expected}
+        return ArrayRecord(
+            {
+                name: Array(np.asarray(array.numpy(), dtype=dtypes.get(name)))
+                for name, array in arrays.items()
+            }
+        )
 
     def _admit(self, msg: Message, absolute: int, info: dict[str, Any]) -> bool:
         """Whether a train reply may be aggregated; records and audits why not."""

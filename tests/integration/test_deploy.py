@@ -523,6 +523,7 @@ def test_outsider_is_refused_the_control_api_on_the_public_address(
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, context=unverified, timeout=10)  # noqa: S310
         assert refused.value.code == 403, path
+        refused.value.close()  # its response holds the connection
     # The operator, on the coordinator host, still reaches the Control API.
     assert len(federation.flwr("ls", "slidefed")["runs"]) == runs_before
     nodes = federation.flwr("supernode", "ls", "slidefed")["nodes"]

@@ -657,6 +657,7 @@ def test_load_ten_supernodes_three_rounds_all_nodes_train(
 def test_load_ten_supernodes_lose_no_reply_and_keep_the_round_timeout(
     load_run: LoadRun,
 ) -> None:
+    assert [r["round"] for r in load_run.rows] == list(range(1, LOAD_ROUNDS + 1))
     for row in load_run.rows:
         assert not row["errors"], row["errors"]
         assert row["sites_trained"] == LOAD_NODES

@@ -1,0 +1,327 @@
+"""``slidefed bench utility``: what federation and DP cost in accuracy, on real tissue.
+
+One run, one split by unit (group or patient; tile without a groups file), one set
+of features: centralised training without DP, FedAvg over the sites without DP,
+and FedAvg with DP-SGD at each asked epsilon per site, all scored on the same
+held-out units (tile accuracy, macro-F1, per-class F1). ``evaluate="val"`` scores
+on the validation units inside train instead, and never reads the test units: the
+way the hyperparameters in :data:`DEFAULT_PLANS` were chosen.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from slidefed.bench._utility_data import (
+    BenchData,
+    assign_sites,
+    check_disjoint,
+    find_data,
+    load_bench_data,
+    split_units,
+    subsample,
+)
+from slidefed.bench._utility_sites import (
+    BenchSite,
+    check_no_shared_unit,
+    load_sites,
+    write_site,
+)
+from slidefed.bench._utility_train import DPPlan, PlainPlan
+from slidefed.common.errors import ConfigError
+
+Evaluate = Literal["test", "val"]
+TARGET_RATIO = 0.9
+
+
+class UtilityPlans(BaseModel):
+    """The training plans of one bench run (``--plan FILE``: this model as JSON)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    centralised: PlainPlan
+    federated: PlainPlan
+    dp: DPPlan
+    dirichlet_alpha: float = Field(default=1.0, gt=0.0)
+    quick_units_per_label: int = Field(default=12, ge=2)
+
+
+DEFAULT_PLANS = UtilityPlans(
+    centralised=PlainPlan(epochs=40, batch_size=8, lr=0.003),
+    federated=PlainPlan(rounds=20, epochs=2, batch_size=8, lr=0.003),
+    dp=DPPlan(rounds=100, max_grad_norm=1.0, default_lr=0.01),
+)
+QUICK_PLANS = UtilityPlans(
+    centralised=PlainPlan(epochs=10, batch_size=8, lr=0.003),
+    federated=PlainPlan(rounds=3, epochs=2, batch_size=8, lr=0.003),
+    dp=DPPlan(rounds=4, max_grad_norm=1.0, default_lr=0.01),
+)
+
+
+def _prepare(
+    bench: BenchData,
+    *,
+    sites: int,
+    evaluate: Evaluate,
+    out: Path,
+    plans: UtilityPlans,
+    seed: int,
+    workers: int,
+) -> tuple[list[BenchSite], BenchSite, dict[str, Any]]:
+    """Split, deal the training units to the sites, write and load the folders."""
+    splits = split_units(bench, seed=seed)
+    counts = check_disjoint(bench, splits)
+    # Choosing on "val" trains on train only; the final run trains on train + val.
+    held_split = "test" if evaluate == "test" else "val"
+    train_units = {
+        u: lab
+        for u, lab in bench.unit_labels().items()
+        if splits[u] == "train" or (evaluate == "test" and splits[u] == "val")
+    }
+    site_of = assign_sites(
+        train_units, sites=sites, alpha=plans.dirichlet_alpha, seed=seed + 1
+    )
+    cache = out / "feature-cache"
+    paths = []
+    for i in range(sites):
+        tiles = [t for t in bench.tiles if site_of.get(t.unit) == i]
+        paths.append(
+            write_site(
+                out / "sites" / f"site-{i + 1}",
+                name=f"site-{i + 1}",
+                data=bench,
+                tiles=tiles,
+                split="train",
+                cache=cache,
+            )
+        )
+    held_tiles = [t for t in bench.tiles if splits[t.unit] == held_split]
+    paths.append(
+        write_site(
+            out / "sites" / "held-out",
+            name="held-out",
+            data=bench,
+            tiles=held_tiles,
+            split="test",
+            cache=cache,
+        )
+    )
+    loaded = load_sites(paths, bench.labels, seed=seed, workers=workers)
+    train_sites, held = loaded[:-1], loaded[-1]
+    check_no_shared_unit(train_sites, held)
+    split_info = {**counts, "evaluated_on": evaluate, "held_out_units": held.n_units}
+    return train_sites, held, split_info
+
+
+def _site_info(site: BenchSite, labels: list[str]) -> dict[str, Any]:
+    per_label: Counter[str] = Counter()
+    for sample in site.samples:
+        per_label[labels[int(sample.labels[0])]] += 1
+    return {
+        "site": site.name,
+        "units": site.n_units,
+        "tiles": site.n_tiles,
+        "units_per_label": {lab: per_label.get(lab, 0) for lab in labels},
+    }
+
+
+def _settings(
+    train_sites: list[BenchSite],
+    held: BenchSite,
+    *,
+    labels: list[str],
+    epsilons: list[float],
+    plans: UtilityPlans,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Train and score every setting; one row each."""
+    from slidefed.bench._utility_train import (
+        score,
+        train_centralised,
+        train_federated,
+        train_federated_dp,
+    )
+
+    k = len(labels)
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    model = train_centralised(train_sites, plans.centralised, n_classes=k, seed=seed)
+    rows.append(_row("centralised", None, score(model, held.samples, labels), start))
+    start = time.perf_counter()
+    model = train_federated(train_sites, plans.federated, n_classes=k, seed=seed)
+    rows.append(_row("federated", None, score(model, held.samples, labels), start))
+    for eps in epsilons:
+        start = time.perf_counter()
+        model, privacy = train_federated_dp(
+            train_sites, plans.dp, epsilon=eps, n_classes=k, seed=seed
+        )
+        row = _row("federated-dp", eps, score(model, held.samples, labels), start)
+        row["sites"] = [p.as_dict() for p in privacy]
+        row["max_site_epsilon"] = round(max(p.epsilon for p in privacy), 4)
+        rows.append(row)
+    return rows
+
+
+def _row(
+    name: str, epsilon: float | None, scores: dict[str, Any], start: float
+) -> dict[str, Any]:
+    return {
+        "setting": name,
+        "dp": epsilon is not None,
+        "target_epsilon": epsilon,
+        **scores,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def run_utility(
+    *,
+    data: Path | None,
+    groups: Path | None,
+    out: Path,
+    sites: int = 3,
+    epsilons: tuple[float, ...] = (1.0, 4.0, 8.0),
+    quick: bool = False,
+    evaluate: Evaluate = "test",
+    plans: UtilityPlans | None = None,
+    seed: int = 0,
+    workers: int = 2,
+) -> dict[str, Any]:
+    """The whole bench: every setting, side by side, on one split; JSON-ready.
+
+    Raises
+    ------
+    ConfigError
+        If the data folder is missing or unusable (naming the fix).
+    ManifestError
+        If the groups file is invalid.
+    """
+    started = time.perf_counter()
+    root = find_data(data)
+    bench = load_bench_data(root, groups)
+    plans = plans or (QUICK_PLANS if quick else DEFAULT_PLANS)
+    if quick:
+        bench = subsample(bench, units_per_label=plans.quick_units_per_label, seed=seed)
+    train_sites, held, split_info = _prepare(
+        bench,
+        sites=sites,
+        evaluate=evaluate,
+        out=out,
+        plans=plans,
+        seed=seed,
+        workers=workers,
+    )
+    rows = _settings(
+        train_sites,
+        held,
+        labels=bench.labels,
+        epsilons=list(epsilons),
+        plans=plans,
+        seed=seed,
+    )
+    return {
+        "data": str(root),
+        "groups_file": str(bench.groups_file) if bench.groups_file else None,
+        "unit": bench.unit,
+        "labels": bench.labels,
+        "features": "hed (24 dims)",
+        "model": "tile classifier (LayerNorm, 24 -> 64 -> classes)",
+        "quick": quick,
+        "seed": seed,
+        "split": split_info,
+        "sites": [_site_info(s, bench.labels) for s in train_sites],
+        "plans": plans.model_dump(mode="json"),
+        "settings": rows,
+        "summary": summarise(rows),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def parse_epsilons(text: str) -> tuple[float, ...]:
+    """``1,4,8`` as epsilons.
+
+    Raises
+    ------
+    ConfigError
+        If an entry is not a positive number.
+    """
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            value = float(part)
+        except ValueError:
+            value = -1.0
+        if not value > 0 or value == float("inf"):
+            raise ConfigError(
+                f"--epsilons {text!r}: {part!r} is not a positive number; write "
+                "them like 1,4,8"
+            )
+        out.append(value)
+    return tuple(out)
+
+
+def load_plans(path: Path) -> UtilityPlans:
+    """Training plans from a JSON file (the ``plans`` of a result, or a part of it).
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing or does not hold valid plans.
+    """
+    import json
+
+    from pydantic import ValidationError
+
+    try:
+        given = json.loads(path.read_text(encoding="utf-8"))
+        return UtilityPlans.model_validate(
+            {**DEFAULT_PLANS.model_dump(mode="json"), **given}
+        )
+    except (OSError, ValueError, ValidationError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(
+            f"--plan {path}: {first}; give a JSON object with the keys "
+            "centralised, federated and dp (see the plans of a --json result)"
+        ) from exc
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Macro-F1 of each DP setting over the centralised one, and the 0.9x target."""
+    central = next(r["macro_f1"] for r in rows if r["setting"] == "centralised")
+    ratios = {
+        str(r["target_epsilon"]): round(r["macro_f1"] / central, 4) if central else 0.0
+        for r in rows
+        if r["dp"]
+    }
+    met = [
+        r["target_epsilon"]
+        for r in rows
+        if r["dp"]
+        and r["target_epsilon"] <= 8.0
+        and central
+        and r["macro_f1"] >= TARGET_RATIO * central
+    ]
+    return {
+        "centralised_macro_f1": central,
+        "dp_macro_f1_ratio_to_centralised": ratios,
+        "target": f"federated DP at epsilon <= 8 reaches >= {TARGET_RATIO} x "
+        "centralised macro-F1",
+        "target_met": bool(met),
+        "target_met_at_epsilons": met,
+    }
+
+
+__all__ = [
+    "DEFAULT_PLANS",
+    "QUICK_PLANS",
+    "UtilityPlans",
+    "load_plans",
+    "parse_epsilons",
+    "run_utility",
+    "summarise",
+]
