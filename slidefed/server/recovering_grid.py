@@ -36,12 +36,20 @@ MIN_PATIENCE = 10.0
 PATIENCE_FACTOR = 3.0
 """... or this many times the slowest reply so far, whichever is longer."""
 
+MESSAGE_UNAVAILABLE = 3
+"""Flower's error code for a reply whose objects never reached the SuperLink."""
+
 MAX_ASKS = 3
 """Times an instruction is sent to one site in one stage (the first included)."""
 
 
 Notify = Callable[[str, int, str, int | None, int], None]
 """Called with (``reasked`` or ``lost``, node id, stage, server round, times asked)."""
+
+
+def _unavailable(reply: Message) -> bool:
+    """Whether a reply is Flower's stand-in for one whose content never arrived."""
+    return bool(reply.has_error() and reply.error.code == MESSAGE_UNAVAILABLE)
 
 
 def _server_round(message: Message) -> int | None:
@@ -137,6 +145,10 @@ class RecoveringGrid:
                 node = waiting.pop(mid)
                 if node in replies:
                     continue
+                if _unavailable(reply):
+                    # The SuperLink holds the reply but not its content: it is lost.
+                    self._ask_again(keep, node, waiting, asks, end)
+                    continue
                 replies[node] = reply
                 slowest = max(slowest, time.monotonic() - start)
                 # Later copies to the same site are not waited for.
@@ -154,6 +166,37 @@ class RecoveringGrid:
                     asks[node],
                 )
         return list(replies.values())
+
+    def _ask_again(
+        self,
+        keep: dict[int, Message],
+        node: int,
+        waiting: dict[str, int],
+        asks: dict[int, int],
+        end: float | None,
+    ) -> None:
+        """Send a site its instruction again now, if it may be asked and has time."""
+        now = time.monotonic()
+        if asks[node] >= self._max_asks:
+            return
+        if end is not None and end - now < self._min_patience:
+            return
+        (mid,) = self._grid.push_messages([self._copy(keep[node])])
+        waiting[mid] = node
+        asks[node] += 1
+        logger.warning(
+            "no reply from site %s yet; asking again (%d of %d)",
+            node,
+            asks[node],
+            self._max_asks,
+        )
+        self._notify(
+            "reasked",
+            node,
+            str(keep[node].metadata.message_type),
+            _server_round(keep[node]),
+            asks[node],
+        )
 
     def _reask(
         self,
@@ -174,25 +217,9 @@ class RecoveringGrid:
             return  # no time left for a site to answer again
         silent = sorted(set(waiting.values()) - set(replies))
         for node in silent:
-            if asks[node] >= self._max_asks or now - start < patience * asks[node]:
+            if now - start < patience * asks[node]:
                 continue
-            (mid,) = self._grid.push_messages([self._copy(keep[node])])
-            waiting[mid] = node
-            asks[node] += 1
-            logger.warning(
-                "site %s has not answered after %.0f s; asking again (%d/%d)",
-                node,
-                now - start,
-                asks[node],
-                self._max_asks,
-            )
-            self._notify(
-                "reasked",
-                node,
-                str(keep[node].metadata.message_type),
-                _server_round(keep[node]),
-                asks[node],
-            )
+            self._ask_again(keep, node, waiting, asks, end)
 
 
 __all__ = ["MAX_ASKS", "MIN_PATIENCE", "POLL_SECONDS", "RecoveringGrid"]

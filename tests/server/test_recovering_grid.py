@@ -7,7 +7,14 @@ import time
 from typing import Any
 
 import pytest
-from flwr.app import ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import (
+    ConfigRecord,
+    Error,
+    Message,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.supercore.task_identity import TaskIdentity
 
 from slidefed.server.recovering_grid import RecoveringGrid
@@ -20,12 +27,18 @@ class _Link:
     node's upload fails.
     """
 
-    def __init__(self, lose: set[tuple[int, int]], delay: int = 1) -> None:
+    def __init__(
+        self,
+        lose: set[tuple[int, int]],
+        delay: int = 1,
+        unavailable: set[tuple[int, int]] | None = None,
+    ) -> None:
         self.lose = lose
+        self.unavailable = unavailable or set()
         self.delay = delay
         self.ids = itertools.count(1)
         self.sent: list[tuple[int, int]] = []  # (node, nth send)
-        self.pending: dict[str, tuple[Message, int]] = {}
+        self.pending: dict[str, tuple[Message, int, bool]] = {}
 
     def push_messages(self, messages: list[Message]) -> list[str]:
         out = []
@@ -35,7 +48,11 @@ class _Link:
             self.sent.append((node, nth))
             mid = f"m{next(self.ids)}"
             if (node, nth) not in self.lose:
-                self.pending[mid] = (message, self.delay)
+                self.pending[mid] = (
+                    message,
+                    self.delay,
+                    (node, nth) in self.unavailable,
+                )
             out.append(mid)
         return out
 
@@ -44,9 +61,9 @@ class _Link:
         for mid in ids:
             if mid not in self.pending:
                 continue
-            message, wait = self.pending[mid]
+            message, wait, gone = self.pending[mid]
             if wait > 0:
-                self.pending[mid] = (message, wait - 1)
+                self.pending[mid] = (message, wait - 1, gone)
                 continue
             del self.pending[mid]
             meta = Metadata(
@@ -60,6 +77,10 @@ class _Link:
                 ttl=60.0,
                 message_type="train",
             )
+            if gone:  # what Flower's Grid returns when a reply's objects never came
+                error = Error(code=3, reason="Reply message objects are unavailable.")
+                out.append(Message(error=error, metadata=meta))  # type: ignore[call-overload]
+                continue
             content = RecordDict({"m": MetricRecord({"x": 1.0})})
             out.append(Message(content=content, metadata=meta))  # type: ignore[call-overload]
         return out
@@ -130,3 +151,13 @@ def test_the_wait_is_bounded_by_the_stage_timeout() -> None:
     assert time.monotonic() - start < 1.0
     assert replies == []
     assert sorted(e[1] for e in events if e[0] == "lost") == [1, 2, 3]
+
+
+def test_a_reply_whose_content_never_came_is_asked_again_at_once() -> None:
+    link = _Link(lose=set(), unavailable={(3, 1)})
+    events: list[tuple[Any, ...]] = []
+    grid = _grid(link, events)
+    replies = list(grid.send_and_receive(_instructions(), timeout=5))
+    assert sorted(r.metadata.src_node_id for r in replies) == [1, 2, 3]
+    assert not any(r.has_error() for r in replies)
+    assert events == [("reasked", 3, "train", 4, 2)]
