@@ -6,8 +6,8 @@ the way (the SuperLink's state busy under many nodes, a dropped connection) is
 simply missing at the end, although the site was charged for it.
 
 :class:`RecoveringGrid` wraps the run's Grid. It polls every ``poll`` seconds, and
-when the other sites have answered and a site has stayed silent for ``patience``
-(several times the slowest reply so far, and never before ``min_patience``), it
+when a site stays silent ``patience`` seconds after the latest reply from another
+site (and as long since it was last asked), it
 sends that site the same instruction again, while the stage has time left. A site
 answers a repeated instruction from its stored release: the same bytes, no new
 charge (see ``slidefed.client.privacy.releases``). Each repeat is audited
@@ -31,10 +31,11 @@ POLL_SECONDS = 0.5
 """How often the replies are pulled."""
 
 MIN_PATIENCE = 10.0
-"""Seconds a site may stay silent after the others answered before it is asked again."""
+"""Seconds a site may stay silent after another site's reply before it is asked again.
 
-PATIENCE_FACTOR = 3.0
-"""... or this many times the slowest reply so far, whichever is longer."""
+A repeat costs the site no budget (it answers from its stored release, or trains
+again with the same randomness if it had not finished), only time."""
+
 
 MESSAGE_UNAVAILABLE = 3
 """Flower's error code for a reply whose objects never reached the SuperLink."""
@@ -73,7 +74,7 @@ class RecoveringGrid:
         The run's Grid.
     notify : callable
         Told of each repeat and each reply still missing at the deadline.
-    poll, min_patience, patience_factor : float
+    poll, min_patience : float
         See the module's constants.
     max_asks : int
         Sends per site and stage, the first included.
@@ -86,14 +87,12 @@ class RecoveringGrid:
         *,
         poll: float = POLL_SECONDS,
         min_patience: float = MIN_PATIENCE,
-        patience_factor: float = PATIENCE_FACTOR,
         max_asks: int = MAX_ASKS,
     ) -> None:
         self._grid = grid
         self._notify = notify
         self._poll = poll
         self._min_patience = min_patience
-        self._factor = patience_factor
         self._max_asks = max_asks
 
     def __getattr__(self, name: str) -> Any:
@@ -136,7 +135,8 @@ class RecoveringGrid:
             waiting[mid] = node
         asks = dict.fromkeys(originals, 1)
         replies: dict[int, Message] = {}
-        slowest = 0.0
+        last_reply = start
+        asked_at = dict.fromkeys(originals, start)
         while waiting and (end is None or time.monotonic() < end):
             for reply in self._grid.pull_messages(list(waiting)):
                 mid = reply.metadata.reply_to_message_id
@@ -148,13 +148,14 @@ class RecoveringGrid:
                 if _unavailable(reply):
                     # The SuperLink holds the reply but not its content: it is lost.
                     self._ask_again(keep, node, waiting, asks, end)
+                    asked_at[node] = time.monotonic()
                     continue
                 replies[node] = reply
-                slowest = max(slowest, time.monotonic() - start)
+                last_reply = time.monotonic()
                 # Later copies to the same site are not waited for.
                 waiting = {m: n for m, n in waiting.items() if n != node}
             if waiting:
-                self._reask(keep, replies, waiting, asks, slowest, start, end)
+                self._reask(keep, replies, waiting, asks, asked_at, last_reply, end)
                 time.sleep(self._poll)
         for node, message in keep.items():
             if node not in replies:
@@ -204,22 +205,20 @@ class RecoveringGrid:
         replies: dict[int, Message],
         waiting: dict[str, int],
         asks: dict[int, int],
-        slowest: float,
-        start: float,
+        asked_at: dict[int, float],
+        last_reply: float,
         end: float | None,
     ) -> None:
-        """Send the instruction again to sites silent for longer than the patience."""
+        """Ask again the sites silent for ``min_patience`` after another's reply."""
         if not replies:
             return  # nobody answered yet: nothing says a reply was lost
         now = time.monotonic()
-        patience = max(self._min_patience, self._factor * slowest)
-        if end is not None and end - now < self._min_patience:
-            return  # no time left for a site to answer again
-        silent = sorted(set(waiting.values()) - set(replies))
-        for node in silent:
-            if now - start < patience * asks[node]:
-                continue
-            self._ask_again(keep, node, waiting, asks, end)
+        if now - last_reply < self._min_patience:
+            return
+        for node in sorted(set(waiting.values()) - set(replies)):
+            if now - asked_at[node] >= self._min_patience:
+                self._ask_again(keep, node, waiting, asks, end)
+                asked_at[node] = now
 
 
 __all__ = ["MAX_ASKS", "MIN_PATIENCE", "POLL_SECONDS", "RecoveringGrid"]

@@ -111,7 +111,6 @@ def _grid(link: _Link, events: list[tuple[Any, ...]]) -> RecoveringGrid:
         lambda *event: events.append(event),
         poll=0.01,
         min_patience=0.05,
-        patience_factor=2.0,
     )
 
 
