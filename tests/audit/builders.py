@@ -196,16 +196,18 @@ def resign(
     return unsigned.model_copy(update={"signature": signature}).to_line() + b"\n"
 
 
-def resign_log(path: Path, key: Ed25519PrivateKey) -> None:
-    """Re-sign a whole log and its head with ``key``, as a forger would.
+def rechain_after(
+    lines: list[bytes], index: int, key: Ed25519PrivateKey, path: Path
+) -> None:
+    """Re-sign every line after ``index`` onto the chain, and the head, with ``key``.
 
-    The chain stays intact; with the forger's public key put beside the log,
-    only an auditor who pins the real key can tell.
+    ``index = -1`` re-signs the whole log, as a forger with another key would: the
+    chain stays intact, and with the forger's public key put beside the log only
+    an auditor who pins the real key can tell.
     """
-    lines = lines_of(path)
-    for i, line in enumerate(lines):
-        prev = line_hash(lines[i - 1].rstrip()) if i else parse(line).prev_hash
-        lines[i] = resign(line, key, prev_hash=prev)
+    for i in range(index + 1, len(lines)):
+        prev = line_hash(lines[i - 1].rstrip()) if i else parse(lines[0]).prev_hash
+        lines[i] = resign(lines[i], key, prev_hash=prev)
     write_lines(path, lines)
     last = lines[-1].rstrip(b"\n")
     seq = parse(last).seq
@@ -217,6 +219,11 @@ def resign_log(path: Path, key: Ed25519PrivateKey) -> None:
         signature=base64.b64encode(key.sign(payload)).decode(),
     )
     head_path(path).write_bytes(head.to_bytes())
+
+
+def resign_log(path: Path, key: Ed25519PrivateKey) -> None:
+    """Re-sign a whole log and its head with ``key`` (see :func:`rechain_after`)."""
+    rechain_after(lines_of(path), -1, key, path)
 
 
 def sha(site: str, rnd: int) -> str:
@@ -235,6 +242,7 @@ __all__ = [
     "new_log",
     "note",
     "parse",
+    "rechain_after",
     "release",
     "resign",
     "resign_log",

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from slidefed.audit.problems import Problem, VerifyResult
 from slidefed.audit.verify import read_records, verify_and_read, verify_log
 from slidefed.common.audit.records import (
-    AuditHead,
     canonical_json,
     head_path,
     line_hash,
@@ -24,7 +23,15 @@ from slidefed.common.audit.records import (
 from slidefed.common.audit.writer import AuditLog
 from slidefed.common.crypto import key_id
 from slidefed.common.errors import AuditError
-from tests.audit.builders import lines_of, new_log, note, parse, resign, write_lines
+from tests.audit.builders import (
+    lines_of,
+    new_log,
+    note,
+    parse,
+    rechain_after,
+    resign,
+    write_lines,
+)
 
 N_RECORDS = 5
 
@@ -299,25 +306,6 @@ def test_summary_names_file_line_and_kind(tmp_path: Path) -> None:
 # --- how records are authenticated -----------------------------------------------
 
 
-def _rechain_after(
-    lines: list[bytes], index: int, key: Ed25519PrivateKey, path: Path
-) -> None:
-    """Re-sign every line after ``index`` onto the chain, and the head, with ``key``."""
-    for i in range(index + 1, len(lines)):
-        lines[i] = resign(lines[i], key, prev_hash=line_hash(lines[i - 1].rstrip()))
-    write_lines(path, lines)
-    last = lines[-1].rstrip(b"\n")
-    seq = parse(last).seq
-    payload = canonical_json({"hash": line_hash(last), "seq": seq})
-    head = AuditHead(
-        seq=seq,
-        hash=line_hash(last),
-        key_id=key_id(key.public_key()),
-        signature=base64.b64encode(key.sign(payload)).decode(),
-    )
-    head_path(path).write_bytes(head.to_bytes())
-
-
 def test_the_head_vouches_for_the_chain_unless_every_signature(tmp_path: Path) -> None:
     """Only the key holder can write a bad signature that the head vouches for."""
     path, key, _records = new_log(tmp_path)
@@ -325,7 +313,7 @@ def test_the_head_vouches_for_the_chain_unless_every_signature(tmp_path: Path) -
     record = parse(lines[1])
     wrong = base64.b64encode(key.sign(b"something else")).decode()
     lines[1] = record.model_copy(update={"signature": wrong}).to_line() + b"\n"
-    _rechain_after(lines, 1, key, path)
+    rechain_after(lines, 1, key, path)
 
     vouched = verify_log(path)
     strict = verify_log(path, every_signature=True)
