@@ -13,6 +13,10 @@ Each ``slidefed bench`` command has one module:
   (``bench robust``);
 - :mod:`~slidefed.bench.audit`: the auditor's verifier on a generated site log;
 - ``_federation``: the small in-process federation that ``dp`` and ``robust`` train.
+- :mod:`~slidefed.bench.utility`: centralised, federated and federated-DP macro-F1
+  on real tiles split by group (``bench utility``; its data, sites, training and
+  report are in ``_utility_data``, ``_utility_sites``, ``_utility_train`` and
+  ``_utility_report``).
 
 Most of those modules import torch, Flower or tiffslide, so none is re-exported
 here; this package re-exports only the light measuring tools.

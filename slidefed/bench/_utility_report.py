@@ -29,7 +29,9 @@ def table(result: dict[str, Any]) -> str:
     ]
     for site in result["sites"]:
         mix = ", ".join(f"{k} {v}" for k, v in site["units_per_label"].items())
-        lines.append(f"{site['site']}: {site['units']} units, {site['tiles']} tiles ({mix})")
+        lines.append(
+            f"{site['site']}: {site['units']} units, {site['tiles']} tiles ({mix})"
+        )
     head = f"{'setting':<24} {'accuracy':>8} {'macro-F1':>8} " + " ".join(
         f"{lab[:10]:>10}" for lab in labels
     )
@@ -46,7 +48,8 @@ def table(result: dict[str, Any]) -> str:
         )
     summary = result["summary"]
     ratios = ", ".join(
-        f"eps {k}: {v:.3f}" for k, v in summary["dp_macro_f1_ratio_to_centralised"].items()
+        f"eps {k}: {v:.3f}"
+        for k, v in summary["dp_macro_f1_ratio_to_centralised"].items()
     )
     lines += [
         "",
@@ -69,21 +72,37 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     values = [r["macro_f1"] for r in rows]
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     colours = ["#4c72b0" if not r["dp"] else "#dd8452" for r in rows]
-    bars = ax.bar(names, values, color=colours)
+    # Error bars: the lowest and highest macro-F1 of the setting's runs (seeds).
+    spread = [
+        [v - r["macro_f1_range"][0] for v, r in zip(values, rows, strict=True)],
+        [r["macro_f1_range"][1] - v for v, r in zip(values, rows, strict=True)],
+    ]
+    bars = ax.bar(names, values, color=colours, yerr=spread, capsize=3)
     for bar, value in zip(bars, values, strict=True):
         ax.text(
             bar.get_x() + bar.get_width() / 2,
-            value + 0.01,
+            0.03,
             f"{value:.3f}",
             ha="center",
             fontsize=8,
+            color="white",
         )
     central = result["summary"]["centralised_macro_f1"]
-    ax.axhline(0.9 * central, color="grey", linestyle="--", linewidth=1)
-    ax.text(len(rows) - 0.5, 0.9 * central - 0.05, "0.9 x centralised", ha="right", fontsize=8)
+    ax.axhline(
+        0.9 * central,
+        color="grey",
+        linestyle="--",
+        linewidth=1,
+        label="0.9 x centralised",
+    )
+    ax.legend(loc="upper right", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(f"macro-F1, held-out {result['unit']}s")
-    ax.set_title(f"{Path(result['data']).name}: macro-F1 per setting", fontsize=10)
+    ax.set_title(
+        f"{Path(result['data']).name}: macro-F1 per setting (mean of "
+        f"{result['repeats']} runs, range)",
+        fontsize=10,
+    )
     ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import shutil
 import multiprocessing
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +77,7 @@ def write_site(
     for tile in tiles:
         link = root / tile.name
         link.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(tile.path, link)
+        link.symlink_to(tile.path)
     column = "patient_id" if data.unit == "patient" else "group"
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -87,7 +86,7 @@ def write_site(
     (root / "groups.csv").write_text(buf.getvalue(), encoding="utf-8")
     (folder / "state").mkdir(parents=True)
     cache.mkdir(parents=True, exist_ok=True)
-    os.symlink(cache.resolve(), folder / "state" / "cache")
+    (folder / "state" / "cache").symlink_to(cache.resolve())
     config = SiteConfig(
         site=SiteSection(name=name, extra_slide_roots=(data.root.resolve(),)),
         tiles=TilesSection(
@@ -141,11 +140,21 @@ def _count(path: Path, labels: list[str], seed: int) -> int:
     return len(_load(path, labels, seed)[1])
 
 
+def _listed_units(site: BenchSite) -> set[str]:
+    """The units that the site's groups file names (its second column)."""
+    tiles = site.config.tiles
+    if tiles is None or tiles.groups is None:
+        return set()
+    path = site.config.resolve(tiles.path) / tiles.groups
+    rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
+    return {row[1] for row in rows[1:] if len(row) > 1}
+
+
 def check_no_shared_unit(train: list[BenchSite], test: BenchSite) -> int:
     """Units of the held-out set, checking that no training site holds one.
 
-    Samples are keyed by a hash of their unit, so a unit in two folders would
-    give the same sample id in both.
+    Checked twice: on the units the folders' groups files name, and on the
+    samples the sites loaded (keyed by a hash of their unit).
 
     Raises
     ------
@@ -153,12 +162,14 @@ def check_no_shared_unit(train: list[BenchSite], test: BenchSite) -> int:
         If a held-out unit is at a site, or a folder holds the other split.
     """
     held = {s.sample_id for s in test.samples}
+    held_listed = _listed_units(test)
     for site in train:
         shared = held & {s.sample_id for s in site.samples}
-        if shared:
+        shared_listed = held_listed & _listed_units(site)
+        if shared or shared_listed:
             raise SlidefedError(
-                f"{len(shared)} held-out units are also at {site.name}; the split "
-                "must never cut a unit"
+                f"{max(len(shared), len(shared_listed))} held-out units are also at "
+                f"{site.name}; the split must never cut a unit"
             )
         if any(s.split != "train" for s in site.samples):
             raise SlidefedError(f"{site.name} holds samples outside train")

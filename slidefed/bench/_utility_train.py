@@ -12,8 +12,10 @@ policy's ``best`` of RDP and PRV) from the steps actually taken.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -113,14 +115,18 @@ def new_model(n_classes: int, seed: int) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def score(model: torch.nn.Module, samples: Sequence[Any], labels: list[str]) -> dict[str, Any]:
+def score(
+    model: torch.nn.Module, samples: Sequence[Any], labels: list[str]
+) -> dict[str, Any]:
     """Tile accuracy, macro-F1 (over labels present) and per-class F1."""
     model.eval()
     k = len(labels)
     confusion = np.zeros((k, k), dtype=np.int64)
     ds = BagDataset(samples)
     for start in range(0, len(ds), 64):
-        x, mask, y = collate_bags([ds[i] for i in range(start, min(start + 64, len(ds)))])
+        x, mask, y = collate_bags(
+            [ds[i] for i in range(start, min(start + 64, len(ds)))]
+        )
         pred = model(x, mask).argmax(dim=-1)
         keep = mask
         np.add.at(confusion, (y[keep].numpy(), pred[keep].numpy()), 1)
@@ -130,7 +136,9 @@ def score(model: torch.nn.Module, samples: Sequence[Any], labels: list[str]) -> 
     return {
         "accuracy": round(float(np.trace(confusion) / max(int(support.sum()), 1)), 4),
         "macro_f1": round(float(f1[present].mean()) if present.any() else 0.0, 4),
-        "class_f1": {lab: round(float(v), 4) for lab, v in zip(labels, f1, strict=True)},
+        "class_f1": {
+            lab: round(float(v), 4) for lab, v in zip(labels, f1, strict=True)
+        },
         "test_tiles": int(support.sum()),
     }
 
@@ -152,7 +160,9 @@ def train_centralised(
     return model
 
 
-def _average(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, Any]:
+def _average(
+    states: list[dict[str, torch.Tensor]], weights: list[int]
+) -> dict[str, Any]:
     total = float(sum(weights))
     return {
         k: sum(w / total * s[k] for w, s in zip(weights, states, strict=True))
@@ -189,14 +199,35 @@ def dp_batch_size(units: int, batches: int) -> int:
     return max(1, math.ceil(units / batches))
 
 
+@contextlib.contextmanager
+def _quiet_accountant() -> Iterator[None]:
+    """Opacus notes when the best Renyi order is at the edge of its grid.
+
+    The bound it returns is still valid, only looser (see the sites' accountant);
+    Opacus's own per-round epsilon in :func:`train_dp` notes it too.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the")
+        yield
+
+
 def plan_privacy(
     site: BenchSite, plan: DPPlan, *, epsilon: float, delta: float
 ) -> SitePrivacy:
     """The site's noise for ``epsilon`` over the whole run, and its accounted epsilon."""
+    with _quiet_accountant():
+        return _plan_privacy(site, plan, epsilon=epsilon, delta=delta)
+
+
+def _plan_privacy(
+    site: BenchSite, plan: DPPlan, *, epsilon: float, delta: float
+) -> SitePrivacy:
     n = site.n_units
     per_epoch = batches_per_epoch(n, dp_batch_size(n, plan.batches_per_epoch))
     q, steps = 1.0 / per_epoch, per_epoch * plan.local_epochs * plan.rounds
-    sigma_rdp = calibrate_noise([], sample_rate=q, steps=steps, target_epsilon=epsilon, delta=delta)
+    sigma_rdp = calibrate_noise(
+        [], sample_rate=q, steps=steps, target_epsilon=epsilon, delta=delta
+    )
     sigma = sigma_rdp
     if plan.calibration == "best":
         sigma = _calibrate_best(q, steps, epsilon, delta, hi=sigma_rdp)
@@ -222,7 +253,9 @@ def plan_privacy(
     )
 
 
-def _calibrate_best(q: float, steps: int, target: float, delta: float, *, hi: float) -> float:
+def _calibrate_best(
+    q: float, steps: int, target: float, delta: float, *, hi: float
+) -> float:
     """Least noise (to 0.5%) whose ``best`` bound is at most ``target``."""
     lo = hi / 2
     if tightest([(lo, q, steps)], delta, accountant="best")[0] <= target:
@@ -252,7 +285,12 @@ def train_federated_dp(
         If a site took other steps or another sample rate than were accounted.
     """
     privacy = [
-        plan_privacy(site, plan, epsilon=epsilon, delta=site.config.policy.delta_for(site.n_units))
+        plan_privacy(
+            site,
+            plan,
+            epsilon=epsilon,
+            delta=site.config.policy.delta_for(site.n_units),
+        )
         for site in sites
     ]
     model = new_model(n_classes, seed)
@@ -263,18 +301,22 @@ def train_federated_dp(
         for i, (site, priv) in enumerate(zip(sites, privacy, strict=True)):
             local = new_model(n_classes, seed)
             local.load_state_dict(model.state_dict())
-            result = train_dp(
-                local,
-                site.samples,
-                epochs=plan.local_epochs,
-                batch_size=dp_batch_size(site.n_units, plan.batches_per_epoch),
-                lr=lr,
-                noise_multiplier=priv.noise_multiplier,
-                max_grad_norm=plan.max_grad_norm,
-                delta=priv.delta,
-                seed=seed * 1_000_003 + rnd * 101 + i,
-            )
-            if result.steps * plan.rounds != priv.steps or result.sample_rate != priv.sample_rate:
+            with _quiet_accountant():
+                result = train_dp(
+                    local,
+                    site.samples,
+                    epochs=plan.local_epochs,
+                    batch_size=dp_batch_size(site.n_units, plan.batches_per_epoch),
+                    lr=lr,
+                    noise_multiplier=priv.noise_multiplier,
+                    max_grad_norm=plan.max_grad_norm,
+                    delta=priv.delta,
+                    seed=seed * 1_000_003 + rnd * 101 + i,
+                )
+            if (
+                result.steps * plan.rounds != priv.steps
+                or result.sample_rate != priv.sample_rate
+            ):
                 raise SlidefedError(
                     f"{site.name} trained {result.steps} steps at q={result.sample_rate}"
                     f" in round {rnd + 1}, not what was accounted"

@@ -10,6 +10,7 @@ way the hyperparameters in :data:`DEFAULT_PLANS` were chosen.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,9 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from slidefed.bench._utility_data import (
     BenchData,
     assign_sites,
-    check_disjoint,
     find_data,
     load_bench_data,
+    split_counts,
     split_units,
     subsample,
 )
@@ -47,19 +48,32 @@ class UtilityPlans(BaseModel):
     centralised: PlainPlan
     federated: PlainPlan
     dp: DPPlan
+    # How the model sees the hed features: "log1p" (log(1 + x), fixed and
+    # data-independent, which evens out their scales: 0.02 to 160) or "raw".
+    inputs: Literal["raw", "log1p"] = "log1p"
     dirichlet_alpha: float = Field(default=1.0, gt=0.0)
     quick_units_per_label: int = Field(default=12, ge=2)
 
 
+# Chosen on the validation groups of lc25000-lung (docs/benchmarks.md).
 DEFAULT_PLANS = UtilityPlans(
     centralised=PlainPlan(epochs=40, batch_size=8, lr=0.003),
-    federated=PlainPlan(rounds=20, epochs=2, batch_size=8, lr=0.003),
-    dp=DPPlan(rounds=100, max_grad_norm=1.0, default_lr=0.01),
+    federated=PlainPlan(rounds=20, epochs=4, batch_size=8, lr=0.03),
+    dp=DPPlan(
+        rounds=200,
+        local_epochs=1,
+        batches_per_epoch=1,
+        max_grad_norm=1.0,
+        lr={1.0: 0.5, 4.0: 0.1, 8.0: 0.1},
+        default_lr=0.1,
+        lr_schedule="cosine",
+        calibration="best",
+    ),
 )
 QUICK_PLANS = UtilityPlans(
-    centralised=PlainPlan(epochs=10, batch_size=8, lr=0.003),
-    federated=PlainPlan(rounds=3, epochs=2, batch_size=8, lr=0.003),
-    dp=DPPlan(rounds=4, max_grad_norm=1.0, default_lr=0.01),
+    centralised=PlainPlan(epochs=10, batch_size=8, lr=0.01),
+    federated=PlainPlan(rounds=3, epochs=2, batch_size=8, lr=0.01),
+    dp=DPPlan(rounds=10, max_grad_norm=1.0, default_lr=0.3, lr_schedule="cosine"),
 )
 
 
@@ -75,7 +89,7 @@ def _prepare(
 ) -> tuple[list[BenchSite], BenchSite, dict[str, Any]]:
     """Split, deal the training units to the sites, write and load the folders."""
     splits = split_units(bench, seed=seed)
-    counts = check_disjoint(bench, splits)
+    counts = split_counts(bench, splits)
     # Choosing on "val" trains on train only; the final run trains on train + val.
     held_split = "test" if evaluate == "test" else "val"
     train_units = {
@@ -112,10 +126,25 @@ def _prepare(
         )
     )
     loaded = load_sites(paths, bench.labels, seed=seed, workers=workers)
+    if plans.inputs == "log1p":
+        loaded = [_log1p(site) for site in loaded]
     train_sites, held = loaded[:-1], loaded[-1]
     check_no_shared_unit(train_sites, held)
     split_info = {**counts, "evaluated_on": evaluate, "held_out_units": held.n_units}
     return train_sites, held, split_info
+
+
+def _log1p(site: BenchSite) -> BenchSite:
+    """The site with log(1 + x) of its features (hed features are >= 0)."""
+    import numpy as np
+
+    samples = [
+        s.model_copy(
+            update={"features": np.log1p(np.maximum(s.features, 0.0)).astype("float32")}
+        )
+        for s in site.samples
+    ]
+    return BenchSite(name=site.name, config=site.config, samples=samples)
 
 
 def _site_info(site: BenchSite, labels: list[str]) -> dict[str, Any]:
@@ -137,9 +166,9 @@ def _settings(
     labels: list[str],
     epsilons: list[float],
     plans: UtilityPlans,
-    seed: int,
+    seeds: list[int],
 ) -> list[dict[str, Any]]:
-    """Train and score every setting; one row each."""
+    """Train and score every setting once per seed; one row each (seed means)."""
     from slidefed.bench._utility_train import (
         score,
         train_centralised,
@@ -149,18 +178,24 @@ def _settings(
 
     k = len(labels)
     rows: list[dict[str, Any]] = []
-    start = time.perf_counter()
-    model = train_centralised(train_sites, plans.centralised, n_classes=k, seed=seed)
-    rows.append(_row("centralised", None, score(model, held.samples, labels), start))
-    start = time.perf_counter()
-    model = train_federated(train_sites, plans.federated, n_classes=k, seed=seed)
-    rows.append(_row("federated", None, score(model, held.samples, labels), start))
+    for name, train in (
+        ("centralised", train_centralised),
+        ("federated", train_federated),
+    ):
+        plan = plans.centralised if name == "centralised" else plans.federated
+        start, runs = time.perf_counter(), []
+        for seed in seeds:
+            model = train(train_sites, plan, n_classes=k, seed=seed)
+            runs.append({"seed": seed, **score(model, held.samples, labels)})
+        rows.append(_row(name, None, runs, start))
     for eps in epsilons:
-        start = time.perf_counter()
-        model, privacy = train_federated_dp(
-            train_sites, plans.dp, epsilon=eps, n_classes=k, seed=seed
-        )
-        row = _row("federated-dp", eps, score(model, held.samples, labels), start)
+        start, runs = time.perf_counter(), []
+        for seed in seeds:
+            model, privacy = train_federated_dp(
+                train_sites, plans.dp, epsilon=eps, n_classes=k, seed=seed
+            )
+            runs.append({"seed": seed, **score(model, held.samples, labels)})
+        row = _row("federated-dp", eps, runs, start)
         row["sites"] = [p.as_dict() for p in privacy]
         row["max_site_epsilon"] = round(max(p.epsilon for p in privacy), 4)
         rows.append(row)
@@ -168,13 +203,24 @@ def _settings(
 
 
 def _row(
-    name: str, epsilon: float | None, scores: dict[str, Any], start: float
+    name: str, epsilon: float | None, runs: list[dict[str, Any]], start: float
 ) -> dict[str, Any]:
+    """A setting's figures: the means over its runs (seeds), and each run."""
+    labels = list(runs[0]["class_f1"])
+    f1s = [r["macro_f1"] for r in runs]
     return {
         "setting": name,
         "dp": epsilon is not None,
         "target_epsilon": epsilon,
-        **scores,
+        "accuracy": round(statistics.mean(r["accuracy"] for r in runs), 4),
+        "macro_f1": round(statistics.mean(f1s), 4),
+        "macro_f1_range": [min(f1s), max(f1s)],
+        "class_f1": {
+            lab: round(statistics.mean(r["class_f1"][lab] for r in runs), 4)
+            for lab in labels
+        },
+        "test_tiles": runs[0]["test_tiles"],
+        "runs": runs,
         "seconds": round(time.perf_counter() - start, 2),
     }
 
@@ -190,9 +236,13 @@ def run_utility(
     evaluate: Evaluate = "test",
     plans: UtilityPlans | None = None,
     seed: int = 0,
+    repeats: int | None = None,
     workers: int = 2,
 ) -> dict[str, Any]:
     """The whole bench: every setting, side by side, on one split; JSON-ready.
+
+    Each setting is trained ``repeats`` times (seeds ``seed``, ``seed + 1``, ...;
+    default 3, 1 with ``quick``) on the same split; its figures are the means.
 
     Raises
     ------
@@ -201,7 +251,11 @@ def run_utility(
     ManifestError
         If the groups file is invalid.
     """
+    import torch
+
     started = time.perf_counter()
+    # One thread: on a small CPU, torch's threads only contend for the cores.
+    torch.set_num_threads(1)
     root = find_data(data)
     bench = load_bench_data(root, groups)
     plans = plans or (QUICK_PLANS if quick else DEFAULT_PLANS)
@@ -222,7 +276,7 @@ def run_utility(
         labels=bench.labels,
         epsilons=list(epsilons),
         plans=plans,
-        seed=seed,
+        seeds=[seed + i for i in range(repeats or (1 if quick else 3))],
     )
     return {
         "data": str(root),
@@ -230,9 +284,11 @@ def run_utility(
         "unit": bench.unit,
         "labels": bench.labels,
         "features": "hed (24 dims)",
-        "model": "tile classifier (LayerNorm, 24 -> 64 -> classes)",
+        "model": "tile classifier (LayerNorm, 24 -> 64 -> classes) on "
+        + ("log(1 + features)" if plans.inputs == "log1p" else "the features"),
         "quick": quick,
         "seed": seed,
+        "repeats": repeats or (1 if quick else 3),
         "split": split_info,
         "sites": [_site_info(s, bench.labels) for s in train_sites],
         "plans": plans.model_dump(mode="json"),

@@ -182,6 +182,10 @@ def bench_utility(
         Path | None, typer.Option(help="JSON of training plans (see --json).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split and training.")] = 0,
+    repeats: Annotated[
+        int | None,
+        typer.Option(min=1, help="Trainings per setting (seeds); default 3, quick 1."),
+    ] = None,
     workers: Annotated[
         int, typer.Option(min=1, help="Processes that encode uncached tiles.")
     ] = 2,
@@ -207,6 +211,7 @@ def bench_utility(
         evaluate="test" if evaluate == "test" else "val",
         plans=load_plans(plan) if plan else None,
         seed=seed,
+        repeats=repeats,
         workers=workers,
     )
     result["plot"] = str(draw(result, plot or work / "utility-macro-f1.png"))
