@@ -98,13 +98,18 @@ class RecoveringGrid:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
 
-    def _copy(self, message: Message) -> Message:
-        """A fresh message with the same instruction for the same site."""
+    def _copy(self, message: Message, ttl: float | None = None) -> Message:
+        """A fresh message with the same instruction for the same site.
+
+        A repeat lives only as long as its stage (``ttl``): a site that comes back
+        later must not find it waiting and answer a round that is over.
+        """
         return Message(
             content=message.content,
             dst_node_id=message.metadata.dst_node_id,
             message_type=message.metadata.message_type,
             group_id=message.metadata.group_id,
+            ttl=ttl,
         )
 
     def send_and_receive(
@@ -182,7 +187,8 @@ class RecoveringGrid:
             return
         if end is not None and end - now < self._min_patience:
             return
-        (mid,) = self._grid.push_messages([self._copy(keep[node])])
+        ttl = None if end is None else max(1.0, end - now)
+        (mid,) = self._grid.push_messages([self._copy(keep[node], ttl)])
         waiting[mid] = node
         asks[node] += 1
         logger.warning(
