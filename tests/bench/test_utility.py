@@ -262,3 +262,16 @@ def test_tiles_of_one_unit_share_its_split() -> None:
         s: sum(1 for v in splits.values() if v == s) for s in ("train", "val", "test")
     }
     assert counts == {"test": 6, "val": 4, "train": 10}
+
+
+def test_a_bad_plan_or_evaluate_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"dp": {"rounds": 0, "max_grad_norm": 1, "default_lr": 0.1}}')
+    rc, _, err = _run(["--data", str(tmp_path), "--plan", str(plan)], capsys)
+    assert rc == 2
+    assert f"--plan {plan}: 1 validation error for UtilityPlans" in err
+    rc, _, err = _run(["--data", str(tmp_path), "--evaluate", "train"], capsys)
+    assert rc == 2
+    assert "--evaluate 'train' must be 'test' or 'val'" in err
