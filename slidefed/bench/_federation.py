@@ -93,7 +93,7 @@ def run_inprocess_fedavg(
             )
             states.append(local.state_dict())
             weights.append(len(train))
-        global_model.load_state_dict(_weighted_average(states, weights))
+        global_model.load_state_dict(weighted_average(states, weights))
     held = held_out(global_model, sites)
     pooled_auc = auc_score(np.asarray(held.labels), np.asarray(held.scores))
     n = sum(k for _, k in held.accuracies)
@@ -170,7 +170,7 @@ def _train_local(
         )
 
 
-def _weighted_average(
+def weighted_average(
     states: list[dict[str, torch.Tensor]], weights: list[int]
 ) -> dict[str, Any]:
     """FedAvg: the average of ``states`` weighted by ``weights``."""

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from slidefed.bench._federation import weighted_average
 from slidefed.bench._utility_sites import BenchSite
 from slidefed.client.evaluation import f1_scores
 from slidefed.client.privacy.accountant import calibrate_noise, tightest
@@ -160,16 +161,6 @@ def train_centralised(
     return model
 
 
-def _average(
-    states: list[dict[str, torch.Tensor]], weights: list[int]
-) -> dict[str, Any]:
-    total = float(sum(weights))
-    return {
-        k: sum(w / total * s[k] for w, s in zip(weights, states, strict=True))
-        for k in states[0]
-    }
-
-
 def train_federated(
     sites: list[BenchSite], plan: PlainPlan, *, n_classes: int, seed: int
 ) -> torch.nn.Module:
@@ -190,7 +181,7 @@ def train_federated(
             )
             states.append(local.state_dict())
             weights.append(site.n_units)
-        model.load_state_dict(_average(states, weights))
+        model.load_state_dict(weighted_average(states, weights))
     return model
 
 
@@ -323,7 +314,7 @@ def train_federated_dp(
                 )
             states.append(local.state_dict())
             weights.append(site.n_units)
-        model.load_state_dict(_average(states, weights))
+        model.load_state_dict(weighted_average(states, weights))
         average.add(rnd, model.state_dict())
     if average.count:
         model.load_state_dict(average.state())
