@@ -226,4 +226,10 @@ def held_out(
     return HeldOut(labels=labels, scores=scores, accuracies=accs)
 
 
-__all__ = ["HeldOut", "held_out", "run_inprocess_fedavg", "synth_sites"]
+__all__ = [
+    "HeldOut",
+    "held_out",
+    "run_inprocess_fedavg",
+    "synth_sites",
+    "weighted_average",
+]
