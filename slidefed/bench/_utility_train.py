@@ -35,7 +35,8 @@ from slidefed.client.train import (
     train_plain,
 )
 from slidefed.common.errors import SlidefedError
-from slidefed.common.model import build_model, feature_dim
+from slidefed.common.model import Inputs, build_model, feature_dim
+from slidefed.common.run_config import cosine_lr
 
 Calibration = Literal["rdp", "best"]
 
@@ -72,12 +73,25 @@ class DPPlan(BaseModel):
     calibration: Calibration = "best"
     lr_schedule: Literal["constant", "cosine"] = "constant"
     average_last: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # The server's step on the mean update: FedAvg takes it as it is; FedAdam
+    # (the federation's ``strategy = "fedadam"``, Flower's formula) keeps moments
+    # of the noisy updates across rounds, which is post-processing: no privacy cost.
+    server: Literal["fedavg", "fedadam"] = "fedavg"
+    # The sites' optimiser for their local step: Adam with fresh moments (one
+    # step moves each weight by about lr times the sign of its noisy gradient)
+    # or plain SGD (the noisy gradient itself, so the sites' noise averages out).
+    local_optimizer: Literal["adam", "sgd"] = "adam"
+    server_lr: float = Field(default=0.01, gt=0.0)
+    server_beta_1: float = Field(default=0.9, ge=0.0, lt=1.0)
+    server_beta_2: float = Field(default=0.99, ge=0.0, lt=1.0)
+    server_tau: float = Field(default=1e-3, gt=0.0)
 
     def lr_for(self, epsilon: float, rnd: int = 0) -> float:
         """Step size at ``epsilon`` in round ``rnd`` (from 0)."""
         lr = self.lr.get(float(epsilon), self.default_lr)
         if self.lr_schedule == "cosine":
-            lr *= 0.5 * (1 + math.cos(math.pi * rnd / self.rounds))
+            # The federation's lr-schedule = "cosine" (RunConfig.lr_at).
+            lr = cosine_lr(lr, rnd, self.rounds)
         return lr
 
 
@@ -110,9 +124,11 @@ class SitePrivacy:
         }
 
 
-def new_model(n_classes: int, seed: int) -> torch.nn.Module:
-    """The tile classifier of a ``tiles`` run (hed features)."""
-    return build_model("tiles", feature_dim("hed"), seed=seed, n_classes=n_classes)
+def new_model(n_classes: int, seed: int, inputs: Inputs = "raw") -> torch.nn.Module:
+    """The tile classifier of a ``tiles`` run (hed features; ``inputs`` of the run)."""
+    return build_model(
+        "tiles", feature_dim("hed"), seed=seed, n_classes=n_classes, inputs=inputs
+    )
 
 
 @torch.no_grad()
@@ -145,10 +161,15 @@ def score(
 
 
 def train_centralised(
-    sites: list[BenchSite], plan: PlainPlan, *, n_classes: int, seed: int
+    sites: list[BenchSite],
+    plan: PlainPlan,
+    *,
+    n_classes: int,
+    seed: int,
+    inputs: Inputs = "raw",
 ) -> torch.nn.Module:
     """The model trained without DP on every site's training units, pooled."""
-    model = new_model(n_classes, seed)
+    model = new_model(n_classes, seed, inputs)
     pooled = [s for site in sites for s in site.samples]
     train_plain(
         model,
@@ -162,14 +183,19 @@ def train_centralised(
 
 
 def train_federated(
-    sites: list[BenchSite], plan: PlainPlan, *, n_classes: int, seed: int
+    sites: list[BenchSite],
+    plan: PlainPlan,
+    *,
+    n_classes: int,
+    seed: int,
+    inputs: Inputs = "raw",
 ) -> torch.nn.Module:
     """FedAvg without DP: each round, each site trains the global model plainly."""
-    model = new_model(n_classes, seed)
+    model = new_model(n_classes, seed, inputs)
     for rnd in range(plan.rounds):
         states, weights = [], []
         for i, site in enumerate(sites):
-            local = new_model(n_classes, seed)
+            local = new_model(n_classes, seed, inputs)
             local.load_state_dict(model.state_dict())
             train_plain(
                 local,
@@ -267,6 +293,7 @@ def train_federated_dp(
     epsilon: float,
     n_classes: int,
     seed: int,
+    inputs: Inputs = "raw",
 ) -> tuple[torch.nn.Module, list[SitePrivacy]]:
     """FedAvg with DP-SGD at every site for ``epsilon`` per site over the run.
 
@@ -284,13 +311,14 @@ def train_federated_dp(
         )
         for site in sites
     ]
-    model = new_model(n_classes, seed)
+    model = new_model(n_classes, seed, inputs)
     average = _Average(first=round(plan.rounds * (1 - plan.average_last)))
+    server = _ServerAdam(plan) if plan.server == "fedadam" else None
     for rnd in range(plan.rounds):
         lr = plan.lr_for(epsilon, rnd)
         states, weights = [], []
         for i, (site, priv) in enumerate(zip(sites, privacy, strict=True)):
-            local = new_model(n_classes, seed)
+            local = new_model(n_classes, seed, inputs)
             local.load_state_dict(model.state_dict())
             with _quiet_accountant():
                 result = train_dp(
@@ -303,6 +331,7 @@ def train_federated_dp(
                     max_grad_norm=plan.max_grad_norm,
                     delta=priv.delta,
                     seed=seed * 1_000_003 + rnd * 101 + i,
+                    optimizer=plan.local_optimizer,
                 )
             if (
                 result.steps * plan.rounds != priv.steps
@@ -314,11 +343,50 @@ def train_federated_dp(
                 )
             states.append(local.state_dict())
             weights.append(site.n_units)
-        model.load_state_dict(weighted_average(states, weights))
+        mean = weighted_average(states, weights)
+        if server is not None:
+            mean = server.step(rnd, model.state_dict(), mean)
+        model.load_state_dict(mean)
         average.add(rnd, model.state_dict())
     if average.count:
         model.load_state_dict(average.state())
     return model, privacy
+
+
+class _ServerAdam:
+    """FedAdam's server step (Flower's formula, bias-corrected step size).
+
+    The pseudo-gradient is the mean site model minus the global model; the
+    moments only ever see released (noised) updates.
+    """
+
+    def __init__(self, plan: DPPlan) -> None:
+        self.plan = plan
+        self.m: dict[str, torch.Tensor] = {}
+        self.v: dict[str, torch.Tensor] = {}
+
+    def step(
+        self,
+        rnd: int,
+        current: dict[str, torch.Tensor],
+        mean: dict[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        p = self.plan
+        b1, b2 = p.server_beta_1, p.server_beta_2
+        eta = p.server_lr * math.sqrt(1 - b2 ** (rnd + 1)) / (1 - b1 ** (rnd + 1))
+        out: dict[str, torch.Tensor] = {}
+        for k, x in current.items():
+            if not torch.is_floating_point(x):
+                out[k] = mean[k]
+                continue
+            delta = mean[k].to(torch.float64) - x.to(torch.float64)
+            m = self.m.get(k, torch.zeros_like(delta))
+            v = self.v.get(k, torch.zeros_like(delta))
+            self.m[k] = b1 * m + (1 - b1) * delta
+            self.v[k] = b2 * v + (1 - b2) * delta**2
+            step = eta * self.m[k] / (self.v[k].sqrt() + p.server_tau)
+            out[k] = (x.to(torch.float64) + step).to(x.dtype)
+        return out
 
 
 class _Average:

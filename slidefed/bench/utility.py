@@ -126,25 +126,10 @@ def _prepare(
         )
     )
     loaded = load_sites(paths, bench.labels, seed=seed, workers=workers)
-    if plans.inputs == "log1p":
-        loaded = [_log1p(site) for site in loaded]
     train_sites, held = loaded[:-1], loaded[-1]
     check_no_shared_unit(train_sites, held)
     split_info = {**counts, "evaluated_on": evaluate, "held_out_units": held.n_units}
     return train_sites, held, split_info
-
-
-def _log1p(site: BenchSite) -> BenchSite:
-    """The site with log(1 + x) of its features (hed features are >= 0)."""
-    import numpy as np
-
-    samples = [
-        s.model_copy(
-            update={"features": np.log1p(np.maximum(s.features, 0.0)).astype("float32")}
-        )
-        for s in site.samples
-    ]
-    return BenchSite(name=site.name, config=site.config, samples=samples)
 
 
 def _site_info(site: BenchSite, labels: list[str]) -> dict[str, Any]:
@@ -185,14 +170,21 @@ def _settings(
         plan = plans.centralised if name == "centralised" else plans.federated
         start, runs = time.perf_counter(), []
         for seed in seeds:
-            model = train(train_sites, plan, n_classes=k, seed=seed)
+            model = train(
+                train_sites, plan, n_classes=k, seed=seed, inputs=plans.inputs
+            )
             runs.append({"seed": seed, **score(model, held.samples, labels)})
         rows.append(_row(name, None, runs, start))
     for eps in epsilons:
         start, runs = time.perf_counter(), []
         for seed in seeds:
             model, privacy = train_federated_dp(
-                train_sites, plans.dp, epsilon=eps, n_classes=k, seed=seed
+                train_sites,
+                plans.dp,
+                epsilon=eps,
+                n_classes=k,
+                seed=seed,
+                inputs=plans.inputs,
             )
             runs.append({"seed": seed, **score(model, held.samples, labels)})
         row = _row("federated-dp", eps, runs, start)

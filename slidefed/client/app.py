@@ -310,7 +310,7 @@ def _train_round(
         train_bags,
         epochs=run.local_epochs,
         batch_size=run.batch_size,
-        lr=run.lr,
+        lr=run.lr_at(server_round),
         noise_multiplier=charge.noise_multiplier,
         max_grad_norm=run.max_grad_norm,
         delta=charge.delta,

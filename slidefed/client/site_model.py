@@ -75,6 +75,7 @@ def site_model_specs(run: RunConfig, config: SiteConfig) -> list[ArraySpec]:
             feature_dim(config.features.encoder),
             seed=run.seed,
             n_classes=run.n_classes(),
+            inputs=run.inputs,
         )
     return [
         ArraySpec(

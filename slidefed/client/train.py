@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 Item = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 GradSampleMode = Literal["ew", "hooks"]
+LocalOptimizer = Literal["adam", "sgd"]
 
 
 IGNORE = -100  # label of padded tiles
@@ -115,6 +116,7 @@ def train_dp(
     seed: int | None = None,
     proximal_mu: float = 0.0,
     grad_sample_mode: GradSampleMode = "ew",
+    optimizer: LocalOptimizer = "adam",
 ) -> TrainResult:
     """Train ``model`` in place with DP-SGD, one sample per patient.
 
@@ -145,11 +147,15 @@ def train_dp(
         dataset, batch_sampler=sampler, collate_fn=_collate_or_empty(dataset)
     )
     anchor = [p.detach().clone() for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    opt: torch.optim.Optimizer = (
+        torch.optim.SGD(model.parameters(), lr=lr)
+        if optimizer == "sgd"
+        else torch.optim.Adam(model.parameters(), lr=lr)
+    )
     model.train()
     engine, private, dp_opt = _make_private(
         model,
-        optimizer,
+        opt,
         data,
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# How a model sees its features: as they are, or as log(1 + x) (fixed and
+# data-independent, so it needs no statistics of anyone's data; features that are
+# >= 0 with scales from 0.02 to 160, as the hed statistics, come out comparable).
+Inputs = Literal["raw", "log1p"]
+
+
+def _inputs(x: torch.Tensor, inputs: str) -> torch.Tensor:
+    if inputs == "log1p":
+        return torch.log1p(x.clamp_min(0.0))
+    return x
 
 
 class ABMIL(nn.Module):
@@ -16,9 +29,16 @@ class ABMIL(nn.Module):
     """
 
     def __init__(
-        self, in_dim: int, *, hidden: int = 64, attention: int = 32, n_classes: int = 2
+        self,
+        in_dim: int,
+        *,
+        hidden: int = 64,
+        attention: int = 32,
+        n_classes: int = 2,
+        inputs: Inputs = "raw",
     ) -> None:
         super().__init__()
+        self.inputs = inputs
         self.norm = nn.LayerNorm(in_dim)
         self.embed = nn.Linear(in_dim, hidden)
         self.att_v = nn.Linear(hidden, attention)
@@ -28,7 +48,7 @@ class ABMIL(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Class logits (B, n_classes)."""
-        h = F.relu(self.embed(self.norm(x)))
+        h = F.relu(self.embed(self.norm(_inputs(x, self.inputs))))
         gate = torch.tanh(self.att_v(h)) * torch.sigmoid(self.att_u(h))
         scores = self.att_w(gate).squeeze(-1)
         scores = scores.masked_fill(~mask, float("-inf"))
@@ -44,8 +64,16 @@ class TileClassifier(nn.Module):
     patient); without, a sample is one tile (N = 1).
     """
 
-    def __init__(self, in_dim: int, *, hidden: int = 64, n_classes: int = 2) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        *,
+        hidden: int = 64,
+        n_classes: int = 2,
+        inputs: Inputs = "raw",
+    ) -> None:
         super().__init__()
+        self.inputs = inputs
         self.norm = nn.LayerNorm(in_dim)
         self.hidden = nn.Linear(in_dim, hidden)
         self.head = nn.Linear(hidden, n_classes)
@@ -53,7 +81,7 @@ class TileClassifier(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Logits (B, N, n_classes); padded tiles are masked by the loss."""
         del mask
-        return self.head(F.relu(self.hidden(self.norm(x))))  # type: ignore[no-any-return]
+        return self.head(F.relu(self.hidden(self.norm(_inputs(x, self.inputs)))))  # type: ignore[no-any-return]
 
 
 # Feature length of each registered encoder; sites and the coordinator agree on it.
@@ -69,19 +97,33 @@ def feature_dim(encoder: str) -> int:
         raise ValueError(msg) from None
 
 
-def build_model(task: str, in_dim: int, *, seed: int, n_classes: int = 2) -> nn.Module:
+def build_model(
+    task: str,
+    in_dim: int,
+    *,
+    seed: int,
+    n_classes: int = 2,
+    inputs: Inputs = "raw",
+) -> nn.Module:
     """The model of ``task`` with seeded initial weights."""
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         if task == "abmil":
-            return ABMIL(in_dim)
+            return ABMIL(in_dim, n_classes=n_classes, inputs=inputs)
         if task == "tiles":
-            return TileClassifier(in_dim, n_classes=n_classes)
+            return TileClassifier(in_dim, n_classes=n_classes, inputs=inputs)
         msg = f"task={task!r} has no model; use 'abmil' or 'tiles'"
         raise ValueError(msg)
     finally:
         torch.random.set_rng_state(gen_state)
 
 
-__all__ = ["ABMIL", "ENCODER_DIMS", "TileClassifier", "build_model", "feature_dim"]
+__all__ = [
+    "ABMIL",
+    "ENCODER_DIMS",
+    "Inputs",
+    "TileClassifier",
+    "build_model",
+    "feature_dim",
+]

@@ -17,6 +17,13 @@ def _kebab(name: str) -> str:
 Strategy = Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"]
 
 
+def cosine_lr(lr: float, index: int, total: int) -> float:
+    """``lr`` decayed by half a cosine: ``lr`` at ``index`` 0, near 0 at ``total``."""
+    import math
+
+    return lr * 0.5 * (1 + math.cos(math.pi * min(max(index, 0), total) / total))
+
+
 class RunConfig(BaseModel):
     """The researcher's run, parsed once from Flower's ``context.run_config``."""
 
@@ -31,6 +38,11 @@ class RunConfig(BaseModel):
     local_epochs: int = Field(default=2, ge=1, le=1000)
     batch_size: int = Field(default=8, ge=1)
     lr: float = Field(default=0.003, gt=0.0, le=10.0)
+    # "cosine": round r of R trains with lr * (1 + cos(pi (r - 1) / R)) / 2, which
+    # lets DP training settle where the noise would otherwise keep moving it.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    # How the model sees the features (slidefed.common.model.Inputs).
+    inputs: Literal["raw", "log1p"] = "raw"
     target_epsilon: float = Field(default=8.0, gt=0.0)
     target_delta: float = Field(default=0.0, ge=0.0, lt=1.0)
     max_grad_norm: float = Field(default=1.0, gt=0.0)
@@ -77,6 +89,12 @@ class RunConfig(BaseModel):
         """The class labels agreed for a ``tiles`` run, in order."""
         return [x.strip() for x in self.labels.split(",") if x.strip()]
 
+    def lr_at(self, server_round: int) -> float:
+        """The local step size of round ``server_round`` (from 1)."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        return cosine_lr(self.lr, server_round - 1, self.num_server_rounds)
+
     def n_classes(self) -> int:
         """Number of classes the model predicts."""
         return len(self.label_list()) if self.task == "tiles" else 2
@@ -105,4 +123,4 @@ def parse_run_config(run_config: dict[str, Any]) -> RunConfig:
         ) from exc
 
 
-__all__ = ["RunConfig", "Strategy", "parse_run_config"]
+__all__ = ["RunConfig", "Strategy", "cosine_lr", "parse_run_config"]

@@ -102,3 +102,30 @@ def test_evaluation_below_minimum_patients_releases_no_metric(site_toml: Path) -
     assert _entry(reply) == _table(SiteError.TOO_FEW_EVAL_UNITS)
     assert not reply.has_content()
     assert _events(site_toml)[-1]["event"] == "metric_withheld"
+
+
+def _largest_step(reply: Message) -> float:
+    sent = build_model("abmil", 24, seed=0).state_dict()
+    got = reply.content.array_records["arrays"].to_torch_state_dict()
+    return max(float((got[k] - v).abs().max()) for k, v in sent.items())
+
+
+def test_cosine_schedule_shrinks_the_step_the_site_takes_by_round(
+    site_toml: Path,
+) -> None:
+    # One Adam step per round (fresh moments) moves a weight by about lr, so the
+    # largest change of the reply is the round's step size.
+    run = {
+        "target_epsilon": 2.5,
+        "num_server_rounds": 3,
+        "local_epochs": 1,
+        "batch_size": 64,
+        "lr": 0.01,
+        "lr_schedule": "cosine",
+    }
+    first = app(_message("train", 1), _context(site_toml, **run))
+    third = app(_message("train", 3), _context(site_toml, **run))
+    assert not first.has_error() and not third.has_error()
+    assert _largest_step(first) == pytest.approx(0.01, rel=1e-3)
+    # Round 3 of 3: lr * (1 + cos(2 pi / 3)) / 2 = lr / 4.
+    assert _largest_step(third) == pytest.approx(0.0025, rel=1e-3)
