@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
@@ -45,7 +46,11 @@ from slidefed.client.prepare.cache import (
     slide_signature,
 )
 from slidefed.client.prepare.encoders import encoder_cache_id, get_encoder
-from slidefed.client.prepare.prepared import check_prepared, load_site_features
+from slidefed.client.prepare.prepared import (
+    check_prepared,
+    load_site_features,
+    prepare_command,
+)
 from slidefed.client.prepare.report import PrepareReport, SlideOutcome
 from slidefed.client.prepare.slide import (
     known_outcome,
@@ -53,7 +58,11 @@ from slidefed.client.prepare.slide import (
     prepare_slide_in_main,
     tiling_params,
 )
-from slidefed.common.errors import SiteNotPrepared
+from slidefed.client.slides.dicomweb_ref import DicomWebRef
+from slidefed.common.errors import ArchiveError, SiteNotPrepared, SlideReadError
+
+if TYPE_CHECKING:
+    from slidefed.client.slides.dicomweb_archive import Archive
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +85,7 @@ class _Job(BaseModel):
 
     row: int
     slide: str
-    path: Path
+    path: Path | DicomWebRef
     digest: str
     key: str
 
@@ -102,6 +111,7 @@ class _SiteRun:
         self.memo = HashMemo.load(self.memo_path)
         self.roots = SlideRoots.of_site(config)
         self.outcomes: list[SlideOutcome] = []
+        self.archive: Archive | None = None  # the DICOMweb archive, once asked
         # Each row's files as they were hashed: a round refuses changed ones.
         self.signatures: dict[int, str] = {}
         self.last_write = time.perf_counter()
@@ -163,6 +173,8 @@ def _triage(
     entry: ManifestRow,
 ) -> SlideOutcome | _Job:
     """The outcome of a slide known without decoding it, or its job."""
+    if entry.dicomweb is not None:
+        return _triage_web(run, cache, seen, row, entry)
     # Checked when the manifest was loaded; checked again in case a symlink
     # changed since.
     path = run.roots.check(entry.slide, manifest=run.manifest.path)
@@ -186,6 +198,42 @@ def _triage(
     if known is not None:
         return known
     return _Job(row=row, slide=entry.slide, path=path, digest=digest, key=key)
+
+
+def _triage_web(
+    run: _SiteRun,
+    cache: FeatureCache,
+    seen: dict[str, int],
+    row: int,
+    entry: ManifestRow,
+) -> SlideOutcome | _Job:
+    """As :func:`_triage`, for a series on the site's DICOMweb archive.
+
+    The content hash stands on the series' UIDs and instances (one query);
+    nothing of the slide is read or copied.
+    """
+    from slidefed.client.slides.dicomweb import slide_digest
+    from slidefed.client.slides.dicomweb_archive import Archive
+
+    endpoint = run.config.dicomweb_endpoint
+    study, series = entry.dicomweb or ("", "")
+    if endpoint is None:  # load_site_manifest refuses this already
+        return _skipped(entry, row, "site.toml has no [dicomweb] section")
+    if run.archive is None:
+        run.archive = Archive(endpoint)
+    ref = DicomWebRef(study_uid=study, series_uid=series, endpoint=endpoint)
+    try:
+        digest = slide_digest(ref, run.archive)
+    except SlideReadError as exc:
+        return _skipped(entry, row, exc.reason)
+    if digest in seen:
+        return _skipped(entry, row, f"same series as manifest slide #{seen[digest]}")
+    seen[digest] = row
+    key = cache_key(digest, run.encoder_id, tiling_params(run.config.tiling))
+    known = known_outcome(cache, key, entry.slide, row)
+    if known is not None:
+        return known
+    return _Job(row=row, slide=entry.slide, path=ref, digest=digest, key=key)
 
 
 def _plan_jobs(run: _SiteRun) -> list[_Job]:
@@ -241,12 +289,26 @@ def prepare_site(
     encoder_id = encoder_cache_id(features.encoder, weights)
     n_workers = workers or config.tiling.workers or min(os.cpu_count() or 1, 4)
     run = _SiteRun(config, manifest, encoder_id, progress, start=start)
-    jobs = _plan_jobs(run)
-    if features.encoder.startswith("timm:"):
-        _run_in_main(config, features, jobs, n_workers, run.record)
-    else:
-        _run_in_workers(config, features, jobs, n_workers, run.record)
+    try:
+        jobs = _plan_jobs(run)
+        if features.encoder.startswith("timm:"):
+            _run_in_main(config, features, jobs, n_workers, run.record)
+        else:
+            _run_in_workers(config, features, jobs, n_workers, run.record)
+    except ArchiveError as exc:
+        raise _stopped(run, exc) from exc
     return run.finish()
+
+
+def _stopped(run: _SiteRun, exc: ArchiveError) -> ArchiveError:
+    """The archive failed: keep what was prepared, say how to resume."""
+    run.report(complete=False).write(run.config.state_dir)
+    run.memo.save(run.memo_path)
+    done = sum(o.status in ("ok", "cached") for o in run.outcomes)
+    return type(exc)(
+        f"{exc}; the {done} slide(s) prepared so far are kept, and "
+        f"'{prepare_command(run.config)}' resumes from there"
+    )
 
 
 def _run_in_workers(
@@ -258,7 +320,9 @@ def _run_in_workers(
 ) -> None:
     cap = config.prepare.max_tile_pixels
 
-    def args(job: _Job) -> tuple[str, Path, TilingSection, FeaturesSection, Path]:
+    def args(
+        job: _Job,
+    ) -> tuple[str, Path | DicomWebRef, TilingSection, FeaturesSection, Path]:
         return (job.slide, job.path, config.tiling, features, config.cache_dir)
 
     if n_workers <= 1 or len(jobs) <= 1:
@@ -283,8 +347,12 @@ def _run_in_workers(
             )
             for job in jobs
         ]
-        for fut in as_completed(futures):
-            record(fut.result())
+        try:
+            for fut in as_completed(futures):
+                record(fut.result())
+        except ArchiveError:  # the archive is down: start no other slide
+            pool.shutdown(cancel_futures=True)
+            raise
 
 
 def _run_in_main(
