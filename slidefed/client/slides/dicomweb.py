@@ -225,7 +225,7 @@ class DicomWebSlideSource(DicomSlideSource):
             except requests.HTTPError as exc:
                 status = exc.response.status_code if exc.response is not None else 0
                 if len(batch) == 1 or status != 404:
-                    raise self._missing(lv, batch[0][1], f"HTTP {status}") from exc
+                    raise self._missing(lv, batch[0][1], f"HTTP {status}")  # noqa: B904
                 got = []
             if len(got) != len(batch):
                 got = self._one_by_one(lv, batch, get)
@@ -250,8 +250,8 @@ class DicomWebSlideSource(DicomSlideSource):
 
             try:
                 one = self._archive.call(get_one, what=f"slide {self.ref.slide}")
-            except requests.HTTPError as exc:
-                raise self._missing(lv, index, "not served") from exc
+            except requests.HTTPError:
+                raise self._missing(lv, index, "not served")  # noqa: B904
             if len(one) != 1 or not one[0]:
                 raise self._missing(lv, index, "not served")
             out.append(one[0])
