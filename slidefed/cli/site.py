@@ -108,33 +108,38 @@ def site_prepare(
         )
 
 
+StudyOpt = Annotated[
+    str | None, typer.Option(help="StudyInstanceUID: its slide series.")
+]
+PatientOpt = Annotated[
+    str | None, typer.Option(help="PatientID on the archive: their slide series.")
+]
+QueryOpt = Annotated[
+    list[str] | None,
+    typer.Option(help="QIDO-RS filter KEYWORD=VALUE (repeatable).", show_default=False),
+]
+PatientIdsOpt = Annotated[
+    str, typer.Option(help="pseudonym (keyed hash of PatientID) or archive (as is).")
+]
+OutOpt = Annotated[
+    Path | None, typer.Option(help="Manifest to write (default: site.manifest).")
+]
+AppendOpt = Annotated[
+    bool, typer.Option("--append", help="Add new series to an existing manifest.")
+]
+
+
 @site_app.command("import-dicomweb")
 def site_import_dicomweb(
     config: ConfigOpt,
-    study: Annotated[
-        str | None, typer.Option(help="StudyInstanceUID: its slide series.")
-    ] = None,
-    patient: Annotated[
-        str | None, typer.Option(help="PatientID on the archive: their slide series.")
-    ] = None,
-    query: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="QIDO-RS filter KEYWORD=VALUE (repeatable).", show_default=False
-        ),
-    ] = None,
+    study: StudyOpt = None,
+    patient: PatientOpt = None,
+    query: QueryOpt = None,
     label: Annotated[int, typer.Option(help="Label of every new row.")] = 0,
     split: Annotated[str, typer.Option(help="Split of every new row.")] = "train",
-    patient_ids: Annotated[
-        str,
-        typer.Option(help="pseudonym (keyed hash of PatientID) or archive (as is)."),
-    ] = "pseudonym",
-    out: Annotated[
-        Path | None, typer.Option(help="Manifest to write (default: site.manifest).")
-    ] = None,
-    append: Annotated[
-        bool, typer.Option("--append", help="Add new series to an existing manifest.")
-    ] = False,
+    patient_ids: PatientIdsOpt = "pseudonym",
+    out: OutOpt = None,
+    append: AppendOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Manifest rows for the whole-slide series on the site's DICOMweb archive.
@@ -171,16 +176,9 @@ def site_import_dicomweb(
     target = cfg.resolve(out) if out is not None else cfg.manifest_path
     written = write_manifest_rows(target, rows, append=append)
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "manifest": str(target),
-                    "series": [s.model_dump() for s in seen],
-                    "written": len(written),
-                },
-                indent=2,
-            )
-        )
+        series = [s.model_dump() for s in seen]
+        out_json = {"manifest": str(target), "series": series, "written": len(written)}
+        print(json.dumps(out_json, indent=2))
         return
     for entry in seen:
         if not entry.whole_slide:

@@ -59,7 +59,12 @@ from slidefed.client.prepare.slide import (
     tiling_params,
 )
 from slidefed.client.slides.dicomweb_ref import DicomWebRef
-from slidefed.common.errors import ArchiveError, SiteNotPrepared, SlideReadError
+from slidefed.common.errors import (
+    ArchiveAuthError,
+    ArchiveError,
+    SiteNotPrepared,
+    SlideReadError,
+)
 
 if TYPE_CHECKING:
     from slidefed.client.slides.dicomweb_archive import Archive
@@ -305,6 +310,8 @@ def _stopped(run: _SiteRun, exc: ArchiveError) -> ArchiveError:
     run.report(complete=False).write(run.config.state_dir)
     run.memo.save(run.memo_path)
     done = sum(o.status in ("ok", "cached") for o in run.outcomes)
+    if isinstance(exc, ArchiveAuthError):  # the fix is the credentials alone
+        return type(exc)(str(exc))
     return type(exc)(
         f"{exc}; the {done} slide(s) prepared so far are kept, and "
         f"'{prepare_command(run.config)}' resumes from there"

@@ -336,6 +336,11 @@ class DicomWebSlideSource(DicomSlideSource):
     ) -> NDArray[np.uint8]:
         raise SlideReadError(self.ref.slide, f"level {level} is not tiled")
 
+    def clear_cache(self) -> None:
+        """Forget the decoded tiles and the fetched frames (benchmarks start cold)."""
+        super().clear_cache()
+        self._frames.clear()
+
     def close(self) -> None:
         """Forget the frames and tiles; close the session."""
         self._frames.clear()

@@ -111,10 +111,14 @@ def delete_instance(server: OrthancServer, path: Path) -> None:
 
     sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
     auth = server._auth()
-    found = requests.post(f"{server.base}/tools/lookup", data=sop, auth=auth, timeout=10)
+    found = requests.post(
+        f"{server.base}/tools/lookup", data=sop, auth=auth, timeout=10
+    )
     found.raise_for_status()
     for item in found.json():
-        gone = requests.delete(f"{server.base}/instances/{item['ID']}", auth=auth, timeout=10)
+        gone = requests.delete(
+            f"{server.base}/instances/{item['ID']}", auth=auth, timeout=10
+        )
         gone.raise_for_status()
 
 
@@ -128,7 +132,9 @@ def start_archive(
 
 
 @pytest.fixture(scope="session")
-def dicom_series(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Series]:
+def dicom_series(
+    shared_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Series]:
     if not orthanc_available():
         pytest.skip("Orthanc with its DICOMweb plugin is not installed")
     return build_series(shared_data, tmp_path_factory.mktemp("series"))
@@ -159,7 +165,7 @@ def write_site(
         f"{s},p{i},{i % 2},train" for i, s in enumerate(slides)
     ]
     (root / "manifest.csv").write_text("\n".join(lines) + "\n")
-    toml = ['[site]', 'name = "t"']
+    toml = ["[site]", 'name = "t"']
     if extra_roots:
         toml.append(f"extra_slide_roots = {json.dumps(extra_roots)}")
     if dicomweb is not None:

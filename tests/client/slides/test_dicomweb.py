@@ -26,7 +26,11 @@ SAME = ("cmu", "copy", "jpeg", "jpeg2000", "raw")
 
 def _ref(archive: Archive, name: str) -> DicomWebRef:
     config = load_site_config(
-        write_site(Path(archive.server.root) / "ref-site", [], dicomweb={"url": archive.server.url})
+        write_site(
+            Path(archive.server.root) / "ref-site",
+            [],
+            dicomweb={"url": archive.server.url},
+        )
     )
     endpoint = config.dicomweb_endpoint
     assert endpoint is not None
@@ -72,7 +76,11 @@ def test_prepare_from_orthanc_gives_the_features_of_the_files(
     assert r_local.tiling == r_web.tiling
     prepared = 0
     for a, b in zip(r_local.slides, r_web.slides, strict=True):
-        assert (a.status, a.tiles, a.decoded_tiles) == (b.status, b.tiles, b.decoded_tiles)
+        assert (a.status, a.tiles, a.decoded_tiles) == (
+            b.status,
+            b.tiles,
+            b.decoded_tiles,
+        )
         if a.status != "ok":
             assert a.reason.replace(a.slide, "") == b.reason.replace(b.slide, "")
             continue
@@ -86,7 +94,10 @@ def test_prepare_from_orthanc_gives_the_features_of_the_files(
     # web key is the series' identity in place of the files' hash.
     s = archive.series["cmu"]
     client = ArchiveClient(load_site_config(web).dicomweb_endpoint)  # type: ignore[arg-type]
-    digest = series_digest(client.series_instances(s.study, s.series), s.study, s.series)
+    digest = series_digest(
+        client.series_instances(s.study, s.series), s.study, s.series
+    )
+    assert r_web.tiling is not None
     assert r_web.slides[0].key == cache_key(digest, r_web.encoder_id, r_web.tiling)
     # No slide was copied to disk: only features, reports and memos.
     for path in (web.parent / "state").rglob("*"):
@@ -108,7 +119,10 @@ def test_a_series_that_is_not_a_slide_is_skipped_with_the_fix(
     by_slide = {o.slide: o for o in report.slides}
     reason = by_slide[ct.slide].reason
     assert by_slide[ct.slide].status == "skipped"
-    assert "series is not a whole-slide image (SOP class 1.2.840.10008.5.1.4.1.1.2" in reason
+    assert (
+        "series is not a whole-slide image (SOP class 1.2.840.10008.5.1.4.1.1.2"
+        in reason
+    )
     assert f"'slidefed site import-dicomweb --study {ct.study}'" in reason
     assert by_slide[missing].reason.startswith("series not found on the archive;")
     assert by_slide[archive.series["cmu"].slide].status == "ok"
