@@ -150,6 +150,7 @@ def bench_dicomweb(
         "server": "Orthanc (DICOMweb plugin) on 127.0.0.1",
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
