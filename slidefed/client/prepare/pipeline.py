@@ -16,7 +16,10 @@ Two ways to spread the work over processes:
 
 Bad slides (missing, truncated, not a slide, unsupported, no tissue, too small,
 all tiles unreadable, a stored tile past ``[prepare] max_tile_pixels``) are
-skipped with a reason and the rest is prepared. One slide's work is in
+skipped with a reason and the rest is prepared. A DICOMweb archive that stops
+answering (after its retries) or refuses the site's credentials stops the run
+instead: the slides finished are kept, the report is left incomplete, and the
+next run resumes. One slide's work is in
 :mod:`slidefed.client.prepare.slide`, the records in
 :mod:`slidefed.client.prepare.report`. Preparation runs only when asked
 (``slidefed site prepare``, the demo, ``site start`` and ``simulate`` before
