@@ -72,7 +72,7 @@ def _filters(
                 "20241231 or AccessionNumber=A123"
             )
         filters[key.strip()] = value.strip()
-    if len(filters) == 1:
+    if study is None and patient is None and not query:
         raise ConfigError(
             "name what to import: --study UID, --patient ID or --query KEYWORD=VALUE"
         )

@@ -61,7 +61,7 @@ from slidefed.client.prepare.slide import (
     prepare_slide_in_main,
     tiling_params,
 )
-from slidefed.client.slides.dicomweb_ref import DicomWebRef
+from slidefed.client.slides.dicomweb_ref import DICOMWEB_PREFIX, DicomWebRef
 from slidefed.common.errors import (
     ArchiveAuthError,
     ArchiveError,
@@ -80,11 +80,14 @@ REPORT_INTERVAL = 5.0
 HASH_MEMO = "hashes.json"
 
 
-def _scrub(reason: str, path: Path) -> str:
-    """A reason without the slide's path or folder, for logs."""
+def _scrub(reason: str, path: Path, slide: str = "") -> str:
+    """A reason without the slide's path or folder (or DICOM UIDs), for logs."""
     for text in (str(path), str(path.parent), path.name):
         if text and text != ".":
             reason = reason.replace(text, "<slide>")
+    if slide.startswith(DICOMWEB_PREFIX):
+        for uid in slide[len(DICOMWEB_PREFIX) :].split("/"):
+            reason = reason.replace(uid, "<uid>")
     return reason
 
 
@@ -152,7 +155,11 @@ class _SiteRun:
             logger.warning(
                 "slide #%d skipped: %s",
                 outcome.row,
-                _scrub(outcome.reason, self.roots.resolve(outcome.slide) or Path()),
+                _scrub(
+                    outcome.reason,
+                    self.roots.resolve(outcome.slide) or Path(),
+                    outcome.slide,
+                ),
             )
         if self.progress:
             self.progress(outcome)

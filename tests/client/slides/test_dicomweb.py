@@ -106,7 +106,7 @@ def test_prepare_from_orthanc_gives_the_features_of_the_files(
 
 
 def test_a_series_that_is_not_a_slide_is_skipped_with_the_fix(
-    archive: Archive, tmp_path: Path
+    archive: Archive, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     ct = archive.series["ct"]
     missing = f"dicomweb:{ct.study}/1.2.3.4.5"
@@ -126,6 +126,10 @@ def test_a_series_that_is_not_a_slide_is_skipped_with_the_fix(
     assert f"'slidefed site import-dicomweb --study {ct.study}'" in reason
     assert by_slide[missing].reason.startswith("series not found on the archive;")
     assert by_slide[archive.series["cmu"].slide].status == "ok"
+    # Diagnostic logs name slides by row, never by their UIDs.
+    assert "slide #1 skipped" in caplog.text
+    assert ct.study not in caplog.text
+    assert ct.series not in caplog.text
     with pytest.raises(SlideReadError, match="not a whole-slide image"):
         open_slide(_ref(archive, "ct"))
 

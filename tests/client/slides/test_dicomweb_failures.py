@@ -188,6 +188,13 @@ def test_import_dicomweb_writes_the_rows_of_a_study(
     assert main([*args, "--append"]) == 0
     assert "wrote 0 row(s)" in capsys.readouterr().out
     assert (site / "manifest.csv").read_text().count(cmu.slide) == 1
+    # Any QIDO-RS query works too: here, every slide series of the archive.
+    query = ["site", "import-dicomweb", "--config", str(config), "--out", "all.csv"]
+    assert main([*query, "--query", "Modality=SM", "--patient-ids", "archive"]) == 0
+    rows = list(csv.DictReader((site / "all.csv").read_text().splitlines()))
+    assert [r["slide"] for r in rows] == [cmu.slide]
+    # The shared files name no patient: the series stands for its patient.
+    assert rows[0]["patient_id"] == cmu.series
     # The rows prepare as they are.
     assert main(["site", "prepare", "--config", str(config), "--workers", "1"]) == 0
     assert _report(config).slides[0].status == "ok"
