@@ -103,6 +103,34 @@ def bench_tiling(
         print(f"goal {goal}: {'met' if met else 'NOT met'}")
 
 
+@bench_app.command("dicomweb")
+def bench_dicomweb(
+    as_json: JsonOpt = False,
+    reps: Annotated[int, typer.Option(help="Interleaved repetitions.")] = 5,
+    slides: Annotated[
+        list[Path] | None,
+        typer.Option(help="DICOM series (file or folder); default: the shared ones."),
+    ] = None,
+    batch_frames: Annotated[int, typer.Option(help="Frames per request.")] = 32,
+) -> None:
+    """Tiles/s from a local Orthanc over DICOMweb against the same local files."""
+    from slidefed.bench.dicomweb import bench_dicomweb as run_bench
+
+    result = run_bench(slides, reps=reps, batch_frames=batch_frames)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    print(
+        f"{result['tiles_per_pass']} tiles of {result['tile_size']} px from "
+        f"{len(result['slides'])} slides: local {result['local_tiles_per_s']:.0f} "
+        f"tiles/s, DICOMweb {result['dicomweb_tiles_per_s']:.0f} tiles/s; "
+        f"ratio_dicomweb_to_local {result['ratio_dicomweb_to_local']} "
+        f"({result['requests']} requests for {result['frames_fetched']} frames; "
+        f"open {result['open_seconds']['dicomweb']} s vs "
+        f"{result['open_seconds']['local']} s)"
+    )
+
+
 @bench_app.command("round")
 def bench_round(
     as_json: JsonOpt = False,

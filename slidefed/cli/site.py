@@ -108,6 +108,88 @@ def site_prepare(
         )
 
 
+StudyOpt = Annotated[
+    str | None, typer.Option(help="StudyInstanceUID: its slide series.")
+]
+PatientOpt = Annotated[
+    str | None, typer.Option(help="PatientID on the archive: their slide series.")
+]
+QueryOpt = Annotated[
+    list[str] | None,
+    typer.Option(help="QIDO-RS filter KEYWORD=VALUE (repeatable).", show_default=False),
+]
+PatientIdsOpt = Annotated[
+    str, typer.Option(help="pseudonym (keyed hash of PatientID) or archive (as is).")
+]
+OutOpt = Annotated[
+    Path | None, typer.Option(help="Manifest to write (default: site.manifest).")
+]
+AppendOpt = Annotated[
+    bool, typer.Option("--append", help="Add new series to an existing manifest.")
+]
+
+
+@site_app.command("import-dicomweb")
+def site_import_dicomweb(
+    config: ConfigOpt,
+    study: StudyOpt = None,
+    patient: PatientOpt = None,
+    query: QueryOpt = None,
+    label: Annotated[int, typer.Option(help="Label of every new row.")] = 0,
+    split: Annotated[str, typer.Option(help="Split of every new row.")] = "train",
+    patient_ids: PatientIdsOpt = "pseudonym",
+    out: OutOpt = None,
+    append: AppendOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Manifest rows for the whole-slide series on the site's DICOMweb archive.
+
+    Lists the slide series of a study, a patient or a query ([dicomweb] in
+    site.toml says where the archive is) and writes one row per series,
+    dicomweb:<StudyInstanceUID>/<SeriesInstanceUID>; edit the labels after.
+    """
+    from slidefed.client.config import load_site_config
+    from slidefed.client.data.dicomweb_rows import (
+        list_whole_slide_series,
+        write_manifest_rows,
+    )
+
+    if split not in ("train", "test") or patient_ids not in ("pseudonym", "archive"):
+        raise ConfigError(
+            "--split must be train or test, --patient-ids pseudonym or archive"
+        )
+    cfg = load_site_config(config)
+    rows, seen = list_whole_slide_series(
+        cfg,
+        study=study,
+        patient=patient,
+        query=query,
+        label=label,
+        split="train" if split == "train" else "test",
+        patient_ids="archive" if patient_ids == "archive" else "pseudonym",
+    )
+    if not rows:
+        raise ConfigError(
+            f"the archive lists no whole-slide series for this search ({len(seen)} "
+            "series seen); check the UIDs, or search with --query"
+        )
+    target = cfg.resolve(out) if out is not None else cfg.manifest_path
+    written = write_manifest_rows(target, rows, append=append)
+    if as_json:
+        series = [s.model_dump() for s in seen]
+        out_json = {"manifest": str(target), "series": series, "written": len(written)}
+        print(json.dumps(out_json, indent=2))
+        return
+    for entry in seen:
+        if not entry.whole_slide:
+            print(f"skipped {entry.slide} ({entry.modality}): {entry.reason}")
+    print(
+        f"wrote {len(written)} row(s) to {target} ({len(rows) - len(written)} "
+        f"already there); set each row's label, then run "
+        f"'slidefed site prepare --config {config}'"
+    )
+
+
 @site_app.command("budget")
 def site_budget(config: ConfigOpt, as_json: JsonOpt = False) -> None:
     """Privacy spent and remaining, per run and in total."""

@@ -154,6 +154,48 @@ class SitePolicy(BaseModel):
         return self.delta if self.delta is not None else default
 
 
+class DicomWebSection(BaseModel):
+    """The hospital's image archive (PACS, VNA), read over DICOMweb.
+
+    Manifest rows name its slides as ``dicomweb:<StudyInstanceUID>/<SeriesInstanceUID>``
+    (``slidefed site import-dicomweb`` writes them). Secrets never sit in
+    site.toml: a basic-auth password or a bearer token is read from a file.
+    Frames are fetched ``batch_frames`` at a time; a request that fails for a
+    reason that may pass (refused connection, timeout, HTTP 429/5xx) is tried
+    ``retries`` more times, waiting ``backoff_seconds`` doubled at each try.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(pattern=r"^https?://[^\s/]+(/\S*)?$")
+    auth: Literal["none", "basic", "bearer"] = "none"
+    username: str | None = Field(default=None, min_length=1)
+    password_file: Path | None = None
+    token_file: Path | None = None
+    ca_bundle: Path | None = None
+    batch_frames: int = Field(default=32, ge=1, le=1024)
+    retries: int = Field(default=4, ge=0, le=20)
+    backoff_seconds: float = Field(default=0.5, ge=0.0, le=60.0)
+    timeout_seconds: float = Field(default=30.0, gt=0.0, le=600.0)
+
+    @model_validator(mode="after")
+    def _credentials_for_auth(self) -> DicomWebSection:
+        if self.auth == "basic" and (self.username is None or not self.password_file):
+            raise ValueError(
+                'auth = "basic" needs username and password_file (a file holding '
+                "the password)"
+            )
+        if self.auth == "bearer" and self.token_file is None:
+            raise ValueError(
+                'auth = "bearer" needs token_file (a file holding the token)'
+            )
+        if self.auth == "none" and (self.password_file or self.token_file):
+            raise ValueError(
+                'password_file and token_file need auth = "basic" or "bearer"'
+            )
+        return self
+
+
 class SiteConfig(BaseModel):
     """The whole ``site.toml``; relative paths are resolved against its folder."""
 
@@ -165,6 +207,7 @@ class SiteConfig(BaseModel):
     prepare: PrepareSection = PrepareSection()
     tiles: TilesSection | None = None
     policy: SitePolicy = SitePolicy()
+    dicomweb: DicomWebSection | None = None
     base_dir: Path = Path()
 
     def resolve(self, path: Path) -> Path:
@@ -211,6 +254,21 @@ class SiteConfig(BaseModel):
         """Absolute path of the site's Ed25519 audit key."""
         return self.state_dir / "keys" / "audit_key"
 
+    @property
+    def dicomweb_endpoint(self) -> DicomWebSection | None:
+        """The ``[dicomweb]`` section with its files made absolute, or None."""
+        section = self.dicomweb
+        if section is None:
+            return None
+        files = ("password_file", "token_file", "ca_bundle")
+        return section.model_copy(
+            update={
+                name: self.resolve(getattr(section, name))
+                for name in files
+                if getattr(section, name) is not None
+            }
+        )
+
 
 def load_site_config(path: Path) -> SiteConfig:
     """Read and validate ``site.toml``.
@@ -232,6 +290,7 @@ def dump_site_config(config: SiteConfig) -> str:
 
 __all__ = [
     "DEFAULT_MAX_UPDATE_BYTES",
+    "DicomWebSection",
     "FeaturesSection",
     "SiteConfig",
     "SitePolicy",

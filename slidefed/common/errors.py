@@ -9,6 +9,9 @@
      │    └── SlidePathError              exit 2: a row's slide is outside the store
      ├── SlideReadError (ValueError)      exit 2: a slide cannot be read
      │    └── SlideDecodeRefused          exit 2: a tile would decode past the cap
+     ├── ArchiveError                     exit 2: the DICOMweb archive cannot be used
+     │    ├── ArchiveUnreachable          exit 2: no answer, after the retries
+     │    └── ArchiveAuthError            exit 2: the archive refused the credentials
      ├── PolicyViolation                  exit 3: a request breaks the site policy
      │    └── PrivacyBudgetExhausted      exit 3: a round would exceed the budget
      ├── AuditError                       exit 4: audit log missing or unusable
@@ -77,6 +80,25 @@ class SiteNotPrepared(ConfigError):
     """A round needs features the site has not prepared (``slidefed site prepare``)."""
 
 
+class ArchiveError(SlidefedError):
+    """The site's DICOMweb archive (PACS, VNA) cannot be used; one line with the fix.
+
+    Not a :class:`SlideReadError`: an archive that is down or refuses the site's
+    credentials stops preparation (the slides prepared so far are kept) instead
+    of skipping every slide that follows.
+    """
+
+    exit_code = 2
+
+
+class ArchiveUnreachable(ArchiveError):
+    """The archive did not answer (refused, timed out, 5xx), after the retries."""
+
+
+class ArchiveAuthError(ArchiveError):
+    """The archive refused the site's credentials (HTTP 401 or 403)."""
+
+
 class PolicyViolation(SlidefedError):
     """A request from a run breaks the site policy."""
 
@@ -102,6 +124,9 @@ class FederationError(SlidefedError):
 
 
 __all__ = [
+    "ArchiveAuthError",
+    "ArchiveError",
+    "ArchiveUnreachable",
     "AuditError",
     "ConfigError",
     "FederationError",

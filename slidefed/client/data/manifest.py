@@ -1,6 +1,8 @@
 """The site manifest: which slides a site has, whose they are, and their labels.
 
-Each row names a slide, its patient, a label and a split; bad rows are rejected
+Each row names a slide (a path in the slide store, or
+``dicomweb:<StudyInstanceUID>/<SeriesInstanceUID>`` for a series on the site's
+DICOMweb archive), its patient, a label and a split; bad rows are rejected
 one by one with a reason, and a patient whose slides disagree on the label or
 the split is rejected whole. A row whose slide lies outside the site's slide
 store refuses the whole manifest (:mod:`slidefed.client.data.slide_paths`): the
@@ -16,10 +18,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from slidefed.client.data.slide_paths import SlideRoots
-from slidefed.common.errors import ManifestError
+from slidefed.client.slides.dicomweb_ref import (
+    DICOMWEB_FORM,
+    DICOMWEB_PREFIX,
+    parse_dicomweb_slide,
+)
+from slidefed.common.errors import ConfigError, ManifestError
 
 if TYPE_CHECKING:
     from slidefed.client.config import SiteConfig
@@ -36,6 +43,17 @@ class ManifestRow(BaseModel):
     patient_id: str = Field(min_length=1)
     label: int = Field(ge=0)
     split: Literal["train", "test"]
+
+    @field_validator("slide")
+    @classmethod
+    def _dicomweb_form(cls, slide: str) -> str:
+        parse_dicomweb_slide(slide)  # a "dicomweb:" cell must hold two UIDs
+        return slide
+
+    @property
+    def dicomweb(self) -> tuple[str, str] | None:
+        """(study, series) UIDs of a slide on the site's DICOMweb archive, or None."""
+        return parse_dicomweb_slide(self.slide)
 
 
 class Manifest(BaseModel):
@@ -90,7 +108,8 @@ def load_manifest(path: Path, *, roots: SlideRoots | None = None) -> Manifest:
     rows, rejected = _validate_rows(reader, unit)
     if roots is not None:
         for line, row in rows:
-            roots.check(row.slide, manifest=path, line=line)
+            if row.dicomweb is None:  # a series on the archive is no path
+                roots.check(row.slide, manifest=path, line=line)
     rows, conflicts = _drop_conflicting_patients(rows)
     rejected.extend(conflicts)
     if not rows:
@@ -115,7 +134,16 @@ def load_site_manifest(config: SiteConfig) -> Manifest:
         If a row's slide lies outside ``site.slides_root`` and every folder of
         ``site.extra_slide_roots``.
     """
-    return load_manifest(config.manifest_path, roots=SlideRoots.of_site(config))
+    manifest = load_manifest(config.manifest_path, roots=SlideRoots.of_site(config))
+    web = sum(row.dicomweb is not None for row in manifest.rows)
+    if web and config.dicomweb is None:
+        raise ConfigError(
+            f"{manifest.path}: {web} row(s) name slides on a DICOMweb archive "
+            f"({DICOMWEB_FORM}) but site.toml has no [dicomweb] section; add one "
+            'with url = "https://<archive>/dicom-web" (see "Slides in a PACS" in '
+            "the site guide)"
+        )
+    return manifest
 
 
 def _privacy_unit(path: Path, columns: list[str]) -> Literal["patient", "slide"]:
@@ -143,6 +171,10 @@ _ROW_FIXES = {
     "split": "split must be train or test; fix the split cell",
 }
 """What to do about a row whose cell breaks a rule, by column."""
+_DICOMWEB_FIX = (
+    f"slide must be {DICOMWEB_FORM} (UIDs are digits and dots); write the rows "
+    "with 'slidefed site import-dicomweb'"
+)
 
 
 def _validate_rows(
@@ -162,6 +194,9 @@ def _validate_rows(
             row = ManifestRow.model_validate(values)
         except ValidationError as exc:
             field = str(exc.errors()[0]["loc"][0])
+            if field == "slide" and values["slide"].startswith(DICOMWEB_PREFIX):
+                rejected.append((line, _DICOMWEB_FIX))
+                continue
             rejected.append((line, _ROW_FIXES.get(field, f"{field}: invalid")))
             continue
         if row.slide in seen:

@@ -16,7 +16,10 @@ Two ways to spread the work over processes:
 
 Bad slides (missing, truncated, not a slide, unsupported, no tissue, too small,
 all tiles unreadable, a stored tile past ``[prepare] max_tile_pixels``) are
-skipped with a reason and the rest is prepared. One slide's work is in
+skipped with a reason and the rest is prepared. A DICOMweb archive that stops
+answering (after its retries) or refuses the site's credentials stops the run
+instead: the slides finished are kept, the report is left incomplete, and the
+next run resumes. One slide's work is in
 :mod:`slidefed.client.prepare.slide`, the records in
 :mod:`slidefed.client.prepare.report`. Preparation runs only when asked
 (``slidefed site prepare``, the demo, ``site start`` and ``simulate`` before
@@ -32,6 +35,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
@@ -45,7 +49,11 @@ from slidefed.client.prepare.cache import (
     slide_signature,
 )
 from slidefed.client.prepare.encoders import encoder_cache_id, get_encoder
-from slidefed.client.prepare.prepared import check_prepared, load_site_features
+from slidefed.client.prepare.prepared import (
+    check_prepared,
+    load_site_features,
+    prepare_command,
+)
 from slidefed.client.prepare.report import PrepareReport, SlideOutcome
 from slidefed.client.prepare.slide import (
     known_outcome,
@@ -53,7 +61,16 @@ from slidefed.client.prepare.slide import (
     prepare_slide_in_main,
     tiling_params,
 )
-from slidefed.common.errors import SiteNotPrepared
+from slidefed.client.slides.dicomweb_ref import DICOMWEB_PREFIX, DicomWebRef
+from slidefed.common.errors import (
+    ArchiveAuthError,
+    ArchiveError,
+    SiteNotPrepared,
+    SlideReadError,
+)
+
+if TYPE_CHECKING:
+    from slidefed.client.slides.dicomweb_archive import Archive
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +80,14 @@ REPORT_INTERVAL = 5.0
 HASH_MEMO = "hashes.json"
 
 
-def _scrub(reason: str, path: Path) -> str:
-    """A reason without the slide's path or folder, for logs."""
+def _scrub(reason: str, path: Path, slide: str = "") -> str:
+    """A reason without the slide's path or folder (or DICOM UIDs), for logs."""
     for text in (str(path), str(path.parent), path.name):
         if text and text != ".":
             reason = reason.replace(text, "<slide>")
+    if slide.startswith(DICOMWEB_PREFIX):
+        for uid in slide[len(DICOMWEB_PREFIX) :].split("/"):
+            reason = reason.replace(uid, "<uid>")
     return reason
 
 
@@ -76,7 +96,7 @@ class _Job(BaseModel):
 
     row: int
     slide: str
-    path: Path
+    path: Path | DicomWebRef
     digest: str
     key: str
 
@@ -102,6 +122,7 @@ class _SiteRun:
         self.memo = HashMemo.load(self.memo_path)
         self.roots = SlideRoots.of_site(config)
         self.outcomes: list[SlideOutcome] = []
+        self.archive: Archive | None = None  # the DICOMweb archive, once asked
         # Each row's files as they were hashed: a round refuses changed ones.
         self.signatures: dict[int, str] = {}
         self.last_write = time.perf_counter()
@@ -134,7 +155,11 @@ class _SiteRun:
             logger.warning(
                 "slide #%d skipped: %s",
                 outcome.row,
-                _scrub(outcome.reason, self.roots.resolve(outcome.slide) or Path()),
+                _scrub(
+                    outcome.reason,
+                    self.roots.resolve(outcome.slide) or Path(),
+                    outcome.slide,
+                ),
             )
         if self.progress:
             self.progress(outcome)
@@ -163,6 +188,8 @@ def _triage(
     entry: ManifestRow,
 ) -> SlideOutcome | _Job:
     """The outcome of a slide known without decoding it, or its job."""
+    if entry.dicomweb is not None:
+        return _triage_web(run, cache, seen, row, entry)
     # Checked when the manifest was loaded; checked again in case a symlink
     # changed since.
     path = run.roots.check(entry.slide, manifest=run.manifest.path)
@@ -186,6 +213,42 @@ def _triage(
     if known is not None:
         return known
     return _Job(row=row, slide=entry.slide, path=path, digest=digest, key=key)
+
+
+def _triage_web(
+    run: _SiteRun,
+    cache: FeatureCache,
+    seen: dict[str, int],
+    row: int,
+    entry: ManifestRow,
+) -> SlideOutcome | _Job:
+    """As :func:`_triage`, for a series on the site's DICOMweb archive.
+
+    The content hash stands on the series' UIDs and instances (one query);
+    nothing of the slide is read or copied.
+    """
+    from slidefed.client.slides.dicomweb import slide_digest
+    from slidefed.client.slides.dicomweb_archive import Archive
+
+    endpoint = run.config.dicomweb_endpoint
+    study, series = entry.dicomweb or ("", "")
+    if endpoint is None:  # load_site_manifest refuses this already
+        return _skipped(entry, row, "site.toml has no [dicomweb] section")
+    if run.archive is None:
+        run.archive = Archive(endpoint)
+    ref = DicomWebRef(study_uid=study, series_uid=series, endpoint=endpoint)
+    try:
+        digest = slide_digest(ref, run.archive)
+    except SlideReadError as exc:
+        return _skipped(entry, row, exc.reason)
+    if digest in seen:
+        return _skipped(entry, row, f"same series as manifest slide #{seen[digest]}")
+    seen[digest] = row
+    key = cache_key(digest, run.encoder_id, tiling_params(run.config.tiling))
+    known = known_outcome(cache, key, entry.slide, row)
+    if known is not None:
+        return known
+    return _Job(row=row, slide=entry.slide, path=ref, digest=digest, key=key)
 
 
 def _plan_jobs(run: _SiteRun) -> list[_Job]:
@@ -241,12 +304,28 @@ def prepare_site(
     encoder_id = encoder_cache_id(features.encoder, weights)
     n_workers = workers or config.tiling.workers or min(os.cpu_count() or 1, 4)
     run = _SiteRun(config, manifest, encoder_id, progress, start=start)
-    jobs = _plan_jobs(run)
-    if features.encoder.startswith("timm:"):
-        _run_in_main(config, features, jobs, n_workers, run.record)
-    else:
-        _run_in_workers(config, features, jobs, n_workers, run.record)
+    try:
+        jobs = _plan_jobs(run)
+        if features.encoder.startswith("timm:"):
+            _run_in_main(config, features, jobs, n_workers, run.record)
+        else:
+            _run_in_workers(config, features, jobs, n_workers, run.record)
+    except ArchiveError as exc:
+        raise _stopped(run, exc) from exc
     return run.finish()
+
+
+def _stopped(run: _SiteRun, exc: ArchiveError) -> ArchiveError:
+    """The archive failed: keep what was prepared, say how to resume."""
+    run.report(complete=False).write(run.config.state_dir)
+    run.memo.save(run.memo_path)
+    done = sum(o.status in ("ok", "cached") for o in run.outcomes)
+    if isinstance(exc, ArchiveAuthError):  # the fix is the credentials alone
+        return type(exc)(str(exc))
+    return type(exc)(
+        f"{exc}; the {done} slide(s) prepared so far are kept, and "
+        f"'{prepare_command(run.config)}' resumes from there"
+    )
 
 
 def _run_in_workers(
@@ -258,7 +337,9 @@ def _run_in_workers(
 ) -> None:
     cap = config.prepare.max_tile_pixels
 
-    def args(job: _Job) -> tuple[str, Path, TilingSection, FeaturesSection, Path]:
+    def args(
+        job: _Job,
+    ) -> tuple[str, Path | DicomWebRef, TilingSection, FeaturesSection, Path]:
         return (job.slide, job.path, config.tiling, features, config.cache_dir)
 
     if n_workers <= 1 or len(jobs) <= 1:
@@ -283,8 +364,12 @@ def _run_in_workers(
             )
             for job in jobs
         ]
-        for fut in as_completed(futures):
-            record(fut.result())
+        try:
+            for fut in as_completed(futures):
+                record(fut.result())
+        except ArchiveError:  # the archive is down: start no other slide
+            pool.shutdown(cancel_futures=True)
+            raise
 
 
 def _run_in_main(

@@ -44,6 +44,7 @@ from slidefed.client.prepare.tiling import (
     plan_tiles,
     read_tile_chunk,
 )
+from slidefed.client.slides.dicomweb_ref import DicomWebRef
 from slidefed.client.slides.sniff import open_slide
 from slidefed.common.errors import SlideDecodeRefused, SlideReadError
 
@@ -60,6 +61,15 @@ def tiling_params(tiling: TilingSection) -> dict[str, object]:
         "fallback_mpp": tiling.fallback_mpp,
         "grid": GRID_VERSION,
     }
+
+
+def _content_hash(path: Path | DicomWebRef) -> str:
+    """The slide's content hash: of its files, or its series on the archive."""
+    if isinstance(path, DicomWebRef):
+        from slidefed.client.slides.dicomweb import slide_digest
+
+        return slide_digest(path)
+    return slide_sha256(path)
 
 
 def known_outcome(
@@ -145,7 +155,7 @@ def _finish(
 
 
 def _read_and_encode(
-    path: Path,
+    path: Path | DicomWebRef,
     tiling: TilingSection,
     batch_size: int,
     encoder: Encoder,
@@ -174,7 +184,7 @@ def _read_and_encode(
 
 def prepare_slide(
     slide_rel: str,
-    path: Path,
+    path: Path | DicomWebRef,
     tiling: TilingSection,
     features: FeaturesSection,
     cache_root: Path,
@@ -190,8 +200,8 @@ def prepare_slide(
     ----------
     slide_rel : str
         The slide as the manifest names it.
-    path : Path
-        The slide file (or DICOM folder).
+    path : Path or DicomWebRef
+        The slide file (or DICOM folder), or a series on the DICOMweb archive.
     tiling, features : TilingSection, FeaturesSection
         The site's settings.
     cache_root : Path
@@ -215,12 +225,12 @@ def prepare_slide(
     start = time.perf_counter()
     cache = FeatureCache(cache_root)
     try:
-        if not path.exists():
+        if isinstance(path, Path) and not path.exists():
             raise SlideReadError(str(path), "file named in the manifest does not exist")
         enc = encoder or get_encoder(
             features.encoder, weights=features.weights, batch_size=features.batch_size
         )
-        digest = content_hash or slide_sha256(path)
+        digest = content_hash or _content_hash(path)
         key = cache_key(digest, enc.encoder_id, tiling_params(tiling))
         known = known_outcome(cache, key, slide_rel, row)
         if known is not None:
@@ -244,7 +254,7 @@ def prepare_slide(
 # ------------------------------------------------------------- main-process mode
 def _read_ahead(
     pool: ProcessPoolExecutor | None,
-    path: Path,
+    path: Path | DicomWebRef,
     grid: TileGrid,
     batch_size: int,
     window: int,
@@ -263,7 +273,11 @@ def _read_ahead(
 
     def submit(chunk: list[tuple[int, int]]) -> Future[TileBatch]:
         return pool.submit(
-            read_tile_chunk, str(path), grid, chunk, max_tile_pixels=max_tile_pixels
+            read_tile_chunk,
+            path if isinstance(path, DicomWebRef) else str(path),
+            grid,
+            chunk,
+            max_tile_pixels=max_tile_pixels,
         )
 
     try:
@@ -284,7 +298,7 @@ def _read_ahead(
 
 def prepare_slide_in_main(
     slide_rel: str,
-    path: Path,
+    path: Path | DicomWebRef,
     *,
     row: int,
     key: str,

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from slidefed.client.config import MAX_TILE_PIXELS, TilingSection
 from slidefed.client.prepare.tissue import tissue_mask
 from slidefed.client.slides.base import SlideSource
+from slidefed.client.slides.dicomweb_ref import DicomWebRef
 from slidefed.client.slides.pixels import box_reduce
 from slidefed.client.slides.sniff import open_slide
 from slidefed.client.slides.stored_tiles import StoredTileReader
@@ -245,6 +246,9 @@ def iter_tiles(
     read = _tile_reader(slide, grid)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
+        if isinstance(slide, StoredTileReader):  # an archive fetches in batches
+            span = (grid.read_size, grid.read_size)
+            slide.prefetch(grid.level, [(grid.level_xy(xy), span) for xy in chunk])
         out = np.empty((len(chunk), ts, ts, 3), dtype=np.uint8)
         kept: list[tuple[int, int]] = []
         failed: list[tuple[tuple[int, int], str]] = []
@@ -314,17 +318,21 @@ _MAX_OPEN = 2
 _OPEN_SLIDES = _OpenSlides(maxsize=_MAX_OPEN)
 
 
-def worker_slide(path: str, *, max_tile_pixels: int = MAX_TILE_PIXELS) -> SlideSource:
+def worker_slide(
+    path: str | DicomWebRef, *, max_tile_pixels: int = MAX_TILE_PIXELS
+) -> SlideSource:
     """The slide at ``path``, kept open in this (worker) process between calls."""
-    slide = _OPEN_SLIDES.get(path)
+    key = path.key if isinstance(path, DicomWebRef) else str(path)
+    slide = _OPEN_SLIDES.get(key)
     if slide is None:
-        slide = open_slide(Path(path), max_tile_pixels=max_tile_pixels)
-        _OPEN_SLIDES[path] = slide
+        source = path if isinstance(path, DicomWebRef) else Path(path)
+        slide = open_slide(source, max_tile_pixels=max_tile_pixels)
+        _OPEN_SLIDES[key] = slide
     return slide
 
 
 def read_tile_chunk(
-    path: str,
+    path: str | DicomWebRef,
     grid: TileGrid,
     coords: Sequence[tuple[int, int]],
     *,

@@ -2,8 +2,11 @@
 
 tiffslide reads SVS, NDPI, OME-TIFF and generic tiled pyramidal TIFF
 (:mod:`~slidefed.client.slides.tiff`); wsidicom reads DICOM whole-slide images
-(:mod:`~slidefed.client.slides.dicom`). :func:`open_slide` picks the reader from
-the file's content, not its name (:mod:`~slidefed.client.slides.sniff`). Both
+(:mod:`~slidefed.client.slides.dicom`), from files or, for a
+:class:`~slidefed.client.slides.dicomweb_ref.DicomWebRef`, from the hospital's
+archive over DICOMweb (:mod:`~slidefed.client.slides.dicomweb`).
+:func:`open_slide` picks the reader from the file's content, not its name
+(:mod:`~slidefed.client.slides.sniff`). Both
 readers cut regions from decoded stored tiles kept in a bounded cache
 (:mod:`~slidefed.client.slides.stored_tiles`).
 

@@ -180,6 +180,10 @@ class DicomSlideSource(StoredTileReader):
                 str(self.path),
                 f"not a readable DICOM slide ({type(exc).__name__}: {exc})",
             ) from exc
+        self._finish_open()
+
+    def _finish_open(self) -> None:
+        """Describe and check the levels of the open ``self._wsi``."""
         try:
             with quiet_loggers("wsidicom", "pydicom"):
                 self._levels = self._describe()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from slidefed.client.config import MAX_TILE_PIXELS
 from slidefed.client.slides.base import SlideSource
+from slidefed.client.slides.dicomweb_ref import DicomWebRef
 from slidefed.client.slides.tiff import TiffSlideSource
 from slidefed.common.errors import SlideReadError
 
@@ -95,7 +96,9 @@ def sniff_format(path: Path) -> str:
     raise SlideReadError(str(path), _foreign_reason(path, head))
 
 
-def open_slide(path: Path, *, max_tile_pixels: int = MAX_TILE_PIXELS) -> SlideSource:
+def open_slide(
+    path: Path | DicomWebRef, *, max_tile_pixels: int = MAX_TILE_PIXELS
+) -> SlideSource:
     """Open a slide with the reader that fits its content.
 
     TIFF-family files (SVS, NDPI, OME-TIFF, tiled TIFF) open with tiffslide;
@@ -103,8 +106,9 @@ def open_slide(path: Path, *, max_tile_pixels: int = MAX_TILE_PIXELS) -> SlideSo
 
     Parameters
     ----------
-    path : Path
-        The slide file, or a DICOM series folder.
+    path : Path or DicomWebRef
+        The slide file, or a DICOM series folder; or a series on the site's
+        DICOMweb archive.
     max_tile_pixels : int
         Cap on the pixels of one stored tile, as declared by the file and by
         each tile's codestream header (``[prepare] max_tile_pixels``).
@@ -118,6 +122,10 @@ def open_slide(path: Path, *, max_tile_pixels: int = MAX_TILE_PIXELS) -> SlideSo
         If its stored tiles are over the cap (also raised later, by a read,
         for a tile whose own header declares too much).
     """
+    if isinstance(path, DicomWebRef):
+        from slidefed.client.slides.dicomweb import DicomWebSlideSource
+
+        return DicomWebSlideSource(path, max_tile_pixels=max_tile_pixels)
     path = Path(path)
     kind = sniff_format(path)
     if kind == "dicom":

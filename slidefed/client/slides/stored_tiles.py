@@ -14,7 +14,7 @@ than the file declares or the site's cap allows.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -110,6 +110,17 @@ class StoredTileReader:
         raise NotImplementedError
 
     # -- shared
+    def prefetch(
+        self,
+        level: int,
+        regions: Iterable[tuple[tuple[int, int], tuple[int, int]]],
+    ) -> None:
+        """Hint: these (location, size) regions of ``level`` are read next.
+
+        Files need nothing; a reader of a remote archive fetches their stored
+        tiles in a few batched requests instead of one request per tile.
+        """
+
     def clear_cache(self) -> None:
         """Forget the decoded stored tiles (benchmarks start cold with it)."""
         self._cache.clear()

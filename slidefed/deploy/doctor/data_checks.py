@@ -6,10 +6,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from slidefed.client.config import SiteConfig
 from slidefed.common.errors import SlidefedError, SlidePathError
 from slidefed.deploy.doctor.report import Check
+
+if TYPE_CHECKING:
+    from slidefed.client.slides.dicomweb_ref import DicomWebRef
 
 SLIDE_SAMPLE = 3
 """How many slides of the manifest are opened."""
@@ -65,6 +69,16 @@ def check_manifest(config: SiteConfig) -> Check:
     return Check(name="manifest valid", status="ok", detail=detail)
 
 
+def _web_ref(config: SiteConfig, uids: tuple[str, str]) -> DicomWebRef:
+    """The series a row names on the site's DICOMweb archive."""
+    from slidefed.client.slides.dicomweb_ref import DicomWebRef
+
+    endpoint = config.dicomweb_endpoint
+    if endpoint is None:  # load_site_manifest refuses this already
+        raise SlidePathError("a row names a DICOMweb slide", fix="add [dicomweb]")
+    return DicomWebRef(study_uid=uids[0], series_uid=uids[1], endpoint=endpoint)
+
+
 def check_slides(config: SiteConfig, sample: int = SLIDE_SAMPLE) -> Check:
     """A sample of the manifest's slides opens.
 
@@ -100,7 +114,11 @@ def check_slides(config: SiteConfig, sample: int = SLIDE_SAMPLE) -> Check:
     bad: list[str] = []
     for row in picked:
         try:
-            path = roots.check(row.slide, manifest=config.manifest_path)
+            path: Path | DicomWebRef = (
+                roots.check(row.slide, manifest=config.manifest_path)
+                if row.dicomweb is None
+                else _web_ref(config, row.dicomweb)
+            )
             with open_slide(
                 path, max_tile_pixels=config.prepare.max_tile_pixels
             ) as slide:
