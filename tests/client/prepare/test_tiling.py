@@ -110,7 +110,8 @@ def test_default_grid_decodes_each_stored_tile_once(pyramid: Path) -> None:
         slide.tiles_decoded = 0
         grid = _full_grid(slide, 0, 224, 224)  # 224 px at 0.5 um/px, 10 x 5
         needed = _stored_tiles_under(grid)
-        assert len(needed) == 45 and len(grid.coords) == 50
+        assert len(needed) == 45
+        assert len(grid.coords) == 50
         tiles = []
         for batch in iter_tiles(slide, grid, 7):
             assert slide.cached_bytes <= 12 * STORED
