@@ -198,8 +198,19 @@ class StoredTileReader:
             cache.popitem()
         return int(cache.currsize)
 
-    def _decode_counted(self, key: TileKey) -> NDArray[np.uint8]:
+    def _decode_counted(
+        self, key: TileKey, into: NDArray[np.uint8] | None = None
+    ) -> NDArray[np.uint8]:
+        """Decode a stored tile (into ``into`` if it has the tile's shape)."""
         self.tiles_decoded += 1
+        if into is not None:
+            level, tx, ty = key
+            width, height = self._dims[level]
+            tw, th = into.shape[1], into.shape[0]
+            if (tx + 1) * tw <= width and (ty + 1) * th <= height and (
+                self._tile_geometry(level) == (tw, th)
+            ):
+                return self._decode_tile(level, tx, ty, into)
         return self._decode_tile(*key)
 
     def _tile(self, key: TileKey, inner: bool) -> NDArray[np.uint8]:

@@ -53,20 +53,28 @@ class TilePlan:
     budget : int
         Bytes of decoded tiles the plan may hold.
     decode : callable
-        Decodes the stored tile of a key (and counts it).
+        Decodes the stored tile of a key (and counts it), into the array given
+        when it has the tile's shape.
+
+    Notes
+    -----
+    A tile given out for its last use is decoded over by the next tile the
+    plan decodes (its memory is still in the CPU cache; fresh memory is not):
+    callers copy what they need from a tile before they ask for the next.
     """
 
     def __init__(
         self,
         uses: dict[TileKey, int],
         budget: int,
-        decode: Callable[[TileKey], NDArray[np.uint8]],
+        decode: Callable[[TileKey, NDArray[np.uint8] | None], NDArray[np.uint8]],
     ) -> None:
         self.uses = uses
         self.budget = budget
         self._decode = decode
         self._held: dict[TileKey, NDArray[np.uint8]] = {}
         self.held_bytes = 0
+        self._spent: NDArray[np.uint8] | None = None
 
     def __contains__(self, key: TileKey) -> bool:
         return key in self.uses
@@ -84,17 +92,25 @@ class TilePlan:
         if left <= 0:
             del self.uses[key]
             if tile is None:
-                return self._decode(key)
-            del self._held[key]
-            self.held_bytes -= tile.nbytes
+                tile = self._decode_next(key)
+            else:
+                del self._held[key]
+                self.held_bytes -= tile.nbytes
+            self._spent = tile
             return tile
         self.uses[key] = left
         if tile is None:
-            tile = self._decode(key)
+            tile = self._decode_next(key)
             need = self.held_bytes + tile.nbytes
             if need <= self.budget and need + make_room(need) <= self.budget:
                 self._held[key] = tile
                 self.held_bytes += tile.nbytes
+        return tile
+
+    def _decode_next(self, key: TileKey) -> NDArray[np.uint8]:
+        """Decode a tile, over the last one given out for its last use."""
+        spent, self._spent = self._spent, None
+        tile = self._decode(key, spent)
         return tile
 
     def consume(self, key: TileKey) -> None:
@@ -117,6 +133,7 @@ class TilePlan:
         self._held.clear()
         self.held_bytes = 0
         self.uses.clear()
+        self._spent = None
 
 
 __all__ = ["Corners", "TileKey", "TilePlan", "count_uses", "tile_span"]

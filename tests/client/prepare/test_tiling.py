@@ -12,7 +12,11 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from slidefed.bench.tiling import write_pyramid
-from slidefed.client.config import TilingSection
+from slidefed.client.config import TilingSection, load_site_config
+from slidefed.client.prepare.cache import FeatureCache, cache_key, slide_sha256
+from slidefed.client.prepare.encoders import get_encoder
+from slidefed.client.prepare.pipeline import prepare_site
+from slidefed.client.prepare.slide import tiling_params
 from slidefed.client.prepare.tiling import (
     TileGrid,
     iter_tiles,
@@ -20,6 +24,7 @@ from slidefed.client.prepare.tiling import (
     read_tile,
 )
 from slidefed.client.slides import TiffSlideSource, box_reduce, open_slide
+from slidefed.demo.synth import synth_site
 
 STORED = 256 * 256 * 3  # bytes of one decoded 256-px stored tile
 
@@ -219,3 +224,27 @@ def test_a_level_a_few_percent_coarser_is_read(
         assert from_level0 == 42 * 256 * 256
     else:
         assert decoded == from_level0
+
+
+def test_features_from_the_old_level_are_not_served(tmp_path: Path) -> None:
+    site = synth_site(tmp_path, patients=2, seed=1, width=1024, height=768)
+    (tmp_path / "site.toml").write_text('[site]\nname = "level-site"\n')
+    rel = site.manifest.read_text().splitlines()[1].split(",")[0]
+    slide = tmp_path / rel
+    # A 40x scan whose 2x level is 0.5054 um/px: read from level 1 now.
+    write_pyramid(slide, _image(2048, 1536, 3), mpp=0.2527, downsamples=(1, 2, 8))
+    config = load_site_config(tmp_path / "site.toml")
+    encoder = get_encoder(config.features.encoder)
+    # What the previous grid (version 2, level 0) left in the cache.
+    old_params = {**tiling_params(config.tiling), "grid": 2}
+    old_key = cache_key(slide_sha256(slide), encoder.encoder_id, old_params)
+    stale = np.full((3, encoder.dim), -1.0, np.float32)
+    FeatureCache(config.cache_dir).save(old_key, stale, np.zeros((3, 2), np.int64))
+
+    report = prepare_site(config, workers=1)
+    outcome = next(s for s in report.slides if s.slide == rel)
+    assert outcome.status == "ok"
+    assert outcome.key != old_key
+    features = FeatureCache(config.cache_dir).load(outcome.key)
+    assert len(features) > 3
+    assert not np.any(np.all(features == -1.0, axis=1))
