@@ -207,8 +207,10 @@ class StoredTileReader:
             level, tx, ty = key
             width, height = self._dims[level]
             tw, th = into.shape[1], into.shape[0]
-            if (tx + 1) * tw <= width and (ty + 1) * th <= height and (
-                self._tile_geometry(level) == (tw, th)
+            if (
+                (tx + 1) * tw <= width
+                and (ty + 1) * th <= height
+                and (self._tile_geometry(level) == (tw, th))
             ):
                 return self._decode_tile(level, tx, ty, into)
         return self._decode_tile(*key)

@@ -110,8 +110,7 @@ class TilePlan:
     def _decode_next(self, key: TileKey) -> NDArray[np.uint8]:
         """Decode a tile, over the last one given out for its last use."""
         spent, self._spent = self._spent, None
-        tile = self._decode(key, spent)
-        return tile
+        return self._decode(key, spent)
 
     def consume(self, key: TileKey) -> None:
         """One announced read of ``key`` was served another way."""
