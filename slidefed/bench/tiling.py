@@ -4,16 +4,22 @@ One run builds synthetic pyramids and measures, with interleaved repetitions:
 
 * ``tiles_per_s``: slidefed's reader (:func:`slidefed.client.prepare.tiling.iter_tiles`)
   on a grid of tiles;
-* ``floor_tiles_per_s``: the same tiles' stored bytes read with ``os.pread``
-  and decoded with imagecodecs, and nothing else (no assembly, no batching);
+* ``floor_tiles_per_s``: the decode floor, each stored tile the grid needs
+  read with ``os.pread`` and decoded with imagecodecs once, and nothing else
+  (no assembly, no batching); a stored tile under several of the grid's tiles
+  counts once;
 * ``naive_tiles_per_s``: a loop of tiffslide ``read_region`` over the same
   tiles (plus the same resize where tiles are resized).
 
-Cases: aligned level-0 tiles of a JPEG pyramid (the headline numbers), 20x
-tiles from a 40x JPEG scan without a 20x level (read 2x, then reduce), and
-aligned tiles of a JPEG 2000 pyramid. The single-process cases run pinned to
-one core. Last, the speedup of two worker processes over one, each worker
-reading its share of a larger slide's tiles (as ``site prepare`` does).
+Cases: aligned level-0 tiles of a JPEG pyramid (256 px on 256-px stored
+tiles) and the default grid (224 px at 0.5 um/px on the same 256-px stored
+tiles, each stored tile under up to four grid tiles), the two headline cases;
+20x tiles from a 40x JPEG scan without a 20x level (read 2x, then reduce), and
+aligned tiles of a JPEG 2000 pyramid. Each case also gives the stored tiles
+the grid needs and how many our reader decoded in one pass. The
+single-process cases run pinned to one core. Last, the speedup of two worker
+processes over one, each worker reading its share of a larger slide's tiles
+(as ``site prepare`` does).
 """
 
 from __future__ import annotations
@@ -37,13 +43,20 @@ from slidefed.bench._tile_readers import (
     full_grid,
     naive_reader,
     ours_reader,
+    stored_tiles_needed,
 )
 from slidefed.bench.timing import interleaved_medians
 from slidefed.client.slides import TiffSlideSource, box_reduce
 from slidefed.demo.synth import write_synthetic_slide
 
-#: Goals from the issue that asked for this benchmark.
-GOALS = {"ratio_to_floor": 0.8, "ratio_to_naive": 2.0, "speedup_2_processes": 1.7}
+#: Goals: ratio_to_floor of the aligned case and of the default grid (issue
+#: 18), ratio_to_naive of the aligned case, two processes over one.
+GOALS = {"ratio_to_floor": 0.9, "ratio_to_naive": 2.0, "speedup_2_processes": 1.7}
+#: What ``floor_tiles_per_s`` measures, stated in the output.
+FLOOR = (
+    "each stored tile the grid needs read (os.pread) and decoded (imagecodecs) "
+    "once, nothing else"
+)
 
 
 def write_pyramid(
@@ -146,9 +159,15 @@ def _case(
             reps=reps,
             warmup=1,
         )
+        slide.clear_cache()
+        slide.tiles_decoded = 0
+        ours_reader(slide, grid)()
+        decoded = slide.tiles_decoded
     ours, floor, naive = (n / medians[k] for k in ("ours", "floor", "naive"))
     return {
         "tiles": len(grid.coords),
+        "stored_tiles_needed": len(stored_tiles_needed(path, grid)),
+        "stored_tiles_decoded": decoded,
         "passes": passes,
         "tile_size": tile_size,
         "read_size": read_size,
@@ -193,17 +212,21 @@ def bench_tiling(
             large, _synthetic_image(folder, big, seed + 1), mpp=0.5, downsamples=(1, 4)
         )
         procs = compare_processes(large, reps=reps)
-    aligned = cases["aligned_jpeg"]
+    aligned, default = cases["aligned_jpeg"], cases["default_grid_jpeg"]
     result: dict[str, Any] = {
         "tiles_per_s": aligned["tiles_per_s"],
         "floor_tiles_per_s": aligned["floor_tiles_per_s"],
         "naive_tiles_per_s": aligned["naive_tiles_per_s"],
         "ratio_to_floor": aligned["ratio_to_floor"],
         "ratio_to_naive": aligned["ratio_to_naive"],
+        "default_grid_tiles_per_s": default["tiles_per_s"],
+        "default_grid_floor_tiles_per_s": default["floor_tiles_per_s"],
+        "default_grid_ratio_to_floor": default["ratio_to_floor"],
         "speedup_2_processes": procs["speedup_2_processes"],
+        "floor": FLOOR,
         **cases,
         "processes": procs,
-        "goals": _goals(aligned, procs),
+        "goals": _goals(aligned, default, procs),
         "machine": _machine(pinning, load_before),
         "reps": reps,
         "seconds": round(time.perf_counter() - started, 1),
@@ -214,7 +237,7 @@ def bench_tiling(
 def _single_process_cases(
     folder: Path, *, size: int, reps: int, seed: int
 ) -> tuple[dict[str, dict[str, Any]], str]:
-    """Write the three single-process slides and time them on one core.
+    """Write the single-process slides and time their cases on one core.
 
     Returns the cases by name and how the process was pinned.
     """
@@ -235,22 +258,28 @@ def _single_process_cases(
     del image
     with _one_core() as pinning:
         aligned = _case(jpeg, level=0, read_size=256, tile_size=256, reps=reps)
+        default = _case(jpeg, level=0, read_size=224, tile_size=224, reps=reps)
         from40 = _case(
             scan40, level=0, read_size=512, tile_size=256, reps=reps, passes=4
         )
         jpeg2000 = _case(j2k, level=0, read_size=256, tile_size=256, reps=reps)
     cases = {
         "aligned_jpeg": aligned,
+        "default_grid_jpeg": default,
         "20x_from_40x_jpeg": from40,
         "aligned_jpeg2000": jpeg2000,
     }
     return cases, pinning
 
 
-def _goals(aligned: dict[str, Any], procs: dict[str, Any]) -> dict[str, bool]:
+def _goals(
+    aligned: dict[str, Any], default: dict[str, Any], procs: dict[str, Any]
+) -> dict[str, bool]:
     """Whether each of :data:`GOALS` is met."""
+    floor = GOALS["ratio_to_floor"]
     return {
-        "ratio_to_floor>=0.8": aligned["ratio_to_floor"] >= GOALS["ratio_to_floor"],
+        "aligned ratio_to_floor>=0.9": aligned["ratio_to_floor"] >= floor,
+        "default_grid ratio_to_floor>=0.9": default["ratio_to_floor"] >= floor,
         "ratio_to_naive>=2": aligned["ratio_to_naive"] >= GOALS["ratio_to_naive"],
         "speedup_2_processes>=1.7": procs["speedup_2_processes"]
         >= GOALS["speedup_2_processes"],
@@ -272,4 +301,4 @@ def _machine(pinning: str, load_before: float | None) -> dict[str, Any]:
     }
 
 
-__all__ = ["GOALS", "bench_tiling", "write_pyramid"]
+__all__ = ["FLOOR", "GOALS", "bench_tiling", "write_pyramid"]

@@ -81,6 +81,7 @@ def bench_tiling(
         return
     cases = {
         "aligned JPEG 256": result["aligned_jpeg"],
+        "default grid JPEG 224 on 256": result["default_grid_jpeg"],
         "20x from 40x JPEG": result["20x_from_40x_jpeg"],
         "aligned JPEG 2000": result["aligned_jpeg2000"],
     }

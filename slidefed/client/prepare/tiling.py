@@ -1,21 +1,27 @@
 """A tile grid at a target resolution, chosen from the tissue mask, and its reads.
 
-The grid is laid in the pixels of the pyramid level it is read from, with its
+The grid is read from the coarsest pyramid level at most
+:data:`LEVEL_MPP_TOLERANCE` coarser than the target resolution (tiles are then
+resampled to it), and laid in that level's pixels, with its
 origin at (0, 0) and a step of ``read_size`` level pixels; tile positions are
 recorded in level-0 pixels (``round(level_x * downsample)``, an exact inverse of
-``round(x / downsample)``). When ``read_size`` equals the stored tile size (or
-divides it), every tile is one stored tile (or a part of one): the reader
-decodes the stored bytes straight into the batch. Otherwise the reader cuts each
-tile from the decoded stored tiles it overlaps, which it keeps in a bounded
-cache, so that a row of tiles (or a full-width NDPI band) decodes each stored
-tile once. Tiles come in batches; memory is bounded by the batch size and the
-reader's cache, never by the slide size.
+``round(x / downsample)``). When ``read_size`` equals the stored tile size,
+every tile is one stored tile: the reader decodes the stored bytes straight
+into the batch. Otherwise (the default grid: 224 px over 256-px stored tiles)
+the reader cuts each tile from the decoded stored tiles it overlaps; the grid's
+reads are announced to it first, so that each stored tile is decoded once,
+held until the last tile that needs it, then dropped. Tiles come in batches;
+memory is bounded by the batch size and the reader's cache, never by the slide
+size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,14 +40,26 @@ from slidefed.client.slides.sniff import open_slide
 from slidefed.client.slides.stored_tiles import StoredTileReader
 from slidefed.common.errors import SlideDecodeRefused, SlideReadError
 
-# Level downsamples are floats (2.0005 on real scans): compare with a tolerance.
-_LEVEL_TOLERANCE = 0.01
+#: How much coarser than the target a pyramid level may be and still be read,
+#: its tiles then resampled up to the target (0.05: up to 5% coarser). Real
+#: pyramids miss the target by a little: 40x Aperio scans at 0.2527 um/px have
+#: a 2x level at 0.5054 um/px, 1.1% coarser than 0.5. Reading that level
+#: decodes a quarter of the pixels of level 0 (of a 4x pyramid level, a
+#: sixteenth) for an upsampling by at most 1.05, which blurs only the finest
+#: 5% of the band the level holds; scanners' nominal 20x already differ from
+#: one another by more (0.44 to 0.53 um/px). Within ``_RESIZE_TOLERANCE`` no
+#: resampling is done at all, as for level 0.
+LEVEL_MPP_TOLERANCE = 0.05
 # Skip the resize when the read size is this close to the tile size.
 _RESIZE_TOLERANCE = 0.02
 #: Largest upsampling of the scan allowed to reach the target resolution.
 MAX_UPSAMPLE = 2.0
-#: Version of the grid layout; part of the feature cache key.
-GRID_VERSION = 2
+#: Version of the grid layout; part of the feature cache key. 3: a level up
+#: to :data:`LEVEL_MPP_TOLERANCE` coarser than the target is read (and
+#: resampled) where version 2 read a finer level, so the tiles, and the
+#: features, of such slides change; every slide's key changes with it, since
+#: keys are made before a slide is opened.
+GRID_VERSION = 3
 
 
 class TileGrid(BaseModel):
@@ -104,10 +122,11 @@ def slide_mpp(slide: SlideSource, tiling: TilingSection) -> float:
 
 
 def choose_level(downsamples: Sequence[float], ds: float) -> int:
-    """The coarsest level whose downsample is at most ``ds`` (with a tolerance)."""
+    """The coarsest level whose downsample is at most ``ds``, give or take
+    :data:`LEVEL_MPP_TOLERANCE` (level 0 when none is)."""
     level = 0
     for i, d in enumerate(downsamples):
-        if d <= ds * (1 + _LEVEL_TOLERANCE):
+        if d <= ds * (1 + LEVEL_MPP_TOLERANCE):
             level = i
     return level
 
@@ -216,8 +235,14 @@ def iter_tiles(
     *,
     coords: Sequence[tuple[int, int]] | None = None,
     skip_unreadable: bool = False,
+    planned: bool = True,
 ) -> Iterator[TileBatch]:
     """Yield the tiles of ``grid`` (or of ``coords``) in batches.
+
+    The reads are announced to the reader first
+    (:meth:`~slidefed.client.slides.stored_tiles.StoredTileReader.planned_reads`),
+    so that each stored tile under the tiles is decoded once, kept until the
+    last tile that needs it, then dropped.
 
     Parameters
     ----------
@@ -232,6 +257,11 @@ def iter_tiles(
     skip_unreadable : bool
         Leave out tiles that cannot be read (listed in ``failed``) instead of
         raising.
+    planned : bool
+        Announce the reads (default). A worker reading one chunk of a grid
+        passes False: stored tiles it shares with later chunks then stay in
+        its cache (least recently used out) instead of being dropped after
+        their last use in this chunk.
 
     Raises
     ------
@@ -242,6 +272,63 @@ def iter_tiles(
         ``skip_unreadable``: the whole slide is refused, not the tile.
     """
     todo = grid.coords if coords is None else coords
+    with _planned(slide, grid, todo, planned):
+        yield from _read_batches(slide, grid, todo, batch_size, skip_unreadable)
+
+
+def _planned(
+    slide: SlideSource,
+    grid: TileGrid,
+    todo: Sequence[tuple[int, int]],
+    planned: bool,
+) -> AbstractContextManager[None]:
+    """The reader's plan of the grid's reads: each stored tile decoded once."""
+    if not planned or not isinstance(slide, StoredTileReader):
+        return contextlib.nullcontext()
+    size = (grid.read_size, grid.read_size)
+    return slide.planned_reads(grid.level, (grid.level_xy(xy) for xy in todo), size)
+
+
+# Batch arrays kept for reuse in this process: the caller usually holds the
+# last batch while the next is read, so the one before it is free again.
+_SPARE_BATCHES = 2
+_SPARE: list[NDArray[np.uint8]] = []
+
+
+def _free_array(shape: tuple[int, int, int, int]) -> NDArray[np.uint8]:
+    """An array of ``shape`` that nothing else refers to, kept for reuse.
+
+    Fresh pages cost the kernel a fault each, about a tenth of the time a tile
+    takes to decode, so batch arrays are filled again once free. An array no
+    batch, view or tensor refers to any more has three references here: the
+    list, the loop variable and getrefcount's argument.
+    """
+    for i in range(len(_SPARE)):  # not enumerate: its tuple is one more reference
+        arr = _SPARE[i]
+        if sys.getrefcount(arr) > 3:
+            continue
+        if len(arr) >= shape[0] and arr.shape[1:] == shape[1:]:
+            return arr[: shape[0]]
+        del _SPARE[i]  # free but the wrong shape: make room for a new one
+        break
+    fresh = np.empty(shape, dtype=np.uint8)
+    if len(_SPARE) < _SPARE_BATCHES:
+        _SPARE.append(fresh)
+    return fresh
+
+
+def _read_batches(
+    slide: SlideSource,
+    grid: TileGrid,
+    todo: Sequence[tuple[int, int]],
+    batch_size: int,
+    skip_unreadable: bool,
+) -> Iterator[TileBatch]:
+    """The batches of :func:`iter_tiles`, read in order.
+
+    A batch's array is filled again for a later batch once nothing refers to
+    it any more (the caller dropped the batch and every view of it).
+    """
     ts = grid.tile_size
     read = _tile_reader(slide, grid)
     for start in range(0, len(todo), batch_size):
@@ -249,7 +336,7 @@ def iter_tiles(
         if isinstance(slide, StoredTileReader):  # an archive fetches in batches
             span = (grid.read_size, grid.read_size)
             slide.prefetch(grid.level, [(grid.level_xy(xy), span) for xy in chunk])
-        out = np.empty((len(chunk), ts, ts, 3), dtype=np.uint8)
+        out = _free_array((len(chunk), ts, ts, 3))
         kept: list[tuple[int, int]] = []
         failed: list[tuple[tuple[int, int], str]] = []
         for xy in chunk:
@@ -352,6 +439,7 @@ def read_tile_chunk(
             max(len(coords), 1),
             coords=coords,
             skip_unreadable=skip_unreadable,
+            planned=False,
         )
     )
     if not batches:
@@ -362,6 +450,7 @@ def read_tile_chunk(
 
 __all__ = [
     "GRID_VERSION",
+    "LEVEL_MPP_TOLERANCE",
     "MAX_UPSAMPLE",
     "TileBatch",
     "TileGrid",

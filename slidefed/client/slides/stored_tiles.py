@@ -5,7 +5,12 @@ one stored tile (the TIFF reader reads them with ``os.pread`` and decodes them
 with imagecodecs), and a region is cut from the decoded tiles it overlaps.
 Decoded tiles are kept in a small least-recently-used cache bounded in bytes,
 so that neighbouring regions (a row of tiles, a full-width NDPI band) decode
-each stored tile once, and memory stays bounded whatever the slide size. Each
+each stored tile once, and memory stays bounded whatever the slide size. A
+caller that knows its regions in advance (a tile grid) announces them with
+:meth:`StoredTileReader.planned_reads`: each stored tile is then kept exactly
+until the last region that needs it, and dropped at once after, so that the
+cache holds only tiles still to be used and a grid decodes each stored tile
+once even where the tiles of a row would not all fit. Each
 reader checks a stored tile's own header before decoding it
 (:mod:`~slidefed.client.slides.bounds`), so that no tile decodes to more pixels
 than the file declares or the site's cap allows.
@@ -25,11 +30,17 @@ from numpy.typing import NDArray
 
 from slidefed.client.slides.base import READ_ERRORS
 from slidefed.client.slides.pixels import box_reduce
+from slidefed.client.slides.tile_plan import (
+    Corners,
+    TileKey,
+    TilePlan,
+    count_uses,
+    tile_span,
+)
 from slidefed.common.errors import SlideReadError
 
 #: Bytes of decoded stored tiles one open slide keeps (per process).
 TILE_CACHE_BYTES = 128 * 1024 * 1024
-TileKey = tuple[int, int, int]  # (level, tx, ty)
 
 
 def tile_cache(budget: int) -> LRUCache[TileKey, NDArray[np.uint8]]:
@@ -60,6 +71,8 @@ class StoredTileReader:
     def __init__(self, cache_bytes: int = TILE_CACHE_BYTES) -> None:
         self._cache = tile_cache(cache_bytes)
         self.tiles_decoded = 0
+        # While reads are planned (see planned_reads): the tiles they still need.
+        self._plan: TilePlan | None = None
         # Set by subclasses once the file is open: (w, h) and downsample per level.
         self._dims: list[tuple[int, int]] = []
         self._downsamples: list[float] = []
@@ -137,49 +150,165 @@ class StoredTileReader:
                 f"{len(self._dims)} levels)",
             )
 
-    def _tile(self, level: int, tx: int, ty: int) -> NDArray[np.uint8]:
-        key = (level, tx, ty)
-        tile = self._cache.get(key)
-        if tile is None:
-            tile = self._decode_tile(level, tx, ty)
-            self.tiles_decoded += 1
-            self._cache[key] = tile
-        return tile
+    def _clipped(
+        self, level: int, location: tuple[int, int], size: tuple[int, int]
+    ) -> Corners | None:
+        """The part of a region inside ``level`` as corners, None when empty."""
+        width, height = self._dims[level]
+        lx, ly = location
+        x0, y0 = max(lx, 0), max(ly, 0)
+        x1, y1 = min(lx + size[0], width), min(ly + size[1], height)
+        return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
 
-    def _uncached_tile(self, level: int, tx: int, ty: int) -> NDArray[np.uint8]:
-        cached = self._cache.get((level, tx, ty))
-        if cached is not None:
-            return cached
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of decoded stored tiles held now (cache and plan)."""
+        held = self._plan.held_bytes if self._plan is not None else 0
+        return int(self._cache.currsize) + held
+
+    @contextlib.contextmanager
+    def planned_reads(
+        self,
+        level: int,
+        locations: Iterable[tuple[int, int]],
+        size: tuple[int, int],
+    ) -> Iterator[None]:
+        """Decode each stored tile once for reads announced in advance.
+
+        Inside the block, reads of ``size`` (w, h) level pixels at
+        ``locations`` (with :meth:`read_level_region`, or with
+        :meth:`read_level_region_reduced` and ``factor * size`` equal to
+        ``size``) share their stored tiles: each is decoded once, held until
+        the last read that needs it and dropped right after (see
+        :class:`~slidefed.client.slides.tile_plan.TilePlan`). Other reads work
+        as usual.
+        """
+        self._check_level(level)
+        geometry = self._tile_geometry(level)
+        regions = (
+            self._clipped(level, (int(lx), int(ly)), size) for lx, ly in locations
+        )
+        uses = (
+            count_uses(level, geometry, (c for c in regions if c is not None))
+            if geometry is not None
+            else {}
+        )
+        plan = TilePlan(uses, int(self._cache.maxsize), self._decode_counted)
+        saved, self._plan = self._plan, plan
+        try:
+            yield
+        finally:
+            self._plan = saved
+            plan.close()
+
+    def _make_room(self, planned: int) -> int:
+        """Evict cached tiles (least recently used first) until ``planned``
+        bytes of planned tiles fit beside them; the bytes they still take."""
+        cache = self._cache
+        while cache and planned + cache.currsize > cache.maxsize:
+            cache.popitem()
+        return int(cache.currsize)
+
+    def _decode_counted(
+        self, key: TileKey, into: NDArray[np.uint8] | None = None
+    ) -> NDArray[np.uint8]:
+        """Decode a stored tile (into ``into`` if it has the tile's shape)."""
         self.tiles_decoded += 1
-        return self._decode_tile(level, tx, ty)
+        if into is not None:
+            level, tx, ty = key
+            width, height = self._dims[level]
+            tw, th = into.shape[1], into.shape[0]
+            if (
+                (tx + 1) * tw <= width
+                and (ty + 1) * th <= height
+                and (self._tile_geometry(level) == (tw, th))
+            ):
+                return self._decode_tile(level, tx, ty, into)
+        return self._decode_tile(*key)
+
+    def _tile(self, key: TileKey, inner: bool) -> NDArray[np.uint8]:
+        """A decoded stored tile, from the plan, the cache or the file.
+
+        Outside a plan, a tile wholly inside the region read (``inner``) is
+        taken as needed by no other read: it is not cached.
+        """
+        plan = self._plan
+        cache = self._cache
+        if plan is not None and key in plan:
+            return plan.take(key, self._make_room)
+        tile = cache.get(key)
+        if tile is None:
+            tile = self._decode_counted(key)
+            if not inner:
+                cache[key] = tile
+        return tile
 
     def _pieces(
         self,
         level: int,
         geometry: tuple[int, int],
-        corners: tuple[int, int, int, int],
+        corners: Corners,
     ) -> Iterator[tuple[int, int, int, int, NDArray[np.uint8]]]:
         """The parts of the stored tiles that cover ``corners`` (x0, y0, x1, y1).
 
         Yields ``(sx0, sy0, sx1, sy1, pixels)``: level coordinates of each part
-        and its pixels, tile row by tile row. A tile wholly inside the region is
-        needed by no other tile of a grid, so it is not cached.
+        and its pixels, tile row by tile row.
         """
         tw, th = geometry
         x0, y0, x1, y1 = corners
-        for ty in range(y0 // th, (y1 - 1) // th + 1):
+        cols, rows = tile_span(geometry, corners)
+        for ty in rows:
             ty0 = ty * th
             sy0, sy1 = max(y0, ty0), min(y1, ty0 + th)
             inner_y = sy0 == ty0 and sy1 == ty0 + th
-            for tx in range(x0 // tw, (x1 - 1) // tw + 1):
+            for tx in cols:
                 tx0 = tx * tw
                 sx0, sx1 = max(x0, tx0), min(x1, tx0 + tw)
-                if inner_y and sx0 == tx0 and sx1 == tx0 + tw:
-                    tile = self._uncached_tile(level, tx, ty)
-                else:
-                    tile = self._tile(level, tx, ty)
+                inner = inner_y and sx0 == tx0 and sx1 == tx0 + tw
+                tile = self._tile((level, tx, ty), inner)
                 piece = tile[sy0 - ty0 : sy1 - ty0, sx0 - tx0 : sx1 - tx0]
                 yield sx0, sy0, sx1, sy1, piece
+
+    def _assemble(
+        self,
+        level: int,
+        geometry: tuple[int, int],
+        corners: Corners,
+        origin: tuple[int, int],
+        out: NDArray[np.uint8],
+    ) -> None:
+        """Copy the stored tiles' parts under ``corners`` into ``out``.
+
+        :meth:`_pieces` written out, for the hot path of a grid: one copy per
+        stored tile and region, no generator in between.
+        """
+        tw, th = geometry
+        x0, y0, x1, y1 = corners
+        lx, ly = origin
+        cols, rows = tile_span(geometry, corners)
+        tile_of = self._tile
+        for ty in rows:
+            ty0 = ty * th
+            sy0, sy1 = max(y0, ty0), min(y1, ty0 + th)
+            inner_y = sy0 == ty0 and sy1 == ty0 + th
+            dst = out[sy0 - ly : sy1 - ly]
+            for tx in cols:
+                tx0 = tx * tw
+                sx0, sx1 = max(x0, tx0), min(x1, tx0 + tw)
+                tile = tile_of((level, tx, ty), inner_y and sx1 - sx0 == tw)
+                dst[:, sx0 - lx : sx1 - lx] = tile[
+                    sy0 - ty0 : sy1 - ty0, sx0 - tx0 : sx1 - tx0
+                ]
+
+    def _region_error(
+        self, level: int, lx: int, ly: int, exc: BaseException
+    ) -> SlideReadError:
+        """A reader's error while reading a region, as a :class:`SlideReadError`."""
+        return SlideReadError(
+            str(self.path),
+            f"level {level} region at ({lx}, {ly}) unreadable "
+            f"({type(exc).__name__}: {exc})",
+        )
 
     @contextlib.contextmanager
     def _region_errors(self, level: int, lx: int, ly: int) -> Iterator[None]:
@@ -189,11 +318,7 @@ class StoredTileReader:
         except SlideReadError:
             raise
         except READ_ERRORS as exc:
-            raise SlideReadError(
-                str(self.path),
-                f"level {level} region at ({lx}, {ly}) unreadable "
-                f"({type(exc).__name__}: {exc})",
-            ) from exc
+            raise self._region_error(level, lx, ly, exc) from exc
 
     def read_region(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
@@ -227,6 +352,7 @@ class StoredTileReader:
             and size == (tw, th)
             and out.flags.c_contiguous
             and self._cache.get((level, x0 // tw, y0 // th)) is None
+            and not (self._plan and self._plan.held((level, x0 // tw, y0 // th)))
         )
 
     def read_level_region(
@@ -273,18 +399,24 @@ class StoredTileReader:
             return out
         geometry = self._tile_geometry(level)
         corners = (x0, y0, x1, y1)
-        with self._region_errors(level, lx, ly):
+        try:
             if geometry is None:
                 out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = self._fallback_region(
                     level, x0, y0, x1 - x0, y1 - y0
                 )
             elif self._is_one_tile(level, geometry, corners, (w, h), out):
                 # One whole stored tile: decode straight into ``out``.
-                self._decode_tile(level, x0 // geometry[0], y0 // geometry[1], out)
+                key = (level, x0 // geometry[0], y0 // geometry[1])
+                self._decode_tile(*key, out)
                 self.tiles_decoded += 1
+                if self._plan is not None:
+                    self._plan.consume(key)
             else:
-                for sx0, sy0, sx1, sy1, piece in self._pieces(level, geometry, corners):
-                    out[sy0 - ly : sy1 - ly, sx0 - lx : sx1 - lx] = piece
+                self._assemble(level, geometry, corners, (lx, ly), out)
+        except SlideReadError:
+            raise
+        except READ_ERRORS as exc:
+            raise self._region_error(level, lx, ly, exc) from exc
         return out
 
     def read_level_region_reduced(

@@ -246,23 +246,6 @@ def test_ycbcr_conversion_inverts_jfif_rgb_to_ycbcr() -> None:
     assert np.abs(back - rgb).max() <= 2
 
 
-def test_tiling_bench_runs_small() -> None:
-    from slidefed.bench.tiling import bench_tiling
-
-    result = bench_tiling(size=768, big=1024, reps=1)
-    for key in (
-        "tiles_per_s",
-        "floor_tiles_per_s",
-        "naive_tiles_per_s",
-        "ratio_to_floor",
-        "ratio_to_naive",
-        "speedup_2_processes",
-    ):
-        assert result[key] > 0
-    assert result["20x_from_40x_jpeg"]["read_size"] == 512
-    assert result["aligned_jpeg2000"]["tiles"] > 0
-
-
 def test_tiles_reduced_per_stored_tile_equal_reduced_regions(tmp_path: Path) -> None:
     from slidefed.bench.tiling import write_pyramid
 
