@@ -113,8 +113,14 @@ def charge_round(
     input_sha256: str = "",
     eval_noise_multiplier: float = 0.0,
     planned_evaluations: int = 0,
+    run_name: str = "",
+    flower_run_id: int | None = None,
 ) -> Charge:
     """Plan (first round of a run) and charge one training round before it trains.
+
+    ``run_name`` and ``flower_run_id`` (the run's ``run-name`` and Flower's run id)
+    go into a new run's plan, so that the ledger's runs can be matched to the audit
+    log.
 
     A replay of a charged round (same run, round and ``input_sha256``) is not
     charged again; the module docstring states the policy. ``planned_evaluations``
@@ -151,6 +157,8 @@ def charge_round(
         input_sha256=input_sha256,
         eval_noise_multiplier=eval_noise_multiplier,
         planned_evaluations=planned_evaluations,
+        run_name=run_name,
+        flower_run_id=flower_run_id,
     )
     with ledger_file.locked() as ledger:
         delta = _adopt_policy(ledger, ledger_file, unit, accountant, delta)
@@ -195,6 +203,8 @@ class _Request:
     input_sha256: str
     eval_noise_multiplier: float
     planned_evaluations: int
+    run_name: str = ""
+    flower_run_id: int | None = None
 
 
 def _adopt_policy(
@@ -288,6 +298,8 @@ def _plan_run(request: _Request, history: list[Step], *, delta: float) -> Ledger
         epsilon_before=before,
         planned_evaluations=request.planned_evaluations,
         eval_noise_multiplier=request.eval_noise_multiplier,
+        run_name=request.run_name,
+        flower_run_id=request.flower_run_id,
     )
 
 
