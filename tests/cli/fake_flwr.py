@@ -33,13 +33,18 @@ LOG = [
 ]
 
 
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def _run(app: str) -> None:
     from flwr.cli.build import build_fab_from_disk
 
     fab = build_fab_from_disk(Path(app))
     (STATE / "submitted-hash").write_text(hashlib.sha256(fab).hexdigest())
-    print("Loading project configuration...")
-    print(json.dumps({"success": True, "run-id": str(RUN_ID), "fab-id": "x/y"}))
+    _say("Loading project configuration...")
+    _say(json.dumps({"success": True, "run-id": str(RUN_ID), "fab-id": "x/y"}))
 
 
 def _ls() -> None:
@@ -49,12 +54,12 @@ def _ls() -> None:
     status = "running" if calls < 1 else os.environ["FAKE_FLWR_STATUS"]
     details = "" if status == "running" else "exit code 700"
     run = {"run-id": str(RUN_ID), "status": status, "status-details": details}
-    print(json.dumps({"success": True, "runs": [run]}))
+    _say(json.dumps({"success": True, "runs": [run]}))
 
 
 def _log() -> None:
     for line in LOG:
-        print(line, flush=True)
+        _say(line)
         time.sleep(0.05)
 
 
@@ -67,7 +72,7 @@ def main(argv: list[str]) -> int:
     elif command == "log":
         _log()
     else:
-        print(f"fake flwr: no {command!r}", file=sys.stderr)
+        sys.stderr.write(f"fake flwr: no {command!r}\n")
         return 2
     return 0
 
