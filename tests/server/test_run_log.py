@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,7 @@ class _Link:
             ttl=60.0,
             message_type=message.metadata.message_type,
         )
+        metrics: dict[str, int | float | list[int] | list[float]]
         if message.metadata.message_type == "train":
             model = next(iter(message.content.array_records.values()))
             metrics = {
@@ -105,7 +107,7 @@ class _Lines(logging.Handler):
 
 
 @pytest.fixture
-def flower_log(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
+def flower_log(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[str]]:
     """What Flower's logger receives (Flower forwards it to 'flwr log')."""
     monkeypatch.setattr(TaskIdentity, "_run_id", 5)
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
