@@ -118,10 +118,7 @@ def charge_round(
 ) -> Charge:
     """Plan (first round of a run) and charge one training round before it trains.
 
-    ``run_name`` and ``flower_run_id`` (the run's ``run-name`` and Flower's run id)
-    go into a new run's plan, so that the ledger's runs can be matched to the audit
-    log.
-
+    A new run's plan keeps its ``run_name`` and ``flower_run_id`` (for the audit log).
     A replay of a charged round (same run, round and ``input_sha256``) is not
     charged again; the module docstring states the policy. ``planned_evaluations``
     evaluations at ``eval_noise_multiplier`` are reserved in the run's grant when it
@@ -136,13 +133,7 @@ def charge_round(
         costs more than it, or it would take the dataset past ``max_epsilon``;
         nothing is charged then.
     """
-    if planned_evaluations < 0:
-        raise ValueError(f"planned_evaluations={planned_evaluations} must be >= 0")
-    if planned_evaluations and eval_noise_multiplier <= 0:
-        raise ValueError(
-            f"{planned_evaluations} planned evaluations need an "
-            f"eval_noise_multiplier > 0, not {eval_noise_multiplier}"
-        )
+    _check_evaluations(planned_evaluations, eval_noise_multiplier)
     request = _Request(
         run_id=run_id,
         server_round=server_round,
@@ -183,6 +174,17 @@ def charge_round(
             accountant=accountant,
             max_epsilon=max_epsilon,
             input_sha256=input_sha256,
+        )
+
+
+def _check_evaluations(planned: int, noise_multiplier: float) -> None:
+    """Refuse a negative count, or evaluations planned without noise."""
+    if planned < 0:
+        raise ValueError(f"planned_evaluations={planned} must be >= 0")
+    if planned and noise_multiplier <= 0:
+        raise ValueError(
+            f"{planned} planned evaluations need an "
+            f"eval_noise_multiplier > 0, not {noise_multiplier}"
         )
 
 
