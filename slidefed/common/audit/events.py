@@ -8,7 +8,10 @@ cannot add a key the auditor does not know, and a record with one reads as
 malformed.
 
 A model's fields are exactly the keys the writers have always written, so logs
-written before these models existed read back unchanged. ``egress_blocked`` has
+written before these models existed read back unchanged; a key added later
+(``run_name`` and ``fab_hash`` of ``run_joined`` and ``run_started``,
+``model_file_sha256`` of ``run_finished``) has a default, so older records still
+read. ``egress_blocked`` has
 two shapes: the training handler's own check writes a ``reason``
 (:class:`EgressBlocked`), the egress guard around the ClientApp writes the rule it
 applied (:class:`EgressGuardBlocked`).
