@@ -384,7 +384,7 @@ def training_run(federation: Federation) -> tuple[int, str]:
         f"num-server-rounds={ROUNDS} min-sites={N_SITES} local-epochs=1 "
         f"run-dir='{run_dir}' run-name='deploy-test'",
         home=federation.coord / "state" / "flwr",
-        timeout=300,
+        timeout=900,  # two rounds of three sites on a busy machine
     )  # fmt: skip
     (federation.root / "launch.out").write_text(out)
     last = out.strip().splitlines()[-1]
