@@ -28,7 +28,7 @@ COPY --chown=app:app pyproject.toml README.md ./
 COPY --chown=app:app slidefed ./slidefed
 RUN sed -i 's/"flwr\[simulation\]==/"flwr==/' pyproject.toml \
     && python -m pip install --no-cache-dir ".[site,dicom]" \
-    && python -c "from pathlib import Path; from slidefed.simulation import write_app_dir; write_app_dir(Path('/app/slidefed-app'))" \
+    && slidefed app build --out /app/slidefed-app \
     && chown -R app:app /app
 
 ENV FLWR_TELEMETRY_ENABLED=0 \

@@ -24,7 +24,7 @@ COPY --chown=app:app slidefed ./slidefed
 # flwr is in the base image already; the simulation extra (ray) is not needed here.
 RUN sed -i 's/"flwr\[simulation\]==/"flwr==/' pyproject.toml \
     && python -m pip install --no-cache-dir ".[site,dicom]" \
-    && python -c "from pathlib import Path; from slidefed.simulation import write_app_dir; write_app_dir(Path('/app/slidefed-app'))"
+    && slidefed app build --out /app/slidefed-app
 
 ENV FLWR_TELEMETRY_ENABLED=0 \
     FLWR_DISABLE_UPDATE_CHECK=1 \

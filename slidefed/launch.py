@@ -2,22 +2,28 @@
 
 ``flwr run`` exits 0 even when the run fails, so slidefed submits the run, then
 polls ``flwr ls --run-id`` until the run has finished, and fails unless its status
-is ``finished:completed``.
+is ``finished:completed``. While it waits, it follows the run's log
+(``flwr log RUN_ID CONNECTION --stream``) and hands each of the ServerApp's
+per-round lines (:mod:`slidefed.common.progress_line`) to the caller.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from slidefed.common.errors import ConfigError, FederationError
 from slidefed.common.flower_env import flower_env
+from slidefed.common.progress_line import parse_round_line
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +69,15 @@ def parse_status(stdout: str, run_id: int) -> tuple[str, str]:
     raise FederationError(f"run {run_id} not listed by the SuperLink: {result}")
 
 
-def _flwr(args: list[str], env: dict[str, str]) -> str:
+def _flwr_exe() -> str:
     exe = shutil.which("flwr")
     if exe is None:
         raise ConfigError("the 'flwr' command is not on PATH; activate slidefed's venv")
+    return exe
+
+
+def _flwr(args: list[str], env: dict[str, str]) -> str:
+    exe = _flwr_exe()
     # flwr reads a connection name that is also a folder of the current directory
     # as an app path ("./slidefed"): run it from an empty folder of its own.
     with tempfile.TemporaryDirectory(prefix="slidefed-flwr-") as empty:
@@ -82,6 +93,65 @@ def _flwr(args: list[str], env: dict[str, str]) -> str:
     return proc.stdout + "\n" + proc.stderr
 
 
+@contextlib.contextmanager
+def _round_lines(
+    run_id: int,
+    connection: str,
+    env: dict[str, str],
+    on_round: Callable[[str], None] | None,
+) -> Iterator[None]:
+    """Follow ``flwr log RUN_ID CONNECTION --stream``; pass each per-round line on.
+
+    The stream ends by itself when the run finishes; it is given a few seconds to
+    deliver the last lines, then stopped. A stream that fails only costs the
+    progress lines: the run's status is polled apart from it.
+    """
+    if on_round is None:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="slidefed-flwr-") as empty:
+        proc = subprocess.Popen(
+            [_flwr_exe(), "log", str(run_id), connection, "--stream"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            cwd=empty,
+        )
+        reader = threading.Thread(
+            target=_pass_round_lines, args=(proc, on_round), daemon=True
+        )
+        reader.start()
+        try:
+            yield
+        finally:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            reader.join(timeout=5)
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+def _pass_round_lines(
+    proc: subprocess.Popen[str], on_round: Callable[[str], None]
+) -> None:
+    """Read the log stream; call ``on_round`` once per distinct per-round line."""
+    seen: set[str] = set()
+    assert proc.stdout is not None  # noqa: S101 - stdout=PIPE
+    for line in proc.stdout:
+        text = parse_round_line(line)
+        if text is not None and text not in seen:
+            seen.add(text)
+            on_round(text)
+
+
 def launch(
     app_dir: Path,
     connection: str,
@@ -89,8 +159,29 @@ def launch(
     run_config: str = "",
     timeout: float = 24 * 3600,
     poll: float = 2.0,
+    on_round: Callable[[str], None] | None = None,
 ) -> int:
     """Submit a run and wait until it finishes; return its id.
+
+    Parameters
+    ----------
+    app_dir : Path
+        The app folder (``slidefed app build``).
+    connection : str
+        The SuperLink connection's name.
+    run_config : str
+        ``--run-config`` overrides.
+    timeout : float
+        Seconds to wait for the run to finish.
+    poll : float
+        Seconds between two status queries.
+    on_round : callable, optional
+        Called with each round's progress line from the run's log.
+
+    Returns
+    -------
+    int
+        The run's id.
 
     Raises
     ------
@@ -103,6 +194,20 @@ def launch(
         args += ["--run-config", run_config]
     run_id = parse_run_id(_flwr(args, env))
     logger.info("run %d submitted; waiting for it to finish", run_id)
+    with _round_lines(run_id, connection, env, on_round):
+        status, details = _wait_finished(run_id, connection, env, timeout, poll)
+    if status != COMPLETED:
+        raise FederationError(
+            f"run {run_id} ended {status}: {details or 'no details'}; "
+            f"see 'flwr log {run_id} {connection} --show'"
+        )
+    return run_id
+
+
+def _wait_finished(
+    run_id: int, connection: str, env: dict[str, str], timeout: float, poll: float
+) -> tuple[str, str]:
+    """Poll ``flwr ls`` until the run has finished; its status and details."""
     deadline = time.monotonic() + timeout
     while True:
         status, details = parse_status(
@@ -110,16 +215,10 @@ def launch(
             run_id,
         )
         if status.startswith("finished"):
-            break
+            return status, details
         if time.monotonic() > deadline:
             raise FederationError(f"run {run_id} still {status} after {timeout:.0f} s")
         time.sleep(poll)
-    if status != COMPLETED:
-        raise FederationError(
-            f"run {run_id} ended {status}: {details or 'no details'}; "
-            f"see 'flwr log {run_id} {connection} --show'"
-        )
-    return run_id
 
 
 __all__ = ["COMPLETED", "launch", "parse_run_id", "parse_status"]

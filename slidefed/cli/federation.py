@@ -92,7 +92,9 @@ def launch(
     app_dir: Annotated[
         Path | None,
         typer.Option(
-            "--app", help="App folder (default: one made for the installed slidefed)."
+            "--app",
+            help="App folder from 'slidefed app build' (default: the same app, "
+            "built in a temporary folder).",
         ),
     ] = None,
     run_config: Annotated[
@@ -105,16 +107,51 @@ def launch(
         float, typer.Option(help="Seconds to wait for the run.")
     ] = 86400.0,
 ) -> None:
-    """Start a run on a real federation and exit non-zero unless it completes."""
+    """Start a run on a real federation, print each round, exit non-zero unless it completes."""
     import tempfile
 
+    from slidefed.deploy.approval import fab_hash_of_app_dir
     from slidefed.launch import launch as do_launch
     from slidefed.simulation import write_app_dir
 
     setup_logging(False)
     folder = app_dir or write_app_dir(Path(tempfile.mkdtemp(prefix="slidefed-app-")))
-    run_id = do_launch(folder, connection, run_config=run_config, timeout=timeout)
+    print(
+        f"submitting app {fab_hash_of_app_dir(folder)} (the FAB sha256 every site "
+        "must have approved; 'slidefed app build' prints it)",
+        flush=True,
+    )
+    run_id = do_launch(
+        folder,
+        connection,
+        run_config=run_config,
+        timeout=timeout,
+        on_round=lambda line: print(line, flush=True),
+    )
     print(f"run {run_id} completed")
 
 
-__all__ = ["launch", "simulate"]
+def app_build(
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="App folder to write (empty or a previous build)."),
+    ] = Path("slidefed-app"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Build the app sites approve: its folder, its FAB and the FAB's sha256."""
+    from slidefed.app_bundle import build_app, send_to_sites
+
+    built = build_app(out)
+    if as_json:
+        print(built.model_dump_json(indent=2))
+        return
+    print("\n".join(send_to_sites(built)))
+
+
+app_app = typer.Typer(
+    help="The app that sites approve.", no_args_is_help=True, rich_markup_mode=None
+)
+app_app.command("build")(app_build)
+
+
+__all__ = ["app_app", "app_build", "launch", "simulate"]

@@ -17,7 +17,7 @@ import typer.core
 from slidefed.cli.audit import audit_app
 from slidefed.cli.bench import bench_app
 from slidefed.cli.demo import demo, synth_app
-from slidefed.cli.federation import launch, simulate
+from slidefed.cli.federation import app_app, launch, simulate
 from slidefed.cli.server import server_app
 from slidefed.cli.site import site_app
 from slidefed.cli.slide import slide_app
@@ -42,6 +42,7 @@ app.add_typer(site_app, name="site")
 app.add_typer(server_app, name="server")
 app.add_typer(audit_app, name="audit")
 app.add_typer(bench_app, name="bench")
+app.add_typer(app_app, name="app")
 app.command()(demo)
 app.command()(simulate)
 app.command()(launch)

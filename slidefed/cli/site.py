@@ -209,6 +209,8 @@ def site_budget(config: ConfigOpt, as_json: JsonOpt = False) -> None:
         runs.append(
             {
                 "run_id": plan.run_id,
+                "run_name": plan.run_name,
+                "flower_run_id": plan.flower_run_id,
                 "rounds": len(rounds),
                 "noise_multiplier": plan.noise_multiplier,
                 "epsilon_before": plan.epsilon_before,
@@ -248,9 +250,21 @@ def site_budget(config: ConfigOpt, as_json: JsonOpt = False) -> None:
     )
     for r in runs:
         print(
-            f"  run {r['run_id']}: {r['rounds']} rounds, sigma {r['noise_multiplier']:.3f}, "
+            f"  run {_run_label(r)}: {r['rounds']} rounds, "
+            f"sigma {r['noise_multiplier']:.3f}, "
             f"epsilon {r['epsilon_before']:.3f} -> {r['epsilon_after']:.3f}"
         )
+
+
+def _run_label(run: dict[str, object]) -> str:
+    """A run as the audit logs and the report name it: run name and Flower run id."""
+    name, flower = run["run_name"], run["flower_run_id"]
+    if name:
+        where = f", Flower run {flower}" if flower is not None else ""
+        return f"'{name}' (ledger id {run['run_id']}{where})"
+    if flower is not None:
+        return f"{flower} (no run-name)"
+    return f"{run['run_id']} (ledger id)"
 
 
 # ---------------------------------------------------------------------- the node

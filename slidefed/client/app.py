@@ -9,6 +9,7 @@ audit log only.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +50,7 @@ from slidefed.common.errors import (
     SiteNotPrepared,
     SlidefedError,
 )
+from slidefed.common.flower_env import APPROVED_FAB_ENV
 from slidefed.common.run_config import RunConfig, parse_run_config
 from slidefed.common.site_errors import SiteError, SiteRefusal
 
@@ -239,7 +241,12 @@ def _training_samples(
         )
     if server_round == 1:
         site.audit.append(
-            RunJoined(config_hash=config_hash(run), dataset=fingerprint),
+            RunJoined(
+                config_hash=config_hash(run),
+                dataset=fingerprint,
+                run_name=run.run_name,
+                fab_hash=os.environ.get(APPROVED_FAB_ENV, ""),
+            ),
             run_id=context.run_id,
             round=server_round,
         )
@@ -274,6 +281,8 @@ def _charge(
         input_sha256=key,
         eval_noise_multiplier=policy.eval_noise_multiplier,
         planned_evaluations=m.evaluation_cap(run, site),
+        run_name=run.run_name,
+        flower_run_id=context.run_id,
     )
     site.audit.append(
         (RoundReplayed if charge.replay else RoundCharged)(**_charge_fields(charge)),

@@ -24,6 +24,10 @@ QUIET_DEFAULTS = {
 }
 """Flower's settings for runs started by slidefed (an operator's own value wins)."""
 
+APPROVED_FAB_ENV = "SLIDEFED_APPROVED_FAB"
+"""Set by the site's approval gate, in the ClientApp process, to the SHA-256 of the
+FAB it checked and let run; the ClientApp writes it into ``run_joined``."""
+
 NO_DEPENDENCY_INSTALL = "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"
 """Forced on in :func:`flower_env`: a site never installs what an app asks for."""
 
@@ -97,6 +101,7 @@ def flower_executable(name: str) -> str:
 
 
 __all__ = [
+    "APPROVED_FAB_ENV",
     "NO_DEPENDENCY_INSTALL",
     "QUIET_DEFAULTS",
     "flower_env",

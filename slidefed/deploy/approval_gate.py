@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from slidefed.common.errors import ConfigError
-from slidefed.common.flower_env import quiet_flower_defaults
+from slidefed.common.flower_env import APPROVED_FAB_ENV, quiet_flower_defaults
 from slidefed.deploy.approval import (
     AppNotApproved,
     audit_refusal,
@@ -219,10 +219,12 @@ def _install_hooks(site_config: Path) -> None:
             fab_file if isinstance(fab_file, bytes) else Path(fab_file).read_bytes()
         )
         try:
-            check_fab(site_config, content)
+            approved = check_fab(site_config, content)
         except AppNotApproved as exc:
             _refuse(site_config, content, pulled)
             raise AppNotApproved(str(exc)) from None
+        # The ClientApp runs in this process: it audits the hash it runs under.
+        os.environ[APPROVED_FAB_ENV] = approved
         return original_install(fab_file, *args, **kwargs)
 
     def get_load_client_app_fn(*args: Any, **kwargs: Any) -> Any:

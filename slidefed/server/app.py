@@ -29,6 +29,7 @@ from slidefed.common.audit.writer import AuditLog
 from slidefed.common.crypto import generate_audit_key, load_audit_key, public_key_path
 from slidefed.common.errors import ConfigError, FederationError
 from slidefed.common.model import build_model, feature_dim
+from slidefed.common.progress_line import format_round_line
 from slidefed.common.run_config import RunConfig, parse_run_config
 from slidefed.server.checkpoints import CheckpointManifest, Checkpoints
 from slidefed.server.config import SERVER_CONFIG_ENV, load_server_config
@@ -43,6 +44,9 @@ from slidefed.server.strategy import (
 from slidefed.server.validation import WEIGHT_KEY, ValidatingMixin, weighted_metrics
 
 logger = logging.getLogger(__name__)
+# Flower forwards what its own logger writes in the ServerApp process to the run's
+# log ('flwr log RUN_ID CONNECTION'); slidefed's per-round line goes there too.
+flower_logger = logging.getLogger("flwr")
 
 app = ServerApp()
 
@@ -170,6 +174,8 @@ def main(grid: Grid, context: Context) -> None:
             config_hash=config_hash(run),
             strategy=run.strategy,
             rounds=run.num_server_rounds,
+            run_name=run.run_name,
+            fab_hash=_fab_hash(grid),
         ),
         run_id=context.run_id,
         round=offset,
@@ -201,6 +207,14 @@ def main(grid: Grid, context: Context) -> None:
             cast(Grid, recovering), run, strategy, arrays, remaining, after_round
         )
     _finish(run_dir, run, context, audit=audit, metrics_log=metrics_log, final=final)
+
+
+def _fab_hash(grid: Grid) -> str:
+    """The SHA-256 of the app (FAB) the SuperLink runs; empty in a simulation."""
+    try:
+        return str(grid.run.fab_hash or "")
+    except (AttributeError, NotImplementedError):
+        return ""
 
 
 def _reply_auditor(
@@ -376,15 +390,26 @@ def _checkpoint(
 
 
 def _log_round(run: RunConfig, absolute: int, row: dict[str, Any]) -> None:
-    logger.info(
-        "round %d/%d: %d sites trained; held-out accuracy %.3f, AUC %.3f "
-        "(from the sites' noised statistics)",
-        absolute,
-        run.num_server_rounds,
-        int(row.get("sites_trained", 0)),
-        float(row.get("accuracy", np.nan)),
-        float(row.get("auc", np.nan)),
+    """The round's line, in the run's log (``flwr log``) and in slidefed's own."""
+    epsilons = [
+        float(v)
+        for v in row.get("epsilon_per_site", {}).values()
+        if isinstance(v, int | float)
+    ]
+    line = format_round_line(
+        server_round=absolute,
+        rounds=run.num_server_rounds,
+        sites_trained=int(row.get("sites_trained", 0)),
+        sites_evaluated=int(row.get("sites_evaluated", 0)),
+        accuracy=row.get("accuracy"),
+        auc=row.get("auc"),
+        epsilon_max=max(epsilons) if epsilons else None,
+        errors=len(row.get("errors", [])) + len(row.get("rejected", [])),
     )
+    flower_logger.info("%s", line)
+    if not flower_logger.isEnabledFor(logging.INFO):
+        # Flower's logger is quiet here (slidefed's own simulation): our log.
+        logger.info("%s", line)
 
 
 def _run_rounds(
@@ -445,11 +470,13 @@ def _finish(
             indent=2,
         )
     )
+    model_file = (run_dir / "final.safetensors").read_bytes()
     audit.append(
         RunFinished(
             final_sha256=hashlib.sha256(
                 b"".join(np.ascontiguousarray(v).tobytes() for v in final.values())
-            ).hexdigest()
+            ).hexdigest(),
+            model_file_sha256=hashlib.sha256(model_file).hexdigest(),
         ),
         run_id=context.run_id,
         round=run.num_server_rounds,

@@ -23,7 +23,12 @@ from flwr.serverapp.strategy import (
 from slidefed.common.arrays import ArraySpec
 from slidefed.common.audit.writer import AuditLog
 from slidefed.common.run_config import RunConfig
-from slidefed.server.validation import WEIGHT_KEY, ValidatingMixin, weighted_metrics
+from slidefed.server.validation import (
+    WEIGHT_KEY,
+    ValidatingMixin,
+    train_metrics,
+    weighted_metrics,
+)
 
 
 class SlidefedFedAvg(ValidatingMixin, FedAvg):
@@ -64,7 +69,7 @@ def build_strategy(
         "min_evaluate_nodes": run.min_sites,
         "min_available_nodes": run.min_sites,
         "weighted_by_key": WEIGHT_KEY,
-        "train_metrics_aggr_fn": weighted_metrics,
+        "train_metrics_aggr_fn": train_metrics,
         "evaluate_metrics_aggr_fn": weighted_metrics,
     }
     strategy: ValidatingMixin

@@ -43,8 +43,38 @@ def _number(value: object) -> float | None:
     return float(value)
 
 
-def weighted_metrics(contents: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Weighted mean of each metric over the replies that carry it."""
+PRIVACY_BOUNDS = {
+    "epsilon": "epsilon_max",
+    "epsilon_round": "epsilon_round_max",
+    "delta": "delta_max",
+}
+"""Train metrics that are each site's own privacy bound, and the name of their
+maximum over the sites. A mean of bounds bounds nothing, so these are never
+averaged."""
+
+_NOISE_MIN = "noise_multiplier_min"
+
+
+def weighted_metrics(
+    contents: list[RecordDict], weight_key: str, *, skip: Iterable[str] = ()
+) -> MetricRecord:
+    """Weighted mean of each metric over the replies that carry it.
+
+    Parameters
+    ----------
+    contents : list of RecordDict
+        The replies' contents (one MetricRecord each).
+    weight_key : str
+        The metric that weighs each reply (summed, not averaged).
+    skip : iterable of str
+        Metrics to leave out.
+
+    Returns
+    -------
+    MetricRecord
+        The means, and the total weight under ``weight_key``.
+    """
+    left_out = set(skip)
     sums: dict[str, float] = {}
     weights: dict[str, float] = {}
     total = 0
@@ -54,7 +84,7 @@ def weighted_metrics(contents: list[RecordDict], weight_key: str) -> MetricRecor
         total += int(w)
         for key, value in record.items():
             number = _number(value)
-            if key == weight_key or number is None:
+            if key == weight_key or key in left_out or number is None:
                 continue
             sums[key] = sums.get(key, 0.0) + w * number
             weights[key] = weights.get(key, 0.0) + w
@@ -62,6 +92,37 @@ def weighted_metrics(contents: list[RecordDict], weight_key: str) -> MetricRecor
         k: sums[k] / weights[k] for k in sums if weights[k] > 0
     }
     out[weight_key] = total
+    return MetricRecord(out)
+
+
+def train_metrics(contents: list[RecordDict], weight_key: str) -> MetricRecord:
+    """The round's train metrics as Flower logs them: privacy bounds never averaged.
+
+    Each site's epsilon and delta are its own bound; their mean is a guarantee of
+    nothing. So they appear as the maximum over the sites (``epsilon_max``,
+    ``epsilon_round_max``, ``delta_max``: the weakest site's guarantee), the noise
+    multiplier as its minimum, and every other metric as the weighted mean.
+
+    Parameters
+    ----------
+    contents : list of RecordDict
+        The valid train replies' contents.
+    weight_key : str
+        The weight metric.
+
+    Returns
+    -------
+    MetricRecord
+        Means of the other metrics, the maxima, the minimum noise, the total weight.
+    """
+    skip = {*PRIVACY_BOUNDS, "noise_multiplier"}
+    out = dict(weighted_metrics(contents, weight_key, skip=skip))
+    for key, name in (*PRIVACY_BOUNDS.items(), ("noise_multiplier", _NOISE_MIN)):
+        values = [
+            v for c in contents if (v := _number(_metrics(c).get(key))) is not None
+        ]
+        if values:
+            out[name] = min(values) if name == _NOISE_MIN else max(values)
     return MetricRecord(out)
 
 
@@ -298,4 +359,10 @@ class ValidatingMixin:
         return metrics
 
 
-__all__ = ["WEIGHT_KEY", "ValidatingMixin", "weighted_metrics"]
+__all__ = [
+    "PRIVACY_BOUNDS",
+    "WEIGHT_KEY",
+    "ValidatingMixin",
+    "train_metrics",
+    "weighted_metrics",
+]

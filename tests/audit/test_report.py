@@ -47,6 +47,8 @@ from slidefed.common.crypto import generate_audit_key
 from tests.audit.builders import aggregated, charge, completed, joined, release
 
 RUNS = (1111111111111111111, 2222222222222222222)
+APP = "9a" * 32
+MODEL_FILE = "5e" * 32
 
 
 # --- a federation of three sites, two runs and a server --------------------------
@@ -71,7 +73,9 @@ class _Site:
         fingerprint = joined(
             line_hash(str(run).encode()),
             manifest_sha256=line_hash(self.log.actor_name.encode()),
-        )
+        ).model_copy(update={"run_name": "grade-v1" if run == RUNS[0] else ""})
+        if run == RUNS[0]:
+            fingerprint = fingerprint.model_copy(update={"fab_hash": APP})
         self.log.append(fingerprint, run_id=run, round=1)
 
     def train(self, run: int, rnd: int, cost: float) -> None:
@@ -97,7 +101,13 @@ def write_federation(root: Path) -> list[Path]:
     b = _Site(_writer(root, "site", "hospital-b", "audit.jsonl"), budget=8.0)
     c = _Site(_writer(root, "site", "hospital-c", "audit.jsonl"), budget=12.0)
     server = _writer(root, "server", "coordinator", "server-audit.jsonl")
-    started = RunStarted(config_hash="c" * 64, strategy="fedavg", rounds=3)
+    started = RunStarted(
+        config_hash="c" * 64,
+        strategy="fedavg",
+        rounds=3,
+        run_name="grade-v1",
+        fab_hash=APP,
+    )
     server.append(started, run_id=RUNS[0], round=0)
     for site in (a, b, c):
         site.join(RUNS[0])
@@ -146,7 +156,8 @@ def write_federation(root: Path) -> list[Path]:
     )
     for rnd in (1, 2, 3):
         server.append(completed(3), run_id=RUNS[0], round=rnd)
-    server.append(RunFinished(final_sha256="0" * 64), run_id=RUNS[0], round=3)
+    finished = RunFinished(final_sha256="0" * 64, model_file_sha256=MODEL_FILE)
+    server.append(finished, run_id=RUNS[0], round=3)
     return [a.log.path, b.log.path, c.log.path, server.path]
 
 
@@ -276,6 +287,51 @@ def test_report_lists_runs_releases_and_refusals(report: Path) -> None:
     assert "no matching release" not in page
     assert "3 of 3, finished" in page  # run 1, from the server's log
     assert "Server coordinator" in page
+
+
+def test_report_names_each_run_its_app_and_its_final_model(report: Path) -> None:
+    page = report.read_text()
+    runs = page[page.index('id="runs"') : page.index('id="sites"')]
+    assert "grade-v1" in runs
+    # The approved app in full, run by the server and every site that joined.
+    assert f"<code>{APP}</code>" in runs
+    assert "run by server, hospital-a, hospital-b, hospital-c" in runs
+    assert f"<code>{MODEL_FILE}</code>" in runs
+    assert "sha256sum final.safetensors" in runs
+    assert "Different apps in one run" not in page
+    # Each site's dataset table names the app its gate approved.
+    site_a = page[page.index('id="site-hospital-a"') :].split("</article>")[0]
+    assert f'<code title="{APP}">{APP[:12]}</code>' in site_a
+
+
+def test_report_says_per_round_epsilons_do_not_add_up(report: Path) -> None:
+    page = " ".join(report.read_text().split())
+    assert page.count("do not add up") == 1 + 3  # the footer, and each site
+    assert "the accountant's figure" in page
+
+
+def test_report_says_which_log_each_line_number_is_of(
+    report: Path, federation: list[Path]
+) -> None:
+    page = report.read_text()
+    server = page[page.index('<article class="server"') :].split("</article>")[0]
+    assert f"<code>{federation[3]}</code>" in server
+    assert 'every "line" below is a line of this file (1-based)' in server
+    assert f'<td class="num" title="{federation[3]}">' in server
+
+
+def test_report_flags_a_run_whose_sites_ran_another_app(tmp_path: Path) -> None:
+    server = _writer(tmp_path, "server", "coordinator", "server-audit.jsonl")
+    site = _writer(tmp_path, "site", "hospital-a", "audit.jsonl")
+    started = RunStarted(config_hash="c" * 64, strategy="fedavg", rounds=1)
+    server.append(started.model_copy(update={"fab_hash": APP}), run_id=3, round=0)
+    site.append(joined().model_copy(update={"fab_hash": "77" * 32}), run_id=3, round=1)
+
+    page = build_report(load_logs([site.path, server.path]))
+
+    assert "Different apps in one run" in page
+    assert f"<code>{APP}</code>" in page
+    assert f"<code>{'77' * 32}</code>" in page
 
 
 def test_report_escapes_every_text_from_the_logs(tmp_path: Path) -> None:

@@ -3,8 +3,10 @@
 One coordinator (``slidefed server init/start/register-site``) and three sites
 (``slidefed site start``: flower-supernode + the approving executor) run as real
 processes, each in its own session and with its own ``FLWR_HOME``; the module shares
-them. Runs are submitted with ``flwr run`` and judged by ``flwr ls`` (``flwr run``
-exits 0 even when a run fails).
+them. The app is built with ``slidefed app build`` and approved by its hash, as the
+guides say; the training run is launched with ``slidefed launch``, other runs are
+submitted with ``flwr run`` and judged by ``flwr ls`` (``flwr run`` exits 0 even when
+a run fails).
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from slidefed.common.crypto import generate_audit_key, generate_node_key
 from slidefed.common.pki import ensure_ca
 from slidefed.demo.synth import synth_site
 from slidefed.deploy.site_node import free_port
-from slidefed.simulation import write_app_dir
 from tests.audit.builders import resign_log
 
 pytestmark = pytest.mark.integration
@@ -148,6 +149,7 @@ class Federation:
     coord: Path
     sites: list[Path]
     node_ids: dict[str, int]
+    app_hash: str = ""
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Any] = field(default_factory=list)
 
@@ -295,7 +297,7 @@ def _health(ca: Path, address: str) -> bool:
         return False
 
 
-def _make_site(fed: Federation, index: int, app: Path) -> Path:
+def _make_site(fed: Federation, index: int, app_hash: str) -> Path:
     """site init, site.toml, node key, app approval and prepared features."""
     folder = fed.root / f"site-{index}"
     toml = str(folder / "site.toml")
@@ -304,7 +306,7 @@ def _make_site(fed: Federation, index: int, app: Path) -> Path:
         f'[site]\nname = "site-{index}"\n\n[policy]\nmin_eval_patients = 3\n'
     )
     fed.run("slidefed", "site", "node-key", "--config", toml)
-    fed.run("slidefed", "site", "approve", "--config", toml, "--app-dir", str(app))
+    fed.run("slidefed", "site", "approve", "--config", toml, "--hash", app_hash)
     fed.run("slidefed", "site", "prepare", "--config", toml, timeout=180)
     return folder
 
@@ -329,7 +331,11 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
             "--superlink-port", str(free_port()),
         )  # fmt: skip
         config = str(coord / "server.toml")
-        app = write_app_dir(root / "slidefed-app")
+        # The researcher builds the app and sends its hash; each site approves it.
+        built = fed.run(
+            "slidefed", "app", "build", "--out", str(root / "slidefed-app"), "--json"
+        )  # fmt: skip
+        fed.app_hash = json.loads(built)["fab_hash"]
         for i in range(N_SITES):
             # Small slides keep preparation short (`slidefed synth site`'s generator).
             synth_site(root / f"site-{i}", patients=12, seed=i, width=1024, height=768)
@@ -340,7 +346,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         # The sites set themselves up side by side while the SuperLink starts.
         with ThreadPoolExecutor(max_workers=N_SITES) as pool:
             fed.sites = list(
-                pool.map(lambda i: _make_site(fed, i, app), range(N_SITES))
+                pool.map(lambda i: _make_site(fed, i, fed.app_hash), range(N_SITES))
             )
         _wait(
             "the SuperLink's /health over TLS", lambda: _health(fed.ca, fed.address), 60
@@ -367,14 +373,23 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
 
 @pytest.fixture(scope="module")
 def training_run(federation: Federation) -> tuple[int, str]:
+    """The run, launched as the researcher guide says; ``launch.out`` keeps its output.
+
+    ``slidefed launch`` exits 0 only when Flower reports ``finished:completed``.
+    """
     run_dir = federation.root / "run"
-    run_id = federation.submit(
-        federation.root / "slidefed-app",
+    out = federation.run(
+        "slidefed", "launch", "slidefed", "--app", str(federation.root / "slidefed-app"),
+        "--run-config",
         f"num-server-rounds={ROUNDS} min-sites={N_SITES} local-epochs=1 "
-        f"run-dir='{run_dir}'",
-    )
-    status = federation.wait_finished(run_id, timeout=240, output=run_dir / "run.json")
-    return run_id, status
+        f"run-dir='{run_dir}' run-name='deploy-test'",
+        home=federation.coord / "state" / "flwr",
+        timeout=900,  # two rounds of three sites on a busy machine
+    )  # fmt: skip
+    (federation.root / "launch.out").write_text(out)
+    last = out.strip().splitlines()[-1]
+    assert last.endswith(" completed"), out
+    return int(last.split()[1]), "finished:completed"
 
 
 @pytest.fixture(scope="module")
@@ -421,9 +436,44 @@ def test_tls_node_auth_federation_completes_two_rounds(
         assert not [
             r for r in events if r["event"] in ("egress_blocked", "app_refused")
         ]
+        # The site audits the app its gate let run, under the run's name.
+        (joined,) = [r for r in events if r["event"] == "run_joined"]
+        assert joined["data"]["fab_hash"] == federation.app_hash
+        assert joined["data"]["run_name"] == "deploy-test"
         federation.run(
             "slidefed", "audit", "verify", str(site / "audit" / "audit.jsonl")
         )
+
+
+def test_launch_submits_the_built_app_and_prints_each_round(
+    federation: Federation, training_run: tuple[int, str]
+) -> None:
+    run_id, _ = training_run
+    out = (federation.root / "launch.out").read_text().splitlines()
+    assert out[0].startswith(f"submitting app {federation.app_hash} ")
+    rounds = [line for line in out if line.startswith("round ")]
+    assert [line.split(":")[0] for line in rounds] == [
+        f"round {r}/{ROUNDS}" for r in range(1, ROUNDS + 1)
+    ], out
+    assert all(f": {N_SITES} sites trained, " in line for line in rounds), rounds
+    # Flower's run log holds slidefed's round lines, and the sites' epsilons only
+    # as their maximum, never as a mean.
+    log = federation.run(
+        "flwr", "log", str(run_id), "slidefed", "--show",
+        home=federation.coord / "state" / "flwr",
+    )  # fmt: skip
+    assert f"slidefed round {ROUNDS}/{ROUNDS}: {N_SITES} sites trained" in log, log
+    assert "'epsilon_max':" in log, log
+    assert "'epsilon':" not in log
+    assert "'delta':" not in log
+    started = [
+        json.loads(line)
+        for line in (federation.root / "run" / "audit" / "server-audit.jsonl")
+        .read_text()
+        .splitlines()
+        if '"run_started"' in line
+    ]
+    assert started[0]["data"]["fab_hash"] == federation.app_hash
 
 
 def test_audit_verify_with_the_pinned_keys_of_server_and_site_init(

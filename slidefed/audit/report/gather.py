@@ -127,6 +127,29 @@ class RunView:
     planned: int | None = None
     strategy: str | None = None
     finished: bool = False
+    names: set[str] = field(default_factory=set)
+    server_apps: set[str] = field(default_factory=set)
+    site_apps: dict[str, set[str]] = field(default_factory=dict)
+    final_sha256: str | None = None
+    model_file_sha256: str | None = None
+
+    def name(self) -> str | None:
+        """The run's ``run-name``, as the server and the sites logged it."""
+        return " / ".join(sorted(self.names)) or None
+
+    def apps(self) -> list[tuple[str, str]]:
+        """(app sha256, who ran it) pairs: the server's app, and each site's.
+
+        A site names the app its approval gate checked; one hash run by the
+        server and every site is one row.
+        """
+        runners: dict[str, list[str]] = {}
+        for digest in sorted(self.server_apps):
+            runners.setdefault(digest, []).append("server")
+        for site in sorted(self.site_apps):
+            for digest in sorted(self.site_apps[site]):
+                runners.setdefault(digest, []).append(site)
+        return [(digest, ", ".join(who)) for digest, who in runners.items()]
 
     def round_span(self) -> str:
         """Return ``first–last (count)`` of the rounds, or ``— (0)``."""
@@ -253,14 +276,35 @@ def _note_run(facts: Facts, record: AuditRecord) -> None:
         run.rounds.add(record.round)
     if record.actor == "site":
         run.sites.add(record.actor_name)
+        if event == "run_joined":
+            _note_names(run, record, record.actor_name)
     elif event == "round_completed" and record.round is not None:
         run.completed.add(record.round)
     elif event in ("run_started", "run_resumed"):
         rounds, strategy = record.data.get("rounds"), record.data.get("strategy")
         run.planned = rounds if isinstance(rounds, int) else run.planned
         run.strategy = strategy if isinstance(strategy, str) else run.strategy
+        _note_names(run, record, None)
     elif event == "run_finished":
         run.finished = True
+        final, file = (
+            record.data.get("final_sha256"),
+            record.data.get("model_file_sha256"),
+        )
+        run.final_sha256 = final if isinstance(final, str) and final else None
+        run.model_file_sha256 = file if isinstance(file, str) and file else None
+
+
+def _note_names(run: RunView, record: AuditRecord, site: str | None) -> None:
+    """The run name and the app (FAB) hash a start or join record names."""
+    name, app = record.data.get("run_name"), record.data.get("fab_hash")
+    if isinstance(name, str) and name:
+        run.names.add(name)
+    if isinstance(app, str) and app:
+        if site is None:
+            run.server_apps.add(app)
+        else:
+            run.site_apps.setdefault(site, set()).add(app)
 
 
 def _note(row: Row, record: AuditRecord) -> Note:

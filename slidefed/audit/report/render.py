@@ -65,6 +65,7 @@ def _context(
             _site_page(facts.sites[name], numbers) for name in sorted(facts.sites)
         ],
         "servers": [facts.servers[name] for name in sorted(facts.servers)],
+        "apps_differ": any(len(run.apps()) > 1 for run in facts.runs.values()),
     }
 
 

@@ -113,9 +113,12 @@ def charge_round(
     input_sha256: str = "",
     eval_noise_multiplier: float = 0.0,
     planned_evaluations: int = 0,
+    run_name: str = "",
+    flower_run_id: int | None = None,
 ) -> Charge:
     """Plan (first round of a run) and charge one training round before it trains.
 
+    A new run's plan keeps its ``run_name`` and ``flower_run_id`` (for the audit log).
     A replay of a charged round (same run, round and ``input_sha256``) is not
     charged again; the module docstring states the policy. ``planned_evaluations``
     evaluations at ``eval_noise_multiplier`` are reserved in the run's grant when it
@@ -130,13 +133,7 @@ def charge_round(
         costs more than it, or it would take the dataset past ``max_epsilon``;
         nothing is charged then.
     """
-    if planned_evaluations < 0:
-        raise ValueError(f"planned_evaluations={planned_evaluations} must be >= 0")
-    if planned_evaluations and eval_noise_multiplier <= 0:
-        raise ValueError(
-            f"{planned_evaluations} planned evaluations need an "
-            f"eval_noise_multiplier > 0, not {eval_noise_multiplier}"
-        )
+    _check_evaluations(planned_evaluations, eval_noise_multiplier)
     request = _Request(
         run_id=run_id,
         server_round=server_round,
@@ -151,6 +148,8 @@ def charge_round(
         input_sha256=input_sha256,
         eval_noise_multiplier=eval_noise_multiplier,
         planned_evaluations=planned_evaluations,
+        run_name=run_name,
+        flower_run_id=flower_run_id,
     )
     with ledger_file.locked() as ledger:
         delta = _adopt_policy(ledger, ledger_file, unit, accountant, delta)
@@ -178,6 +177,17 @@ def charge_round(
         )
 
 
+def _check_evaluations(planned: int, noise_multiplier: float) -> None:
+    """Refuse a negative count, or evaluations planned without noise."""
+    if planned < 0:
+        raise ValueError(f"planned_evaluations={planned} must be >= 0")
+    if planned and noise_multiplier <= 0:
+        raise ValueError(
+            f"{planned} planned evaluations need an "
+            f"eval_noise_multiplier > 0, not {noise_multiplier}"
+        )
+
+
 @dataclass(frozen=True)
 class _Request:
     """One round's charge request, as :func:`charge_round` was called."""
@@ -195,6 +205,8 @@ class _Request:
     input_sha256: str
     eval_noise_multiplier: float
     planned_evaluations: int
+    run_name: str = ""
+    flower_run_id: int | None = None
 
 
 def _adopt_policy(
@@ -288,6 +300,8 @@ def _plan_run(request: _Request, history: list[Step], *, delta: float) -> Ledger
         epsilon_before=before,
         planned_evaluations=request.planned_evaluations,
         eval_noise_multiplier=request.eval_noise_multiplier,
+        run_name=request.run_name,
+        flower_run_id=request.flower_run_id,
     )
 
 

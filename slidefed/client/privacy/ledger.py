@@ -59,7 +59,10 @@ class LedgerRound(BaseModel):
 class LedgerRun(BaseModel):
     """The privacy plan of one run on this dataset.
 
-    ``planned_evaluations`` evaluations at ``eval_noise_multiplier`` are reserved in
+    ``run_id`` is the ledger's id of the run (from its ``run-name`` when it has
+    one, else Flower's run id); ``run_name`` and ``flower_run_id`` are that name
+    and the Flower run in which the plan was made: the ``run_id`` of the audit
+    records of that run. ``planned_evaluations`` evaluations at ``eval_noise_multiplier`` are reserved in
     the run's grant: its training noise was calibrated with them composed in.
     """
 
@@ -75,6 +78,22 @@ class LedgerRun(BaseModel):
     epsilon_before: float = Field(ge=0)
     planned_evaluations: int = Field(default=0, ge=0)
     eval_noise_multiplier: float = Field(default=0.0, ge=0)
+    run_name: str = ""
+    flower_run_id: int | None = None
+
+
+_NAMES = ("run_name", "flower_run_id")
+"""Fields a plan gained later: left out of the anchor while unset, so that the
+anchors of plans written before them still verify."""
+
+
+def _anchored_plan(plan: LedgerRun) -> dict[str, Any]:
+    """A plan as the anchor digests it."""
+    body = plan.model_dump(mode="json")
+    for name in _NAMES:
+        if body.get(name) in ("", None):
+            body.pop(name, None)
+    return body
 
 
 class Ledger(BaseModel):
@@ -126,7 +145,7 @@ class Ledger(BaseModel):
             "unit": self.unit,
             "delta": self.delta,
             "rounds": [r.model_dump(mode="json") for r in rounds],
-            "runs": [p.model_dump(mode="json") for p in self.runs if p.run_id in ids],
+            "runs": [_anchored_plan(p) for p in self.runs if p.run_id in ids],
         }
         text = json.dumps(
             body,

@@ -8,7 +8,10 @@ cannot add a key the auditor does not know, and a record with one reads as
 malformed.
 
 A model's fields are exactly the keys the writers have always written, so logs
-written before these models existed read back unchanged. ``egress_blocked`` has
+written before these models existed read back unchanged; a key added later
+(``run_name`` and ``fab_hash`` of ``run_joined`` and ``run_started``,
+``model_file_sha256`` of ``run_finished``) has a default, so older records still
+read. ``egress_blocked`` has
 two shapes: the training handler's own check writes a ``reason``
 (:class:`EgressBlocked`), the egress guard around the ClientApp writes the rule it
 applied (:class:`EgressGuardBlocked`).
@@ -35,7 +38,13 @@ class AuditEvent(BaseModel):
 
 # ----------------------------------------------------------------- site events
 class RunJoined(AuditEvent):
-    """``run_joined``: the run's config hash and the site's dataset fingerprint."""
+    """``run_joined``: the run's config hash and the site's dataset fingerprint.
+
+    ``run_name`` is the run config's ``run-name`` (the name the site's ledger and
+    ``site budget`` know the run by), and ``fab_hash`` the SHA-256 of the app
+    (FAB) that the site's approval gate checked and let run (empty in a
+    simulation, which has no gate).
+    """
 
     event: ClassVar[str] = "run_joined"
 
@@ -43,6 +52,8 @@ class RunJoined(AuditEvent):
     dataset: dict[str, Any] = Field(
         description="privacy unit, manifest sha256 and counts; never content"
     )
+    run_name: str = ""
+    fab_hash: str = ""
 
 
 class RoundCharged(AuditEvent):
@@ -177,13 +188,20 @@ class AppRefused(_Because):
 
 # ----------------------------------------------------------------- server events
 class RunStarted(AuditEvent):
-    """``run_started`` (server): the run config's hash, strategy and rounds."""
+    """``run_started`` (server): the run config's hash, strategy and rounds.
+
+    ``run_name`` is the run config's ``run-name``; ``fab_hash`` the SHA-256 of the
+    app (FAB) that the SuperLink runs and sends to the sites (empty in a
+    simulation).
+    """
 
     event: ClassVar[str] = "run_started"
 
     config_hash: str
     strategy: str
     rounds: int
+    run_name: str = ""
+    fab_hash: str = ""
 
 
 class RunResumed(RunStarted):
@@ -193,11 +211,17 @@ class RunResumed(RunStarted):
 
 
 class RunFinished(AuditEvent):
-    """``run_finished`` (server): the SHA-256 of the final model's bytes."""
+    """``run_finished`` (server): the final model's hashes.
+
+    ``final_sha256`` is the SHA-256 of the model's raw array bytes, concatenated in
+    the model's order; ``model_file_sha256`` is the SHA-256 of the file
+    ``final.safetensors`` itself (what ``sha256sum final.safetensors`` prints).
+    """
 
     event: ClassVar[str] = "run_finished"
 
     final_sha256: str
+    model_file_sha256: str = ""
 
 
 class RoundCompleted(AuditEvent):

@@ -399,3 +399,28 @@ def test_steps_charged_are_ceil_n_over_b_per_epoch_at_rate_one_over_that(
         row = PrivacyLedger(path).load().rounds[0]
     assert charge.steps == row.steps == per_epoch * epochs
     assert charge.sample_rate == row.sample_rate == 1 / per_epoch
+
+
+def test_a_grant_is_the_target_capped_at_the_maximum_and_never_a_remainder(
+    tmp_path: Path,
+) -> None:
+    # What docs/privacy.md says: a target above max_epsilon is granted the maximum;
+    # a target above what remains is refused, never granted the remainder.
+    fresh = tmp_path / "fresh.json"
+    last = [
+        _charge_run(fresh, 1, r, target=12.0, max_eps=8.0, planned_rounds=2)
+        for r in (1, 2)
+    ][-1]
+    assert 7.5 < last.epsilon_after <= 8.0 + 1e-9
+    spent = tmp_path / "spent.json"
+    for r in (1, 2, 3):
+        first = _charge_run(spent, 1, r, target=5.0, max_eps=8.0)
+    with pytest.raises(PrivacyBudgetExhausted, match="lower target-epsilon to at most"):
+        _charge_run(
+            spent,
+            2,
+            1,
+            target=first.epsilon_max - first.epsilon_after + 0.5,
+            max_eps=8.0,
+        )
+    assert len(PrivacyLedger(spent).load().rounds) == 3

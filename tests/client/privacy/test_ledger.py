@@ -171,3 +171,33 @@ def test_the_anchor_is_the_same_after_a_round_trip_through_the_file(
         ledger.rounds.append(LedgerRound.model_validate(_row(sample_rate=1 / 93)))
         expected = ledger.anchor()
     assert ledger_file.load().anchor() == expected
+
+
+def test_a_plan_written_before_run_names_keeps_its_anchor(tmp_path: Path) -> None:
+    # A ledger file as sites wrote it before plans carried a run name: the anchor
+    # recorded in their audit logs must still verify after the upgrade.
+    old = _ledger_of(2).model_dump(mode="json")
+    for plan in old["runs"]:
+        del plan["run_name"], plan["flower_run_id"]
+    body = {
+        "schema_version": 1,
+        "unit": "patient",
+        "delta": 1e-5,
+        "rounds": old["rounds"],
+        "runs": old["runs"],
+    }
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    import hashlib
+
+    path = tmp_path / "ledger.json"
+    path.write_text(json.dumps(old))
+    assert PrivacyLedger(path).load().anchor() == (
+        2,
+        hashlib.sha256(text.encode("ascii")).hexdigest(),
+    )
+    # A named plan is anchored with its name: renaming it shows.
+    named = _ledger_of(2)
+    named.runs[0] = named.runs[0].model_copy(update={"run_name": "r7"})
+    renamed = _ledger_of(2)
+    renamed.runs[0] = renamed.runs[0].model_copy(update={"run_name": "r8"})
+    assert len({named.anchor()[1], renamed.anchor()[1], _ledger_of(2).anchor()[1]}) == 3

@@ -38,6 +38,8 @@ WRITTEN: dict[str, dict[str, Any]] = {
     "RunJoined": {
         "config_hash": "f" * 64,
         "dataset": {"unit": "patient", "manifest_sha256": "a" * 64, "slides": 80},
+        "run_name": "grade-v1",
+        "fab_hash": "9" * 64,
     },
     "RoundCharged": {
         "noise_multiplier": 0.95,
@@ -77,8 +79,14 @@ WRITTEN: dict[str, dict[str, Any]] = {
         "fab_version": "1.0",
         "reason": "not in approved_apps.toml",
     },
-    "RunStarted": {"config_hash": "d" * 64, "strategy": "fedavg", "rounds": 3},
-    "RunFinished": {"final_sha256": "e" * 64},
+    "RunStarted": {
+        "config_hash": "d" * 64,
+        "strategy": "fedavg",
+        "rounds": 3,
+        "run_name": "grade-v1",
+        "fab_hash": "9" * 64,
+    },
+    "RunFinished": {"final_sha256": "e" * 64, "model_file_sha256": "5" * 64},
     "RoundCompleted": {
         "sites_trained": 3,
         "sites_evaluated": 3,
@@ -144,6 +152,25 @@ def test_a_payload_writes_what_was_always_written(model: type[AuditEvent]) -> No
     payload = model(**data)
 
     assert _json(payload.model_dump()) == _json(data)
+
+
+ADDED = {
+    "RunJoined": ("run_name", "fab_hash"),
+    "RunStarted": ("run_name", "fab_hash"),
+    "RunResumed": ("run_name", "fab_hash"),
+    "RunFinished": ("model_file_sha256",),
+}
+"""Keys writers added later: records written before them read back as before."""
+
+
+@pytest.mark.parametrize("name", sorted(ADDED))
+def test_a_payload_written_before_a_key_was_added_still_reads(name: str) -> None:
+    model = next(m for m in EVENT_MODELS if m.__name__ == name)
+    older = {k: v for k, v in WRITTEN[name].items() if k not in ADDED[name]}
+
+    payload = model.model_validate(older)
+
+    assert all(getattr(payload, key) == "" for key in ADDED[name])
 
 
 @pytest.mark.parametrize("model", EVENT_MODELS, ids=lambda m: m.__name__)
