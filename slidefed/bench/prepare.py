@@ -115,6 +115,7 @@ def bench_prepare(
     dict
         The measurements (see the module docstring).
     """
+    load_before = round(os.getloadavg()[0], 2)
     env = dict(os.environ)
     repo = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
@@ -138,6 +139,8 @@ def bench_prepare(
         "encoder": "hed",
         "cpu_cores": os.cpu_count(),
         "python": platform.python_version(),
+        # Other work on the machine slows every variant; read ratios with it.
+        "load_average_before_after": [load_before, round(os.getloadavg()[0], 2)],
         "local": local,
         "ray": ray,
         "speedup_ray_2_nodes_over_1": round(

@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +40,8 @@ def free_port() -> int:
 
 
 def _ray_bin() -> str:
-    found = shutil.which("ray")
+    beside = Path(sys.executable).parent / "ray"  # the venv's, when not on PATH
+    found = shutil.which("ray") or (str(beside) if beside.is_file() else None)
     if found is None:
         msg = (
             "the 'ray' command is not on PATH; install the site extra (slidefed[site])"
@@ -100,8 +102,12 @@ class LoopbackCluster:
         log.close()
         self.nodes.append(proc)
 
-    def add_node(self, *, cpus: int = 1) -> None:
-        """Start one more node with ``cpus`` CPUs, joined to the head."""
+    def add_node(self, *, cpus: int = 1, timeout: float = START_TIMEOUT) -> None:
+        """Start one more node with ``cpus`` CPUs, joined to the head.
+
+        Waits first for the head to listen: a node that finds no head gives up.
+        """
+        self._wait_for_head(time.monotonic() + timeout)
         self._start([f"--address={self.address}", f"--num-cpus={cpus}"])
 
     def wait(self, *, nodes: int | None = None, timeout: float = START_TIMEOUT) -> None:
@@ -117,13 +123,7 @@ class LoopbackCluster:
 
         want = len(self.nodes) if nodes is None else nodes
         deadline = time.monotonic() + timeout
-        while True:
-            self._check_running()
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                self._sleep_until(deadline, "the head node to listen")
+        self._wait_for_head(deadline)
         ray.init(address=self.address, log_to_driver=False, logging_level=logging.ERROR)
         try:
             while sum(bool(n.get("Alive")) for n in ray.nodes()) < want:  # type: ignore[no-untyped-call]
@@ -131,6 +131,16 @@ class LoopbackCluster:
                 self._sleep_until(deadline, f"{want} Ray nodes")
         finally:
             ray.shutdown()
+
+    def _wait_for_head(self, deadline: float) -> None:
+        while True:
+            self._check_running()
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            except OSError:
+                self._sleep_until(deadline, "the head node to listen")
+            else:
+                return
 
     def _sleep_until(self, deadline: float, what: str) -> None:
         if time.monotonic() > deadline:
@@ -141,7 +151,9 @@ class LoopbackCluster:
     def _check_running(self) -> None:
         for i, proc in enumerate(self.nodes):
             if proc.poll() is not None:
-                msg = f"Ray node {i} exited ({proc.returncode}); see {self.temp_dir}"
+                log = self.temp_dir / f"node{i}.log"
+                tail = log.read_text(errors="replace").splitlines()[-5:]
+                msg = f"Ray node {i} exited ({proc.returncode}): " + " | ".join(tail)
                 raise RuntimeError(msg)
 
     def node_processes(self, index: int) -> dict[int, str]:

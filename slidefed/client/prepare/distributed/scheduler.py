@@ -127,6 +127,8 @@ def connect(address: str) -> Any:
     _probe(address)
     # Keep CUDA_VISIBLE_DEVICES as Ray sets it for GPU tasks only (and quiet).
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # Nothing leaves the site: no usage report to Ray's makers.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         ray.shutdown()
     try:
