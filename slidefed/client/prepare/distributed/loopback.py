@@ -124,7 +124,16 @@ class LoopbackCluster:
         want = len(self.nodes) if nodes is None else nodes
         deadline = time.monotonic() + timeout
         self._wait_for_head(deadline)
-        ray.init(address=self.address, log_to_driver=False, logging_level=logging.ERROR)
+        while True:
+            try:
+                ray.init(
+                    address=self.address,
+                    log_to_driver=False,
+                    logging_level=logging.ERROR,
+                )
+                break
+            except ConnectionError:  # the head listens but is not ready yet
+                self._sleep_until(deadline, "the head node to accept a driver")
         try:
             while sum(bool(n.get("Alive")) for n in ray.nodes()) < want:  # type: ignore[no-untyped-call]
                 self._check_running()

@@ -158,7 +158,8 @@ def check_nodes(ray: Any, slides: Sequence[Path]) -> list[NodeFacts]:
             )
         ).remote([str(p) for p in slides])
         for node in ray.nodes()
-        if node.get("Alive")
+        # A node without CPUs (a head that only coordinates) gets no slide.
+        if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0
     ]
     facts: list[NodeFacts] = ray.get(refs)
     for fact in facts:

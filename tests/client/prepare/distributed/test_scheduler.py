@@ -63,7 +63,11 @@ class _FakeRay(types.ModuleType):
         pass
 
     def nodes(self) -> list[dict[str, Any]]:
-        return [{"NodeID": "n1", "Alive": True}, {"NodeID": "n2", "Alive": True}]
+        cpu = {"CPU": 1.0}
+        return [
+            {"NodeID": "n1", "Alive": True, "Resources": cpu},
+            {"NodeID": "n2", "Alive": True, "Resources": cpu},
+        ]
 
     def cluster_resources(self) -> dict[str, float]:
         return {"CPU": 2.0}
