@@ -86,9 +86,7 @@ def _connect_seconds(address: str) -> float:
 def _ray_runs(site: _Site, env: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     start = time.perf_counter()
-    with LoopbackCluster(head_cpus=0, env=env) as cluster:
-        cluster.add_node(cpus=1)
-        cluster.wait()
+    with LoopbackCluster.started(head_cpus=0, workers=1, env=env) as cluster:
         out["cluster_start_seconds"] = round(time.perf_counter() - start, 1)
         out["connect_seconds"] = _connect_seconds(cluster.address)
         out["1_worker_node"] = site.run("ray1", ray_address=cluster.address)

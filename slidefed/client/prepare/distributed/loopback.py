@@ -32,6 +32,13 @@ START_TIMEOUT = 120.0
 OBJECT_STORE_BYTES = 100_000_000
 
 
+_COUNT_NODES = (
+    "import logging, sys, ray; "
+    "ray.init(address=sys.argv[1], log_to_driver=False, logging_level=logging.ERROR); "
+    "print(sum(bool(n.get('Alive')) for n in ray.nodes()))"
+)
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:
@@ -118,28 +125,32 @@ class LoopbackCluster:
         RuntimeError
             If they are not alive within ``timeout`` seconds, or a node exited.
         """
-        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-        import ray
-
         want = len(self.nodes) if nodes is None else nodes
         deadline = time.monotonic() + timeout
         self._wait_for_head(deadline)
-        while True:
-            try:
-                ray.init(
-                    address=self.address,
-                    log_to_driver=False,
-                    logging_level=logging.ERROR,
-                )
-                break
-            except ConnectionError:  # the head listens but is not ready yet
-                self._sleep_until(deadline, "the head node to accept a driver")
+        while self._alive_nodes(deadline) < want:
+            self._check_running()
+            self._sleep_until(deadline, f"{want} Ray nodes")
+
+    def _alive_nodes(self, deadline: float) -> int:
+        """Nodes the head counts alive, asked from a child process.
+
+        A driver that joins a head which then dies retries for minutes; in a
+        child process with a time limit, that cannot hang this one.
+        """
         try:
-            while sum(bool(n.get("Alive")) for n in ray.nodes()) < want:  # type: ignore[no-untyped-call]
-                self._check_running()
-                self._sleep_until(deadline, f"{want} Ray nodes")
-        finally:
-            ray.shutdown()
+            done = subprocess.run(  # our own interpreter and code
+                [sys.executable, "-c", _COUNT_NODES, self.address],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=max(deadline - time.monotonic(), 1.0),
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return 0
+        lines = done.stdout.split()
+        return int(lines[-1]) if done.returncode == 0 and lines else 0
 
     def _wait_for_head(self, deadline: float) -> None:
         while True:
@@ -208,6 +219,41 @@ class LoopbackCluster:
     def _signal(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
+
+    @classmethod
+    def started(
+        cls,
+        *,
+        head_cpus: int = 1,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+        attempts: int = 3,
+    ) -> LoopbackCluster:
+        """A cluster with ``workers`` more nodes of one CPU, all alive.
+
+        On a loaded machine Ray gives a node 30 s to register and then gives
+        up; the whole cluster is then started again, up to ``attempts`` times.
+
+        Raises
+        ------
+        RuntimeError
+            If the last attempt fails too.
+        """
+        for attempt in range(1, attempts + 1):
+            cluster = cls(head_cpus=head_cpus, env=env)
+            try:
+                for _ in range(workers):
+                    cluster.add_node(cpus=1)
+                cluster.wait()
+            except RuntimeError as exc:
+                cluster.close()
+                if attempt == attempts:
+                    raise
+                logger.warning("Ray cluster did not start (%s); again", exc)
+            else:
+                return cluster
+        msg = "attempts must be at least 1"
+        raise ValueError(msg)
 
     def __enter__(self) -> LoopbackCluster:
         return self

@@ -41,9 +41,7 @@ def cluster() -> Iterator[LoopbackCluster]:
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(REPO), env.get("PYTHONPATH", "")) if p
     )
-    with LoopbackCluster(head_cpus=1, env=env) as found:
-        found.add_node(cpus=1)
-        found.wait()
+    with LoopbackCluster.started(head_cpus=1, workers=1, env=env) as found:
         yield found
 
 
