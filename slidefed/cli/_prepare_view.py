@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 def prepare_with_progress(
-    cfg: SiteConfig, *, workers: int, quiet: bool
+    cfg: SiteConfig, *, workers: int, quiet: bool, ray_address: str | None = None
 ) -> PrepareReport:
     """Prepare every slide of the site under a progress bar (slides, tiles/s).
 
@@ -25,6 +25,8 @@ def prepare_with_progress(
         Worker processes (0: auto).
     quiet : bool
         No progress bar (for ``--json``).
+    ray_address : str, optional
+        Prepare on this Ray cluster (default: ``[prepare] ray_address``).
 
     Returns
     -------
@@ -55,7 +57,9 @@ def prepare_with_progress(
             elapsed = max(time.perf_counter() - started, 1e-9)
             progress.update(task, advance=1, rate=f"{fresh_tiles / elapsed:.0f}")
 
-        return prepare_site(cfg, workers=workers or None, progress=advance)
+        return prepare_site(
+            cfg, workers=workers or None, progress=advance, ray_address=ray_address
+        )
 
 
 def report_lines(cfg: SiteConfig, report: PrepareReport) -> list[str]:

@@ -249,3 +249,40 @@ def bench_utility(
         return
     print(table(result))
     print(f"plot: {result['plot']}")
+
+
+@bench_app.command("prepare")
+def bench_prepare(
+    as_json: JsonOpt = False,
+    patients: Annotated[
+        int, typer.Option(help="Patients of the synthetic site (1-3 slides each).")
+    ] = 6,
+    size: Annotated[int, typer.Option(help="Slide width (px); height is 2/3.")] = 1536,
+) -> None:
+    """Slides/s through Ray (1 and 2 worker nodes) against local preparation."""
+    from slidefed.bench.prepare import bench_prepare as run_bench
+
+    result = run_bench(patients=patients, width=size, height=size * 2 // 3)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    local, ray = result["local"], result["ray"]
+    print(
+        f"{result['slides']} slides, {result['tiles']} tiles, "
+        f"{result['cpu_cores']} cores"
+    )
+    for name, row in [
+        ("local, 1 process", local["1_process"]),
+        ("local, 2 processes", local["2_processes"]),
+        ("Ray, 1 worker node", ray["1_worker_node"]),
+        ("Ray, 2 worker nodes", ray["2_worker_nodes"]),
+    ]:
+        print(
+            f"{name}: {row['slides_per_s']} slides/s ({row['seconds']} s), "
+            f"cache equal to local: {row['cache_equal_to_local']}"
+        )
+    print(
+        f"Ray 2 nodes over 1: {result['speedup_ray_2_nodes_over_1']}x; "
+        f"joining the cluster {ray['connect_seconds']} s per run; "
+        f"per-slide overhead {result['ray_per_slide_overhead_seconds']} s"
+    )

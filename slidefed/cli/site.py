@@ -83,11 +83,20 @@ def site_prepare(
     config: ConfigOpt,
     workers: Annotated[int, typer.Option(help="Worker processes (0: auto).")] = 0,
     as_json: JsonOpt = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="The site's Ray cluster (head node HOST:PORT): prepare there.",
+        ),
+    ] = None,
 ) -> None:
     """Tissue, tiles and features of every slide in the manifest (cached).
 
     Shows progress (slides, tiles/s) and resumes after an interruption: slides
-    already cached are not decoded again. Each skipped slide and each rejected
+    already cached are not decoded again. With --ray (or [prepare] ray_address)
+    the slides are prepared on the hospital's Ray cluster, into the same cache. Each skipped slide and each rejected
     manifest row gets one line with the reason; the report goes to
     state/prepare-report.json. Exits 2 only when no slide is usable or the
     manifest is invalid.
@@ -96,7 +105,7 @@ def site_prepare(
     from slidefed.client.config import load_site_config
 
     cfg = load_site_config(config)
-    report = prepare_with_progress(cfg, workers=workers, quiet=as_json)
+    report = prepare_with_progress(cfg, workers=workers, quiet=as_json, ray_address=ray)
     if as_json:
         print(report.model_dump_json(indent=2))
     else:

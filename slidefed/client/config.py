@@ -61,13 +61,25 @@ class PrepareSection(BaseModel):
     ``max_tile_pixels`` caps the pixels of one stored tile (or strip, or DICOM
     frame), as the file's tags declare it and as the tile's own codestream
     header declares it; a slide with a tile past the cap is skipped, named in
-    the prepare report, and never decoded.
+    the prepare report, and never decoded. The ``ray_*`` settings send the work
+    to the hospital's own Ray cluster instead of this machine's processes.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # At most 8192 x 8192 px: 192 MiB of RGB pixels for the largest tile.
     max_tile_pixels: int = Field(default=MAX_TILE_PIXELS, ge=32 * 32, le=8192 * 8192)
+    # The hospital's own Ray cluster (its head node, HOST:PORT, or "auto"):
+    # slides are prepared there instead of on this machine (``site prepare
+    # --ray`` overrides it). See slidefed.client.prepare.distributed.
+    ray_address: str | None = Field(default=None, min_length=1)
+    # Ray tasks in flight at once (0: twice the cluster's CPUs); bounds memory.
+    ray_max_in_flight: int = Field(default=0, ge=0)
+    # A slide with more tissue tiles than this is split into regions of about
+    # this many tiles (rounded up to whole feature batches), one task each.
+    ray_region_tiles: int = Field(default=4096, ge=1)
+    # GPUs each feature task asks for where the cluster has GPUs (timm encoders).
+    ray_gpus_per_task: float = Field(default=0.5, gt=0.0, le=8.0)
 
 
 class FeaturesSection(BaseModel):

@@ -271,6 +271,7 @@ def prepare_site(
     *,
     workers: int | None = None,
     progress: Callable[[SlideOutcome], None] | None = None,
+    ray_address: str | None = None,
 ) -> PrepareReport:
     """Prepare every slide of the site's manifest; bad slides are skipped.
 
@@ -282,6 +283,10 @@ def prepare_site(
         Worker processes (default: ``tiling.workers``, else up to 4 cores).
     progress : callable, optional
         Called with each slide's outcome as soon as it is known.
+    ray_address : str, optional
+        The site's Ray cluster (default: ``[prepare] ray_address``): uncached
+        slides are prepared on its nodes
+        (:mod:`slidefed.client.prepare.distributed`), into the same cache.
 
     Returns
     -------
@@ -306,7 +311,12 @@ def prepare_site(
     run = _SiteRun(config, manifest, encoder_id, progress, start=start)
     try:
         jobs = _plan_jobs(run)
-        if features.encoder.startswith("timm:"):
+        address = ray_address or config.prepare.ray_address
+        if address:
+            from slidefed.client.prepare.distributed import prepare_on_ray
+
+            prepare_on_ray(address, config, features, jobs, run.record)
+        elif features.encoder.startswith("timm:"):
             _run_in_main(config, features, jobs, n_workers, run.record)
         else:
             _run_in_workers(config, features, jobs, n_workers, run.record)
