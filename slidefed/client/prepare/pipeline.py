@@ -46,6 +46,7 @@ from slidefed.client.prepare.cache import (
 )
 from slidefed.client.prepare.encoders import encoder_cache_id, get_encoder
 from slidefed.client.prepare.prepared import check_prepared, load_site_features
+from slidefed.client.prepare.qc.site_report import write_site_qc
 from slidefed.client.prepare.report import PrepareReport, SlideOutcome
 from slidefed.client.prepare.slide import (
     known_outcome,
@@ -114,7 +115,7 @@ class _SiteRun:
             site=self.config.site.name,
             encoder=self.config.features.encoder,
             encoder_id=self.encoder_id,
-            tiling=tiling_params(self.config.tiling),
+            tiling=tiling_params(self.config.tiling, self.config.qc),
             max_tile_pixels=self.config.prepare.max_tile_pixels,
             manifest_sha256=self.manifest.sha256,
             slides=sorted(self.outcomes, key=lambda o: o.row),
@@ -148,6 +149,7 @@ class _SiteRun:
         final = self.report(complete=True)
         final.write(self.config.state_dir)
         self.memo.save(self.memo_path)
+        write_site_qc(self.config, final)
         return final
 
 
@@ -181,8 +183,9 @@ def _triage(
         )
     seen[digest] = row
     run.signatures[row] = signature
-    key = cache_key(digest, run.encoder_id, tiling_params(run.config.tiling))
-    known = known_outcome(cache, key, entry.slide, row)
+    config = run.config
+    key = cache_key(digest, run.encoder_id, tiling_params(config.tiling, config.qc))
+    known = known_outcome(cache, key, entry.slide, row, qc_dir=config.qc_dir)
     if known is not None:
         return known
     return _Job(row=row, slide=entry.slide, path=path, digest=digest, key=key)
@@ -269,6 +272,8 @@ def _run_in_workers(
                     content_hash=job.digest,
                     row=job.row,
                     max_tile_pixels=cap,
+                    qc=config.qc,
+                    qc_dir=config.qc_dir,
                 )
             )
         return
@@ -280,6 +285,8 @@ def _run_in_workers(
                 content_hash=job.digest,
                 row=job.row,
                 max_tile_pixels=cap,
+                qc=config.qc,
+                qc_dir=config.qc_dir,
             )
             for job in jobs
         ]
