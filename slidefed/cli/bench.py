@@ -103,6 +103,31 @@ def bench_tiling(
         print(f"goal {goal}: {'met' if met else 'NOT met'}")
 
 
+@bench_app.command("qc")
+def bench_qc(
+    as_json: JsonOpt = False,
+    reps: Annotated[int, typer.Option(min=1, help="Interleaved repetitions.")] = 3,
+) -> None:
+    """Slide preparation with QC over without it (goal: QC adds <= 20 %)."""
+    from slidefed.bench.qc import bench_qc as run_bench
+
+    result = run_bench(reps=reps)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    print(
+        f"{len(result['slides'])} slides ({', '.join(result['slides'])}), encoder "
+        f"{result['encoder']}: plain {result['plain_seconds']} s "
+        f"({result['tiles_plain']} tiles), with QC {result['qc_seconds']} s "
+        f"({result['tiles_qc']} tiles)"
+    )
+    met = result["goal_qc_overhead_at_most_20pct"]
+    print(
+        f"ratio_qc_to_plain {result['ratio_qc_to_plain']}; goal QC adds <= 20%: "
+        f"{'met' if met else 'NOT met'}"
+    )
+
+
 @bench_app.command("round")
 def bench_round(
     as_json: JsonOpt = False,

@@ -38,33 +38,40 @@ def _tint(
     img[where] = 0.45 * img[where] + 0.55 * np.asarray(colour, dtype=np.float32)
 
 
+def _small(
+    masks: SlideMasks,
+) -> tuple[NDArray[np.uint8], NDArray[np.bool_], NDArray[np.bool_], NDArray[np.bool_]]:
+    """The thumbnail and its masks at most :data:`THUMB_SIDE` pixels long."""
+    h, w = masks.rgb.shape[:2]
+    step = max(1, -(-max(h, w) // THUMB_SIDE))
+    pick = (slice(None, None, step), slice(None, None, step))
+    return masks.rgb[pick], masks.mask[pick], masks.ink[pick], masks.folds[pick]
+
+
 def draw_overlay(masks: SlideMasks, record: SlideQc) -> Image.Image:
     """The thumbnail with the mask and the artefacts drawn, as an RGB image."""
-    img = masks.rgb.astype(np.float32)
-    _tint(img, masks.ink, COLOURS["ink"])
-    _tint(img, masks.folds, COLOURS["fold"])
-    mask = masks.mask
-    edge = mask & ~ndimage.binary_erosion(mask, iterations=2)
+    rgb, mask, ink, folds = _small(masks)
+    scale = rgb.shape[0] / masks.rgb.shape[0] / masks.downsample
+    img = rgb.astype(np.float32)
+    _tint(img, ink, COLOURS["ink"])
+    _tint(img, folds, COLOURS["fold"])
+    edge = mask & ~ndimage.binary_erosion(mask, iterations=1)
     img[edge] = COLOURS["tissue"]
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
-    side = record.tile_side0 / masks.downsample
+    side = record.tile_side0 * scale
     for x, y, flaw in record.dropped:
-        x0, y0 = x / masks.downsample, y / masks.downsample
+        x0, y0 = x * scale, y * scale
         draw.rectangle(
             (x0, y0, x0 + side - 1, y0 + side - 1), outline=COLOURS[flaw], width=2
         )
-    scale = THUMB_SIDE / max(out.size)
-    if scale < 1.0:
-        size = (max(1, round(out.width * scale)), max(1, round(out.height * scale)))
-        out = out.resize(size, Image.Resampling.BILINEAR)
     return out
 
 
 def write_thumbnail(masks: SlideMasks, record: SlideQc, path: Path) -> None:
     """Write the drawn thumbnail as a PNG at ``path`` (atomically)."""
     buf = io.BytesIO()
-    draw_overlay(masks, record).save(buf, format="PNG", optimize=True)
+    draw_overlay(masks, record).save(buf, format="PNG", compress_level=3)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buf.getvalue())
 

@@ -2,7 +2,7 @@
 
 Focus is measured as the contrast of the finest detail (the image minus its
 Gaussian blur at 1 px) over the contrast of coarser detail (minus its blur at
-4 px), on the central part of each tile: a ratio that does not depend on the
+4 px), on the central part of each tile (exposure too): a ratio that does not depend on the
 stain's strength. On the shared reference slides, sharp tiles score 0.20 or more
 and the same tiles blurred by a Gaussian of 2 px score at most 0.16. Exposure:
 a brightfield tile that is dark overall is under-exposed; a tile whose pixels
@@ -32,12 +32,22 @@ FLAW_TEXT: dict[str, str] = {
 }
 
 
-def _grey(tiles: NDArray[np.uint8], fluorescence: bool) -> NDArray[np.float32]:
+def _crop(tiles: NDArray[np.uint8]) -> NDArray[np.uint8]:
     side = tiles.shape[1]
     lo = max(0, (side - FOCUS_WINDOW) // 2)
     hi = min(side, lo + FOCUS_WINDOW)
-    crop = tiles[:, lo:hi, lo:hi].astype(np.float32)
-    return np.asarray(crop.max(axis=3) if fluorescence else crop.mean(axis=3))
+    return tiles[:, lo:hi, lo:hi]
+
+
+def _grey(crop: NDArray[np.uint8], fluorescence: bool) -> NDArray[np.float32]:
+    r, g, b = (crop[..., c] for c in range(3))
+    if fluorescence:
+        return np.maximum(np.maximum(r, g), b).astype(np.float32)
+    grey = r.astype(np.float32)
+    grey += g
+    grey += b
+    grey /= 3.0
+    return grey
 
 
 def sharpness(tiles: NDArray[np.uint8], *, fluorescence: bool) -> NDArray[np.float32]:
@@ -55,9 +65,9 @@ def sharpness(tiles: NDArray[np.uint8], *, fluorescence: bool) -> NDArray[np.flo
     numpy.ndarray
         (n,) float32: fine-detail contrast over coarse-detail contrast.
     """
-    grey = _grey(tiles, fluorescence)
-    fine = grey - ndimage.gaussian_filter(grey, (0, 1.0, 1.0))
-    coarse = grey - ndimage.gaussian_filter(grey, (0, 4.0, 4.0))
+    grey = _grey(_crop(tiles), fluorescence)
+    fine = grey - ndimage.gaussian_filter(grey, (0, 1.0, 1.0), truncate=3.0)
+    coarse = grey - ndimage.gaussian_filter(grey, (0, 4.0, 4.0), truncate=2.5)
     return np.asarray(
         fine.std(axis=(1, 2)) / np.maximum(coarse.std(axis=(1, 2)), 1e-3),
         dtype=np.float32,
@@ -73,11 +83,14 @@ def tile_flaws(
     """
     if len(tiles) == 0:
         return []
+    # Exposure on the same central square as focus: a quarter of the pixels.
+    crop = _crop(tiles)
+    r, g, b = (crop[..., c] for c in range(3))
     if fluorescence:
-        clipped = (tiles.max(axis=3) == 255).mean(axis=(1, 2))
+        clipped = ((r == 255) | (g == 255) | (b == 255)).mean(axis=(1, 2))
     else:
-        clipped = (tiles.min(axis=3) == 255).mean(axis=(1, 2))
-    brightness = tiles.mean(axis=(1, 2, 3)) / 255.0
+        clipped = ((r == 255) & (g == 255) & (b == 255)).mean(axis=(1, 2))
+    brightness = _grey(crop, False).mean(axis=(1, 2)) / 255.0
     sharp = sharpness(tiles, fluorescence=fluorescence)
     flaws: list[TileFlaw | None] = []
     for i in range(len(tiles)):

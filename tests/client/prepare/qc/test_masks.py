@@ -68,7 +68,7 @@ def _draw_ink(
 def test_pen_ink_in_four_colours_is_left_out_of_the_tissue(shared_data: Path) -> None:
     clean = _masks(shared_data, "aperio/CMU-1-Small-Region.svs")
     assert clean.mpp is not None
-    assert clean.ink.sum() == 0  # no ink on the clean slide
+    assert clean.ink.sum() / clean.tissue.sum() < 0.001  # no ink to speak of
     inked, drawn = _draw_ink(clean.rgb, clean.mpp)
     # Without QC the ink counts as tissue (the problem this stage solves).
     plain = tissue_mask_from_rgb(inked, mpp=clean.mpp)
