@@ -31,6 +31,9 @@ from slidefed.client.slides.pixels import box_reduce
 
 _T = TypeVar("_T", bound=np.generic)
 
+# Pixels sampled to find the glass's colour.
+GLASS_SAMPLE = 65536
+
 # The mask is computed on the coarsest level whose long side is at least this.
 MASK_MIN_SIDE = 512
 # ... and on a thumbnail of that level whose long side is at most this.
@@ -100,10 +103,15 @@ def is_dark_background(rgb: NDArray[np.uint8]) -> bool:
 
 
 def glass_colour(img: NDArray[np.floating]) -> NDArray[np.float32]:
-    """The glass's colour: the median of the brightest tenth of the pixels (0-1)."""
-    brightness = channel_mean(img)
+    """The glass's colour: the median of the brightest tenth of the pixels (0-1).
+
+    Taken on an evenly strided sample of about :data:`GLASS_SAMPLE` pixels.
+    """
+    step = max(1, int(math.sqrt(img.shape[0] * img.shape[1] / GLASS_SAMPLE)))
+    sample = img[::step, ::step]
+    brightness = channel_mean(sample)
     bright = brightness >= np.percentile(brightness, 90)
-    return np.asarray(np.median(img[bright], axis=0), dtype=np.float32)
+    return np.asarray(np.median(sample[bright], axis=0), dtype=np.float32)
 
 
 def brightfield_score(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:

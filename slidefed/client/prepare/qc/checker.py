@@ -9,6 +9,7 @@ thumbnails in ``state/qc``, keyed like the features.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from slidefed.client.prepare.qc.tiles import TileTally, tile_flaws
 from slidefed.client.prepare.tiling import TileBatch, TileGrid
 from slidefed.client.slides.base import SlideSource
 from slidefed.common.fileio import atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 
 class QcStore:
@@ -50,8 +53,13 @@ class QcStore:
         self.root.mkdir(parents=True, exist_ok=True)
         if masks is not None and thumbnail:
             path = self.thumbnail_path(record.key)
-            write_thumbnail(masks, record, path)
-            record = record.model_copy(update={"thumbnail": path.name})
+            try:
+                write_thumbnail(masks, record, path)
+            except (OSError, ValueError) as exc:
+                # A thumbnail is for people; its failure never fails the slide.
+                logger.warning("QC thumbnail not written: %s", exc)
+            else:
+                record = record.model_copy(update={"thumbnail": path.name})
         atomic_write_text(self.record_path(record.key), record.model_dump_json())
         return record
 

@@ -20,7 +20,7 @@ from slidefed.client.prepare.qc.record import SlideQc
 from slidefed.common.fileio import atomic_write_bytes
 
 #: Long side of a drawn thumbnail, in pixels.
-THUMB_SIDE = 768
+THUMB_SIDE = 640
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "tissue": (0, 200, 80),
@@ -59,11 +59,13 @@ def draw_overlay(masks: SlideMasks, record: SlideQc) -> Image.Image:
     img[edge] = COLOURS["tissue"]
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
-    side = record.tile_side0 * scale
+    # On a big slide a tile may be under a pixel of the thumbnail.
+    side = max(record.tile_side0 * scale - 1.0, 1.0)
+    width = 2 if side >= 6 else 1
     for x, y, flaw in record.dropped:
         x0, y0 = x * scale, y * scale
         draw.rectangle(
-            (x0, y0, x0 + side - 1, y0 + side - 1), outline=COLOURS[flaw], width=2
+            (x0, y0, x0 + side, y0 + side), outline=COLOURS[flaw], width=width
         )
     return out
 
@@ -71,7 +73,7 @@ def draw_overlay(masks: SlideMasks, record: SlideQc) -> Image.Image:
 def write_thumbnail(masks: SlideMasks, record: SlideQc, path: Path) -> None:
     """Write the drawn thumbnail as a PNG at ``path`` (atomically)."""
     buf = io.BytesIO()
-    draw_overlay(masks, record).save(buf, format="PNG", compress_level=3)
+    draw_overlay(masks, record).save(buf, format="PNG", compress_level=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buf.getvalue())
 

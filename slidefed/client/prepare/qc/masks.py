@@ -159,18 +159,22 @@ def detect_ink(
 
 
 def detect_folds(
-    rgb: NDArray[np.uint8],
+    img: NDArray[np.float32],
     tissue: NDArray[np.bool_],
     *,
     mpp: float | None,
     qc: QcSection,
 ) -> NDArray[np.bool_]:
-    """Tissue folds: tissue that stays dark and saturated once smoothed."""
+    """Tissue folds: tissue that stays dark and saturated once smoothed.
+
+    ``img`` is the thumbnail as float (0-1), possibly reduced (``mpp`` is its
+    own); the folds come back at the size of ``tissue``.
+    """
     sigma = qc.fold_smooth_um / (mpp or _DEFAULT_MPP)
     # Smooth on a copy reduced to about sigma / 2 per pixel: the same result,
     # at a fraction of the cost.
     k = max(1, int(sigma // 2))
-    img = _reduce(rgb.astype(np.float32) / 255.0, k)
+    img = _reduce(img, k)
     _, sat, _ = hsv(img)
     brightness = ndimage.gaussian_filter(channel_mean(img), sigma / k)
     saturation = ndimage.gaussian_filter(sat, sigma / k)
@@ -178,16 +182,18 @@ def detect_folds(
     return np.asarray(_expand(folds, tissue.shape) & tissue, dtype=bool)
 
 
-def _reduce(img: NDArray[np.float32], k: int) -> NDArray[np.float32]:
-    """Mean over k x k blocks (the edge rows and columns left over are dropped)."""
-    if k <= 1:
-        return img
+def _reduce(
+    img: NDArray[np.generic], k: int, scale: float = 1.0
+) -> NDArray[np.float32]:
+    """Mean over k x k blocks times ``scale``, as float32 (edges left over dropped)."""
     h, w = (img.shape[0] // k) * k, (img.shape[1] // k) * k
-    if h == 0 or w == 0:
-        return img
-    rows = img[:h, :w].reshape(h // k, k, w, *img.shape[2:]).sum(axis=1)
-    blocks = rows.reshape(h // k, w // k, k, *img.shape[2:]).sum(axis=2)
-    return np.asarray(blocks / (k * k), dtype=np.float32)
+    if k <= 1 or h == 0 or w == 0:
+        return np.asarray(img, dtype=np.float32) * np.float32(scale)
+    rest = img.shape[2:]
+    rows = img[:h, :w].reshape(h // k, k, w, *rest).sum(axis=1, dtype=np.float32)
+    blocks = rows.reshape(h // k, w // k, k, *rest).sum(axis=2)
+    blocks *= np.float32(scale / (k * k))
+    return blocks
 
 
 def _expand(mask: NDArray[np.bool_], shape: tuple[int, ...]) -> NDArray[np.bool_]:
@@ -234,21 +240,23 @@ def assess_thumbnail(
         return SlideMasks(
             rgb, downsample, mpp, "fluorescence", tissue, empty, empty, 0.0
         )
-    img = rgb.astype(np.float32) / 255.0
-    glass = glass_colour(img)
+    # Ink and folds are far wider than a cell: look for them on a reduced copy.
+    k = max(1, int(QC_MPP // (mpp or _DEFAULT_MPP)))
+    small = _reduce(rgb, k, 1.0 / 255.0)
+    small_mpp = (mpp or _DEFAULT_MPP) * k
+    glass = glass_colour(small)
     ink = empty
     if qc.ink:
-        k = max(1, int(QC_MPP // (mpp or _DEFAULT_MPP)))
-        small = np.round(_reduce(img, k) * 255.0).astype(np.uint8)
-        ink = _expand(
-            detect_ink(small, mpp=(mpp or _DEFAULT_MPP) * k, qc=qc), rgb.shape
-        )
+        small_u8 = np.round(small * 255.0).astype(np.uint8)
+        ink = _expand(detect_ink(small_u8, mpp=small_mpp, qc=qc), rgb.shape)
     clean = rgb
     if ink.any():
         clean = rgb.copy()
         clean[ink] = np.round(glass * 255.0).astype(np.uint8)
     tissue = tissue_mask_from_rgb(clean, mpp=mpp) & ~ink
-    folds = detect_folds(rgb, tissue, mpp=mpp, qc=qc) if qc.folds else empty
+    folds = empty
+    if qc.folds:
+        folds = detect_folds(small, tissue, mpp=small_mpp, qc=qc)
     return SlideMasks(
         rgb,
         downsample,

@@ -24,7 +24,7 @@ from slidefed.client.config import QcSection
 TileFlaw = Literal["blur", "dark", "bright"]
 
 #: Side of the central square of a tile that focus is measured on (pixels).
-FOCUS_WINDOW = 128
+FOCUS_WINDOW = 112
 FLAW_TEXT: dict[str, str] = {
     "blur": "out of focus",
     "dark": "under-exposed",
