@@ -117,9 +117,9 @@ def bench_qc(
         return
     print(
         f"{len(result['slides'])} slides ({', '.join(result['slides'])}), encoder "
-        f"{result['encoder']}: plain {result['plain_seconds']} s "
-        f"({result['tiles_plain']} tiles), with QC {result['qc_seconds']} s "
-        f"({result['tiles_qc']} tiles)"
+        f"{result['encoder']}: plain {result['plain_cpu_seconds']} s CPU "
+        f"({result['tiles_plain']} tiles), with QC {result['qc_cpu_seconds']} s CPU "
+        f"({result['tiles_qc']} tiles); wall ratio {result['wall_ratio_qc_to_plain']}"
     )
     met = result["goal_qc_overhead_at_most_20pct"]
     print(
