@@ -33,14 +33,21 @@ REAL_SLIDES = (
 )
 
 
-def bench_slides(folder: Path, *, synthetic: int = 2) -> list[Path]:
-    """Synthetic slides written to ``folder``, and the real ones found."""
+def bench_slides(folder: Path, *, synthetic: int = 2, side: int = 3072) -> list[Path]:
+    """Synthetic slides (``side`` x 2/3 ``side`` px) in ``folder``, and the real ones.
+
+    The real reference slides are small crops (50 to 70 tiles each), where the
+    per-slide part of QC (the thumbnail) weighs most; ``side`` sets how much of
+    the set looks like a whole slide instead.
+    """
     from slidefed.demo.synth.slide_writer import write_synthetic_slide
 
     slides = []
     for i in range(synthetic):
         path = folder / f"synth-{i}.tif"
-        write_synthetic_slide(path, seed=100 + i, tumour=bool(i % 2), width=3072)
+        write_synthetic_slide(
+            path, seed=100 + i, tumour=bool(i % 2), width=side, height=side * 2 // 3
+        )
         slides.append(path)
     env = os.environ.get("SLIDEFED_SHARED_DATA")
     shared = Path(env) if env else Path.cwd() / ".." / "shared" / "data"
@@ -95,7 +102,7 @@ def _interleaved(
     )
 
 
-def bench_qc(*, reps: int = 3) -> dict[str, Any]:
+def bench_qc(*, reps: int = 3, side: int = 3072) -> dict[str, Any]:
     """Seconds to prepare the bench slides without and with QC, and the ratio.
 
     The ratio is taken on CPU time (the work done; steady on a shared machine)
@@ -105,6 +112,8 @@ def bench_qc(*, reps: int = 3) -> dict[str, Any]:
     ----------
     reps : int
         Interleaved repetitions of each variant (the median is reported).
+    side : int
+        Width of the two synthetic slides (px).
 
     Returns
     -------
@@ -116,7 +125,7 @@ def bench_qc(*, reps: int = 3) -> dict[str, Any]:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="slidefed-bench-qc-") as tmp:
         work = Path(tmp)
-        slides = bench_slides(work)
+        slides = bench_slides(work, side=side)
         variants = {"plain": None, "qc": QcSection()}
         wall, cpu, tiles = _interleaved(variants, slides, work, reps)
     ratio = cpu["qc"] / cpu["plain"]

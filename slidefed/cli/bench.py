@@ -107,11 +107,14 @@ def bench_tiling(
 def bench_qc(
     as_json: JsonOpt = False,
     reps: Annotated[int, typer.Option(min=1, help="Interleaved repetitions.")] = 3,
+    side: Annotated[
+        int, typer.Option(min=512, help="Width (px) of the two synthetic slides.")
+    ] = 3072,
 ) -> None:
     """Slide preparation with QC over without it (goal: QC adds <= 20 %)."""
     from slidefed.bench.qc import bench_qc as run_bench
 
-    result = run_bench(reps=reps)
+    result = run_bench(reps=reps, side=side)
     if as_json:
         print(json.dumps(result, indent=2))
         return

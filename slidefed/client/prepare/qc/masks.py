@@ -191,7 +191,7 @@ def _reduce(
         return np.asarray(img, dtype=np.float32) * np.float32(scale)
     rest = img.shape[2:]
     rows = img[:h, :w].reshape(h // k, k, w, *rest).sum(axis=1, dtype=np.float32)
-    blocks = rows.reshape(h // k, w // k, k, *rest).sum(axis=2)
+    blocks: NDArray[np.float32] = rows.reshape(h // k, w // k, k, *rest).sum(axis=2)
     blocks *= np.float32(scale / (k * k))
     return blocks
 
