@@ -33,7 +33,7 @@ REAL_SLIDES = (
 )
 
 
-def bench_slides(folder: Path, *, synthetic: int = 2, side: int = 3072) -> list[Path]:
+def bench_slides(folder: Path, *, synthetic: int = 2, side: int = 6144) -> list[Path]:
     """Synthetic slides (``side`` x 2/3 ``side`` px) in ``folder``, and the real ones.
 
     The real reference slides are small crops (50 to 70 tiles each), where the
@@ -102,7 +102,7 @@ def _interleaved(
     )
 
 
-def bench_qc(*, reps: int = 3, side: int = 3072) -> dict[str, Any]:
+def bench_qc(*, reps: int = 3, side: int = 6144) -> dict[str, Any]:
     """Seconds to prepare the bench slides without and with QC, and the ratio.
 
     The ratio is taken on CPU time (the work done; steady on a shared machine)

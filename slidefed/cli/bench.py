@@ -109,7 +109,7 @@ def bench_qc(
     reps: Annotated[int, typer.Option(min=1, help="Interleaved repetitions.")] = 3,
     side: Annotated[
         int, typer.Option(min=512, help="Width (px) of the two synthetic slides.")
-    ] = 3072,
+    ] = 6144,
 ) -> None:
     """Slide preparation with QC over without it (goal: QC adds <= 20 %)."""
     from slidefed.bench.qc import bench_qc as run_bench
