@@ -87,6 +87,7 @@ def report_lines(cfg: SiteConfig, report: PrepareReport) -> list[str]:
     for line, reason in report.rejected_rows:
         name = by_line.get(line) or "?"
         lines.append(f"manifest line {line} ({name}) rejected: {reason}")
+    lines += qc_lines(cfg)
     ok = sum(s.status == "ok" for s in report.slides)
     cached = sum(s.status == "cached" for s in report.slides)
     tiles = sum(s.tiles for s in report.usable)
@@ -95,6 +96,37 @@ def report_lines(cfg: SiteConfig, report: PrepareReport) -> list[str]:
         f"{cached} cached, {len(report.skipped)} skipped), {tiles} tiles, "
         f"{report.seconds:.1f} s, {report.tiles_per_second:.0f} tiles/s; "
         f"report in {cfg.state_dir / 'prepare-report.json'}"
+    )
+    return lines
+
+
+def qc_lines(cfg: SiteConfig) -> list[str]:
+    """One line per slide with a QC warning, then the QC summary ([] without QC).
+
+    Parameters
+    ----------
+    cfg : SiteConfig
+        The site.
+
+    Returns
+    -------
+    list of str
+        Lines to print.
+    """
+    from slidefed.client.prepare.qc import load_site_qc
+
+    qc = load_site_qc(cfg) if cfg.qc.enabled else None
+    if qc is None or not qc.slides:
+        return []
+    lines = [
+        f"QC warning {s.slide}: {'; '.join(s.reasons)}"
+        for s in qc.slides
+        if s.verdict == "warn"
+    ]
+    lines.append(
+        f"QC: {qc.count('pass')} pass, {qc.count('warn')} warn, "
+        f"{qc.count('fail')} fail (skipped); thumbnails and qc-report.json in "
+        f"{cfg.qc_dir}; the page: 'slidefed site qc --config SITE.toml --out qc.html'"
     )
     return lines
 
@@ -113,4 +145,4 @@ def _manifest_slides(path: Path) -> dict[int, str]:
     return slides
 
 
-__all__ = ["prepare_with_progress", "report_lines"]
+__all__ = ["prepare_with_progress", "qc_lines", "report_lines"]

@@ -132,6 +132,34 @@ def bench_dicomweb(
     )
 
 
+@bench_app.command("qc")
+def bench_qc(
+    as_json: JsonOpt = False,
+    reps: Annotated[int, typer.Option(min=1, help="Interleaved repetitions.")] = 3,
+    side: Annotated[
+        int, typer.Option(min=512, help="Width (px) of the two synthetic slides.")
+    ] = 6144,
+) -> None:
+    """Slide preparation with QC over without it (goal: QC adds <= 20 %)."""
+    from slidefed.bench.qc import bench_qc as run_bench
+
+    result = run_bench(reps=reps, side=side)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    print(
+        f"{len(result['slides'])} slides ({', '.join(result['slides'])}), encoder "
+        f"{result['encoder']}: plain {result['plain_cpu_seconds']} s CPU "
+        f"({result['tiles_plain']} tiles), with QC {result['qc_cpu_seconds']} s CPU "
+        f"({result['tiles_qc']} tiles); wall ratio {result['wall_ratio_qc_to_plain']}"
+    )
+    met = result["goal_qc_overhead_at_most_20pct"]
+    print(
+        f"ratio_qc_to_plain {result['ratio_qc_to_plain']}; goal QC adds <= 20%: "
+        f"{'met' if met else 'NOT met'}"
+    )
+
+
 @bench_app.command("round")
 def bench_round(
     as_json: JsonOpt = False,

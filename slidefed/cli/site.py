@@ -1,6 +1,6 @@
 """``slidefed site ...``: commands for hospital IT.
 
-``init``, ``prepare`` and ``budget`` look after the site's data and privacy budget;
+``init``, ``prepare``, ``qc`` and ``budget`` look after the site's data and privacy budget;
 ``node-key``, ``start``, ``doctor`` and ``approve`` run the site's node (the work
 is done by :mod:`slidefed.deploy`).
 """
@@ -197,6 +197,56 @@ def site_import_dicomweb(
         f"already there); set each row's label, then run "
         f"'slidefed site prepare --config {config}'"
     )
+
+
+@site_app.command("qc")
+def site_qc(
+    config: ConfigOpt,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="The HTML page to write.")
+    ] = Path("qc.html"),
+    workers: Annotated[int, typer.Option(help="Worker processes (0: auto).")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Quality control of every slide: tissue, pen ink, folds, focus, exposure.
+
+    Prepares what is not prepared yet (QC runs as part of preparation; cached
+    slides keep their QC), then writes one self-contained HTML page with each
+    slide's verdict, reasons and thumbnail (mask and artefacts drawn). The page,
+    thumbnails and state/qc/qc-report.json stay on site.
+    """
+    from slidefed.cli._prepare_view import prepare_with_progress, qc_lines
+    from slidefed.client.config import load_site_config
+    from slidefed.client.prepare.qc import load_site_qc
+    from slidefed.client.prepare.qc.html import write_qc_html
+
+    cfg = load_site_config(config)
+    if cfg.tiles is not None:
+        raise ConfigError(
+            f"{config} describes a site of labelled tiles ([tiles]); QC is for "
+            "whole slides named in the manifest"
+        )
+    if not cfg.qc.enabled:
+        raise ConfigError(
+            f"QC is off in {config} ([qc] enabled = false); set enabled = true"
+        )
+    prepare_with_progress(cfg, workers=workers, quiet=as_json)
+    report = load_site_qc(cfg)
+    if report is None:
+        raise ConfigError(
+            f"no QC report in {cfg.qc_dir}; run 'slidefed site prepare --config "
+            f"{config}' and look at its messages"
+        )
+    page = write_qc_html(report, cfg.qc_dir, out)
+    if as_json:
+        print(report.model_dump_json(indent=2))
+        return
+    for s in report.slides:
+        if s.verdict == "fail":
+            print(f"QC failed {s.slide} (skipped): {'; '.join(s.reasons)}")
+    for line in qc_lines(cfg):
+        print(line)
+    print(f"wrote {page}")
 
 
 @site_app.command("budget")

@@ -82,6 +82,61 @@ class PrepareSection(BaseModel):
     ray_gpus_per_task: float = Field(default=0.5, gt=0.0, le=8.0)
 
 
+class QcSection(BaseModel):
+    """Quality control of each slide and tile (``[qc]``), as a pathology lab runs it.
+
+    Tissue is found on a thumbnail, pen ink and folds are found there and left
+    out of the tissue mask; each tissue tile is then checked for focus and
+    exposure at the working resolution, and a tile that fails is dropped. A slide
+    whose dropped share reaches ``fail_tile_fraction`` (or that keeps no tile)
+    fails QC and is skipped like an unreadable slide; one past a ``warn_*`` limit
+    gets a warning. The defaults hold on the consortium's reference slides.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    # Pen ink: a strong green, blue, red or near-black colour over a stroke at
+    # least ``ink_width_um`` wide (nuclei are smaller and never match).
+    ink: bool = True
+    ink_width_um: float = Field(default=8.0, gt=0.0, le=500.0)
+    # Folds: tissue darker than this (0-1, on the thumbnail smoothed over
+    # ``fold_smooth_um``) and more saturated than ``fold_saturation``.
+    folds: bool = True
+    fold_brightness: float = Field(default=0.3, ge=0.0, le=1.0)
+    fold_saturation: float = Field(default=0.5, ge=0.0, le=1.0)
+    fold_smooth_um: float = Field(default=15.0, gt=0.0, le=500.0)
+    # Focus: a tile whose sharpness (fine-detail contrast over overall contrast)
+    # is below this is out of focus.
+    min_sharpness: float = Field(default=0.18, ge=0.0, le=1.0)
+    # Exposure: a brightfield tile darker than ``min_brightness`` (mean, 0-1) is
+    # under-exposed; a tile with more than ``max_clipped_fraction`` of its pixels
+    # clipped (255 in every channel, or any channel for fluorescence) is
+    # over-exposed.
+    min_brightness: float = Field(default=0.15, ge=0.0, le=1.0)
+    max_clipped_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
+    # Verdict: shares of the slide's tissue tiles dropped, of its tissue under
+    # ink, and under folds.
+    warn_tile_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+    fail_tile_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
+    warn_ink_fraction: float = Field(default=0.01, ge=0.0, le=1.0)
+    warn_fold_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+    # The slides the encoder and task expect; "auto": brightfield (H&E) for the
+    # ``hed`` encoder and ``timm:`` pathology encoders.
+    modality: Literal["auto", "brightfield", "fluorescence", "any"] = "auto"
+    # Thumbnails with the mask and the artefacts drawn (state/qc/*.png).
+    thumbnails: bool = True
+
+    @model_validator(mode="after")
+    def _warn_below_fail(self) -> QcSection:
+        if self.warn_tile_fraction > self.fail_tile_fraction:
+            raise ValueError(
+                f"qc.warn_tile_fraction={self.warn_tile_fraction} is above "
+                f"qc.fail_tile_fraction={self.fail_tile_fraction}; set it lower"
+            )
+        return self
+
+
 class FeaturesSection(BaseModel):
     """The frozen encoder that turns tiles into feature vectors."""
 
@@ -217,6 +272,7 @@ class SiteConfig(BaseModel):
     tiling: TilingSection = TilingSection()
     features: FeaturesSection = FeaturesSection()
     prepare: PrepareSection = PrepareSection()
+    qc: QcSection = QcSection()
     tiles: TilesSection | None = None
     policy: SitePolicy = SitePolicy()
     dicomweb: DicomWebSection | None = None
@@ -250,6 +306,11 @@ class SiteConfig(BaseModel):
     def cache_dir(self) -> Path:
         """Absolute folder of the feature cache."""
         return self.state_dir / "cache"
+
+    @property
+    def qc_dir(self) -> Path:
+        """Absolute folder of the QC records, thumbnails and report."""
+        return self.state_dir / "qc"
 
     @property
     def ledger_path(self) -> Path:
@@ -304,6 +365,7 @@ __all__ = [
     "DEFAULT_MAX_UPDATE_BYTES",
     "DicomWebSection",
     "FeaturesSection",
+    "QcSection",
     "SiteConfig",
     "SitePolicy",
     "SiteSection",

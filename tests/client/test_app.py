@@ -125,7 +125,8 @@ def test_cosine_schedule_shrinks_the_step_the_site_takes_by_round(
     }
     first = app(_message("train", 1), _context(site_toml, **run))
     third = app(_message("train", 3), _context(site_toml, **run))
-    assert not first.has_error() and not third.has_error()
+    assert not first.has_error()
+    assert not third.has_error()
     assert _largest_step(first) == pytest.approx(0.01, rel=1e-3)
     # Round 3 of 3: lr * (1 + cos(2 pi / 3)) / 2 = lr / 4.
     assert _largest_step(third) == pytest.approx(0.0025, rel=1e-3)

@@ -223,13 +223,15 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             "slidefed", "server", "init", str(coord), "--port", str(port),
             "--superlink-port", str(free_port()),
         )  # fmt: skip
-        write_app_dir(dep.app)
+        # The researcher builds the app and sends its hash; each site approves it.
+        built = fed.run("slidefed", "app", "build", "--out", str(dep.app), "--json")
+        app_hash = json.loads(built)["fab_hash"]
         for i in range(N_SITES):
             synth_site(root / f"site-{i}", patients=12, seed=i, width=1024, height=768)
         dep.start_superlink()
         with ThreadPoolExecutor(max_workers=N_SITES) as pool:
             fed.sites = list(
-                pool.map(lambda i: _make_site(fed, i, dep.app), range(N_SITES))
+                pool.map(lambda i: _make_site(fed, i, app_hash), range(N_SITES))
             )
         for site in fed.sites:
             # The module's runs all train on these sites: room for all of them

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from pydantic import BaseModel, ConfigDict
 
@@ -54,6 +54,7 @@ from slidefed.client.prepare.prepared import (
     load_site_features,
     prepare_command,
 )
+from slidefed.client.prepare.qc.site_report import write_site_qc
 from slidefed.client.prepare.report import PrepareReport, SlideOutcome
 from slidefed.client.prepare.slide import (
     known_outcome,
@@ -135,7 +136,7 @@ class _SiteRun:
             site=self.config.site.name,
             encoder=self.config.features.encoder,
             encoder_id=self.encoder_id,
-            tiling=tiling_params(self.config.tiling),
+            tiling=tiling_params(self.config.tiling, self.config.qc),
             max_tile_pixels=self.config.prepare.max_tile_pixels,
             manifest_sha256=self.manifest.sha256,
             slides=sorted(self.outcomes, key=lambda o: o.row),
@@ -173,6 +174,7 @@ class _SiteRun:
         final = self.report(complete=True)
         final.write(self.config.state_dir)
         self.memo.save(self.memo_path)
+        write_site_qc(self.config, final)
         return final
 
 
@@ -208,8 +210,9 @@ def _triage(
         )
     seen[digest] = row
     run.signatures[row] = signature
-    key = cache_key(digest, run.encoder_id, tiling_params(run.config.tiling))
-    known = known_outcome(cache, key, entry.slide, row)
+    config = run.config
+    key = cache_key(digest, run.encoder_id, tiling_params(config.tiling, config.qc))
+    known = known_outcome(cache, key, entry.slide, row, qc_dir=config.qc_dir)
     if known is not None:
         return known
     return _Job(row=row, slide=entry.slide, path=path, digest=digest, key=key)
@@ -313,9 +316,17 @@ def prepare_site(
         jobs = _plan_jobs(run)
         address = ray_address or config.prepare.ray_address
         if address:
-            from slidefed.client.prepare.distributed import prepare_on_ray
+            from slidefed.client.prepare.distributed import SlideJob, prepare_on_ray
 
-            prepare_on_ray(address, config, features, jobs, run.record)
+            # Slides on the archive are read here; files go to the cluster.
+            files = [j for j in jobs if isinstance(j.path, Path)]
+            jobs = [j for j in jobs if not isinstance(j.path, Path)]
+            if files:
+                prepare_on_ray(
+                    address, config, features, cast(list[SlideJob], files), run.record
+                )
+        if address and not jobs:
+            pass
         elif features.encoder.startswith("timm:"):
             _run_in_main(config, features, jobs, n_workers, run.record)
         else:
@@ -360,6 +371,8 @@ def _run_in_workers(
                     content_hash=job.digest,
                     row=job.row,
                     max_tile_pixels=cap,
+                    qc=config.qc,
+                    qc_dir=config.qc_dir,
                 )
             )
         return
@@ -371,6 +384,8 @@ def _run_in_workers(
                 content_hash=job.digest,
                 row=job.row,
                 max_tile_pixels=cap,
+                qc=config.qc,
+                qc_dir=config.qc_dir,
             )
             for job in jobs
         ]

@@ -76,9 +76,14 @@ def _check_settings(config: SiteConfig, report: PrepareReport) -> None:
             f"features were prepared with encoder {report.encoder!r}, but "
             f"features.encoder is {config.features.encoder!r}",
         )
-    if report.tiling != tiling_params(config.tiling):
+    params = tiling_params(config.tiling, config.qc)
+    if report.tiling != params:
+        prepared = dict(report.tiling or {})
+        what = "[qc]" if prepared.pop("qc", None) != params.pop("qc", None) else ""
+        if prepared != params:
+            what = "[tiling]"
         raise _refuse(
-            config, "features were prepared with another [tiling] than site.toml sets"
+            config, f"features were prepared with another {what} than site.toml sets"
         )
 
 

@@ -48,6 +48,12 @@ class SlideOutcome(BaseModel):
         Names, sizes and modification times of the slide's files when it was
         hashed (:func:`~slidefed.client.prepare.cache.slide_signature`): a round
         refuses a slide whose files changed since.
+    qc : str
+        The slide's QC verdict (``pass``, ``warn``, ``fail``; "" when QC did
+        not see it). A slide that failed QC is ``skipped``; its reasons are in
+        its QC record (``state/qc``).
+    qc_dropped_tiles : int
+        Tiles QC dropped (out of focus, under- or over-exposed).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -62,6 +68,8 @@ class SlideOutcome(BaseModel):
     unreadable_tiles: int = 0
     decoded_tiles: int = 0
     signature: str = ""
+    qc: str = ""
+    qc_dropped_tiles: int = 0
 
 
 class PrepareReport(BaseModel):

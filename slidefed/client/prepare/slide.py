@@ -14,6 +14,12 @@ a stored tile past the site's pixel cap
 (:class:`~slidefed.common.errors.SlideDecodeRefused`) is skipped too, but not
 remembered: the next ``site prepare`` checks it again against the cap then in
 force, still without decoding the refused tile.
+
+With ``[qc]`` enabled (the default of a site), each slide goes through its QC
+(:mod:`slidefed.client.prepare.qc`): the tile grid is laid on the QC mask (pen
+ink and folds left out), tiles that fail focus or exposure are dropped before
+they are encoded, and a slide that fails QC is skipped and remembered like an
+unreadable one. Its QC record and thumbnail go to ``state/qc``.
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ from numpy.typing import NDArray
 from slidefed.client.config import (
     MAX_TILE_PIXELS,
     FeaturesSection,
+    QcSection,
     SiteConfig,
     TilingSection,
 )
 from slidefed.client.prepare.cache import FeatureCache, cache_key, slide_sha256
 from slidefed.client.prepare.encoders import Encoder, get_encoder
+from slidefed.client.prepare.qc.checker import QcStore, SlideChecker
 from slidefed.client.prepare.report import SlideOutcome
 from slidefed.client.prepare.tiling import (
     GRID_VERSION,
@@ -52,15 +60,20 @@ from slidefed.common.errors import SlideDecodeRefused, SlideReadError
 _Collected = tuple[list[NDArray[np.float32]], list[tuple[int, int]], list[str]]
 
 
-def tiling_params(tiling: TilingSection) -> dict[str, object]:
-    """The tiling parameters that key the feature cache."""
-    return {
+def tiling_params(
+    tiling: TilingSection, qc: QcSection | None = None
+) -> dict[str, object]:
+    """The tiling parameters that key the feature cache (QC's thresholds too)."""
+    params: dict[str, object] = {
         "target_mpp": tiling.target_mpp,
         "tile_size": tiling.tile_size,
         "tissue_fraction": tiling.tissue_fraction,
         "fallback_mpp": tiling.fallback_mpp,
         "grid": GRID_VERSION,
     }
+    if qc is not None and qc.enabled:
+        params["qc"] = qc.model_dump(mode="json", exclude={"thumbnails", "enabled"})
+    return params
 
 
 def _content_hash(path: Path | DicomWebRef) -> str:
@@ -73,15 +86,31 @@ def _content_hash(path: Path | DicomWebRef) -> str:
 
 
 def known_outcome(
-    cache: FeatureCache, key: str, slide_rel: str, row: int
+    cache: FeatureCache,
+    key: str,
+    slide_rel: str,
+    row: int,
+    *,
+    qc_dir: Path | None = None,
 ) -> SlideOutcome | None:
     """The outcome of a slide whose features, or skip, are cached; else None."""
+    record = QcStore(qc_dir).load(key) if qc_dir is not None else None
+    verdict = record.verdict if record is not None else ""
     if cache.has(key):
         n = len(cache.load(key))
-        return SlideOutcome(slide=slide_rel, status="cached", tiles=n, key=key, row=row)
+        return SlideOutcome(
+            slide=slide_rel, status="cached", tiles=n, key=key, row=row, qc=verdict
+        )
     reason = cache.load_skip(key)
     if reason is not None:
-        return SlideOutcome(slide=slide_rel, status="skipped", reason=reason, row=row)
+        return SlideOutcome(
+            slide=slide_rel,
+            status="skipped",
+            reason=reason,
+            row=row,
+            key=key if record is not None else "",
+            qc=verdict,
+        )
     return None
 
 
@@ -115,6 +144,27 @@ def _collect(
     return parts, coords, failed
 
 
+def _qc_verdict(
+    checker: SlideChecker | None,
+    qc_dir: Path | None,
+    *,
+    slide_rel: str,
+    row: int,
+    key: str,
+    grid: TileGrid | None,
+) -> tuple[str, str, int]:
+    """Record the slide's QC; its verdict, the reason to skip it, tiles dropped."""
+    if checker is None or grid is None:
+        return "", "", 0
+    record = checker.record(slide=slide_rel, row=row, key=key, grid=grid)
+    if qc_dir is not None:
+        QcStore(qc_dir).save(record, checker.masks, thumbnail=checker.qc.thumbnails)
+    dropped = record.tiles_seen - record.tiles_kept
+    if record.verdict == "fail":
+        return record.verdict, f"failed QC: {'; '.join(record.reasons)}", dropped
+    return record.verdict, "", dropped
+
+
 def _finish(
     slide_rel: str,
     row: int,
@@ -123,20 +173,31 @@ def _finish(
     collected: _Collected,
     decoded: int,
     start: float,
+    qc: tuple[str, str, int] = ("", "", 0),
 ) -> SlideOutcome:
-    """Save a slide's features (if any) and describe the outcome."""
+    """Save a slide's features (if any) and describe the outcome.
+
+    ``qc`` is the slide's QC verdict, the reason it failed QC ("" when it did
+    not) and the tiles QC dropped.
+    """
     parts, coords, failed = collected
+    verdict, qc_reason, qc_dropped = qc
     seconds = round(time.perf_counter() - start, 3)
-    if not coords:
-        reason = f"all {len(failed)} tissue tiles unreadable ({failed[0]})"
+    if qc_reason or not coords:
+        reason = qc_reason or f"all {len(failed)} tissue tiles unreadable ({failed[0]})"
+        if qc_reason:
+            cache.save_skip(key, reason)
         return SlideOutcome(
             slide=slide_rel,
             status="skipped",
             reason=reason,
             row=row,
+            key=key if qc_reason else "",
             unreadable_tiles=len(failed),
             decoded_tiles=decoded,
             seconds=seconds,
+            qc=verdict,
+            qc_dropped_tiles=qc_dropped,
         )
     feats = np.concatenate(parts).astype(np.float32)
     cache.save(key, feats, np.asarray(coords, dtype=np.int64))
@@ -151,6 +212,8 @@ def _finish(
         unreadable_tiles=len(failed),
         decoded_tiles=decoded,
         seconds=seconds,
+        qc=verdict,
+        qc_dropped_tiles=qc_dropped,
     )
 
 
@@ -163,20 +226,24 @@ def _read_and_encode(
     cache: FeatureCache,
     key: str,
     max_tile_pixels: int,
-) -> tuple[_Collected, int]:
-    """Encode the tissue tiles of one slide, read here; and the tiles decoded.
+    checker: SlideChecker | None = None,
+) -> tuple[_Collected, int, TileGrid]:
+    """Encode the tissue tiles of one slide, read here; the tiles decoded; the grid.
 
     A :class:`SlideReadError` is remembered in ``cache`` under ``key`` when the
     slide itself caused it, then raised.
     """
     try:
         with open_slide(path, max_tile_pixels=max_tile_pixels) as slide:
-            grid = plan_tiles(slide, tiling)
+            mask = checker.assess(slide) if checker is not None else None
+            grid = plan_tiles(slide, tiling, mask=mask)
             if not grid.coords:
                 raise SlideReadError(str(path), "no tissue found")
             batches = iter_tiles(slide, grid, batch_size, skip_unreadable=True)
+            if checker is not None:
+                batches = checker.filter(batches)
             collected = _collect(batches, encoder.encode)
-            return collected, int(getattr(slide, "tiles_decoded", 0))
+            return collected, int(getattr(slide, "tiles_decoded", 0)), grid
     except SlideReadError as exc:
         _remember_skip(cache, key, exc)
         raise
@@ -193,6 +260,8 @@ def prepare_slide(
     encoder: Encoder | None = None,
     row: int = 0,
     max_tile_pixels: int = MAX_TILE_PIXELS,
+    qc: QcSection | None = None,
+    qc_dir: Path | None = None,
 ) -> SlideOutcome:
     """Features of one slide, from the cache when its content is unchanged.
 
@@ -215,6 +284,10 @@ def prepare_slide(
     max_tile_pixels : int
         The site's cap on pixels per stored tile (``[prepare]``); a slide with
         a tile past it is skipped, that tile undecoded.
+    qc : QcSection, optional
+        The site's ``[qc]``; None (or ``enabled = false``): no QC.
+    qc_dir : Path, optional
+        Where QC records and thumbnails go (``state/qc``).
 
     Returns
     -------
@@ -231,11 +304,12 @@ def prepare_slide(
             features.encoder, weights=features.weights, batch_size=features.batch_size
         )
         digest = content_hash or _content_hash(path)
-        key = cache_key(digest, enc.encoder_id, tiling_params(tiling))
-        known = known_outcome(cache, key, slide_rel, row)
+        key = cache_key(digest, enc.encoder_id, tiling_params(tiling, qc))
+        known = known_outcome(cache, key, slide_rel, row, qc_dir=qc_dir)
         if known is not None:
             return known
-        collected, decoded = _read_and_encode(
+        checker = SlideChecker(qc, features.encoder) if qc and qc.enabled else None
+        collected, decoded, grid = _read_and_encode(
             path,
             tiling,
             features.batch_size,
@@ -243,12 +317,16 @@ def prepare_slide(
             cache=cache,
             key=key,
             max_tile_pixels=max_tile_pixels,
+            checker=checker,
         )
     except SlideReadError as exc:
         return SlideOutcome(
             slide=slide_rel, status="skipped", reason=exc.reason, row=row
         )
-    return _finish(slide_rel, row, key, cache, collected, decoded, start)
+    verdict = _qc_verdict(
+        checker, qc_dir, slide_rel=slide_rel, row=row, key=key, grid=grid
+    )
+    return _finish(slide_rel, row, key, cache, collected, decoded, start, verdict)
 
 
 # ------------------------------------------------------------- main-process mode
@@ -315,20 +393,33 @@ def prepare_slide_in_main(
     start = time.perf_counter()
     cache = FeatureCache(config.cache_dir)
     cap = config.prepare.max_tile_pixels
+    qc = config.qc
+    checker = SlideChecker(qc, config.features.encoder) if qc.enabled else None
     try:
         with open_slide(path, max_tile_pixels=cap) as slide:
-            grid = plan_tiles(slide, config.tiling)
+            mask = checker.assess(slide) if checker is not None else None
+            grid = plan_tiles(slide, config.tiling, mask=mask)
         if not grid.coords:
             raise SlideReadError(str(path), "no tissue found")
         batches = _read_ahead(pool, path, grid, config.features.batch_size, window, cap)
+        if checker is not None:
+            batches = checker.filter(batches)
         collected = _collect(batches, encoder.encode)
     except SlideReadError as exc:
         _remember_skip(cache, key, exc)
         return SlideOutcome(
             slide=slide_rel, status="skipped", reason=exc.reason, row=row
         )
-    decoded = len(collected[1]) + len(collected[2])
-    return _finish(slide_rel, row, key, cache, collected, decoded, start)
+    decoded = len(collected[1]) + len(collected[2]) + _checker_dropped(checker)
+    verdict = _qc_verdict(
+        checker, config.qc_dir, slide_rel=slide_rel, row=row, key=key, grid=grid
+    )
+    return _finish(slide_rel, row, key, cache, collected, decoded, start, verdict)
+
+
+def _checker_dropped(checker: SlideChecker | None) -> int:
+    """Tiles a slide's QC dropped so far (0 without QC)."""
+    return sum(checker.tally.flaws.values()) if checker is not None else 0
 
 
 __all__ = [

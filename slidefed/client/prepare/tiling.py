@@ -161,8 +161,17 @@ def _tissue_fractions(
     return np.asarray(sums / np.maximum(area, 1), dtype=np.float64)
 
 
-def plan_tiles(slide: SlideSource, tiling: TilingSection) -> TileGrid:
+def plan_tiles(
+    slide: SlideSource,
+    tiling: TilingSection,
+    *,
+    mask: tuple[NDArray[np.bool_], float] | None = None,
+) -> TileGrid:
     """Lay a grid at ``tiling.target_mpp`` over the tissue of ``slide``.
+
+    ``mask`` is a tissue mask and its downsample relative to level 0 (the QC
+    stage's, with ink and folds left out); by default
+    :func:`~slidefed.client.prepare.tissue.tissue_mask` of the slide.
 
     Raises
     ------
@@ -194,8 +203,8 @@ def plan_tiles(slide: SlideSource, tiling: TilingSection) -> TileGrid:
             f"-px tile at {tiling.target_mpp} um/px needs "
             f"{math.ceil(read_size * level_ds)} px)",
         )
-    mask, mask_ds = tissue_mask(slide)
-    fractions = _tissue_fractions(mask, mask_ds, read_size * level_ds, nx, ny)
+    tissue, mask_ds = mask if mask is not None else tissue_mask(slide)
+    fractions = _tissue_fractions(tissue, mask_ds, read_size * level_ds, nx, ny)
     keep = np.argwhere(fractions >= tiling.tissue_fraction)
     step0 = read_size * level_ds
     coords = [(round(int(tx) * step0), round(int(ty) * step0)) for ty, tx in keep]

@@ -1,21 +1,26 @@
 """Tissue detection on a low-resolution pyramid level.
 
 Brightfield slides (H&E, IHC) show tissue as coloured or dark on bright glass:
-the score is the larger of saturation and darkness relative to the glass (the
-brightest pixels), thresholded with Otsu's method inside fixed bounds. Fluorescence slides (DAPI, TRITC, ...) show tissue
-as signal on a dark background: when the image is mostly dark, the score is
-the smoothed brightest channel, thresholded with Otsu's method on a log scale
-above the background level. Both masks are then cleaned with morphology.
+the score is the largest of saturation, darkness relative to the glass (the
+brightest pixels) and colour distance from the glass's own colour (pale IHC
+counterstain on grey glass), smoothed over a few cells and thresholded with
+Otsu's method inside fixed bounds. Fluorescence slides (DAPI, TRITC, ...) show
+tissue as signal on a dark background: when the image is mostly dark, the score
+is the brightest channel smoothed over a few cells (so that nuclei-sparse stroma
+between DAPI nuclei counts), thresholded a few grey levels above the darkest
+background. Both masks are then cleaned with morphology.
 
 The mask is computed on a thumbnail of at most :data:`MASK_MAX_SIDE` pixels.
 Where the slide has no level that small, the thumbnail is built by reading the
 chosen level in bands and averaging blocks, so memory stays bounded whatever
-the slide size.
+the slide size. Pen ink, folds and the other artefacts are left out by the QC
+stage (:mod:`slidefed.client.prepare.qc`).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,6 +28,11 @@ from scipy import ndimage
 
 from slidefed.client.slides.base import SlideSource
 from slidefed.client.slides.pixels import box_reduce
+
+_T = TypeVar("_T", bound=np.generic)
+
+# Pixels sampled to find the glass's colour.
+GLASS_SAMPLE = 65536
 
 # The mask is computed on the coarsest level whose long side is at least this.
 MASK_MIN_SIDE = 512
@@ -33,10 +43,40 @@ BAND_BYTES = 64 * 1024 * 1024
 # A thumbnail whose median brightest channel is below this has a dark
 # background: a fluorescence slide.
 DARK_MEDIAN = 64
-# Smoothing of fluorescence signal before thresholding, in microns.
-FLUORESCENCE_SMOOTH_UM = 6.0
+# Smoothing of fluorescence signal before thresholding, in microns: over a few
+# cells, so that stroma with sparse nuclei is tissue too.
+FLUORESCENCE_SMOOTH_UM = 10.0
+# Fluorescence tissue: this many grey levels above the darkest background at
+# least, or this share of the way from it to the median signal.
+FLUORESCENCE_MIN_LEVELS = 3.0
+FLUORESCENCE_MEDIAN_SHARE = 0.25
 # Smoothing of the brightfield score before thresholding, in microns.
 BRIGHTFIELD_SMOOTH_UM = 8.0
+
+
+def channel_max(img: NDArray[_T]) -> NDArray[_T]:
+    """The largest of the three channels of an (h, w, 3) image.
+
+    Explicit channel arithmetic: numpy's reductions over a last axis of three
+    are several times slower.
+    """
+    out: NDArray[_T] = np.maximum(np.maximum(img[..., 0], img[..., 1]), img[..., 2])
+    return out
+
+
+def channel_min(img: NDArray[_T]) -> NDArray[_T]:
+    """The smallest of the three channels of an (h, w, 3) image."""
+    out: NDArray[_T] = np.minimum(np.minimum(img[..., 0], img[..., 1]), img[..., 2])
+    return out
+
+
+def channel_mean(img: NDArray[np.floating]) -> NDArray[np.float32]:
+    """The mean of the three channels of an (h, w, 3) image, as float32."""
+    out = img[..., 0].astype(np.float32)
+    out += img[..., 1]
+    out += img[..., 2]
+    out /= 3.0
+    return out
 
 
 def otsu_threshold(values: NDArray[np.floating], bins: int = 128) -> float:
@@ -59,27 +99,48 @@ def is_dark_background(rgb: NDArray[np.uint8]) -> bool:
     """Whether an image is mostly dark (a fluorescence slide)."""
     if rgb.size == 0:
         return False
-    return float(np.median(rgb.max(axis=2))) < DARK_MEDIAN
+    return float(np.median(channel_max(rgb))) < DARK_MEDIAN
 
 
-def _brightfield_mask(rgb: NDArray[np.uint8], smooth_px: float) -> NDArray[np.bool_]:
+def glass_colour(img: NDArray[np.floating]) -> NDArray[np.float32]:
+    """The glass's colour: the median of the brightest tenth of the pixels (0-1).
+
+    Taken on an evenly strided sample of about :data:`GLASS_SAMPLE` pixels.
+    """
+    step = max(1, int(math.sqrt(img.shape[0] * img.shape[1] / GLASS_SAMPLE)))
+    sample = img[::step, ::step]
+    brightness = channel_mean(sample)
+    bright = brightness >= np.percentile(brightness, 90)
+    return np.asarray(np.median(sample[bright], axis=0), dtype=np.float32)
+
+
+def brightfield_score(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """Per-pixel tissue score of a brightfield image (0-1, unsmoothed)."""
     img = rgb.astype(np.float32) / 255.0
-    cmax = img.max(axis=2)
-    cmin = img.min(axis=2)
+    cmax = channel_max(img)
+    cmin = channel_min(img)
     sat = np.where(cmax > 0, (cmax - cmin) / np.maximum(cmax, 1e-6), 0.0)
     # Darkness relative to the glass (the brightest pixels), so that a blank
     # slide scanned a little grey stays blank.
-    brightness = img.mean(axis=2)
+    brightness = channel_mean(img)
     glass = max(float(np.percentile(brightness, 99)), 0.5)
     darkness = np.clip(1.0 - brightness / glass, 0.0, 1.0)
-    score = np.maximum(sat, darkness)
+    # Pale tissue (IHC counterstain) is a tint of the glass's own colour.
+    diff = img - glass_colour(img)
+    diff *= diff
+    distance = np.sqrt(diff[..., 0] + diff[..., 1] + diff[..., 2])
+    return np.asarray(np.maximum(np.maximum(sat, darkness), distance), np.float32)
+
+
+def _brightfield_mask(rgb: NDArray[np.uint8], smooth_px: float) -> NDArray[np.bool_]:
+    score = brightfield_score(rgb)
     if smooth_px >= 0.5:
         # Pale tissue (IHC counterstain, cytoplasm) is told from glass by the
         # nuclei in it: average the score over a few cells.
         score = ndimage.gaussian_filter(score, smooth_px)
     # Otsu alone splits dark tumour from pale stroma when both are present, so
     # clamp it: a floor keeps blank glass blank, a ceiling keeps pale tissue in.
-    threshold = min(max(otsu_threshold(score.ravel()), 0.04), 0.08)
+    threshold = min(max(otsu_threshold(score.ravel()), 0.04), 0.05)
     mask = score > threshold
     mask = ndimage.binary_opening(mask, iterations=2)
     mask = ndimage.binary_closing(mask, iterations=2)
@@ -87,17 +148,19 @@ def _brightfield_mask(rgb: NDArray[np.uint8], smooth_px: float) -> NDArray[np.bo
 
 
 def _fluorescence_mask(rgb: NDArray[np.uint8], smooth_px: float) -> NDArray[np.bool_]:
-    signal = rgb.max(axis=2).astype(np.float32)
-    background = float(np.percentile(signal, 5))
+    signal = channel_max(rgb).astype(np.float32)
     smooth = ndimage.gaussian_filter(signal, max(smooth_px, 1.0))
-    score = np.log1p(smooth)
-    # Above the background by a few grey levels at least: a blank dark slide
-    # stays blank instead of Otsu splitting its noise.
-    floor = math.log1p(background + 4.0)
-    threshold = max(otsu_threshold(score.ravel()), floor)
-    mask = score > threshold
-    mask = ndimage.binary_closing(mask, iterations=3)
+    # The darkest background, and a threshold a few grey levels above it: a
+    # blank dark slide stays blank, and the dim autofluorescence of stroma
+    # between sparse nuclei counts as tissue (Otsu would split it from nuclei).
+    background = float(np.percentile(smooth, 2))
+    median = float(np.median(smooth))
+    threshold = background + max(
+        FLUORESCENCE_MIN_LEVELS, FLUORESCENCE_MEDIAN_SHARE * (median - background)
+    )
+    mask = smooth > threshold
     mask = ndimage.binary_opening(mask, iterations=2)
+    mask = ndimage.binary_closing(mask, iterations=3)
     return np.asarray(ndimage.binary_fill_holes(mask), dtype=bool)
 
 
@@ -121,7 +184,7 @@ def tissue_mask_from_rgb(
     """
     if is_dark_background(rgb):
         smooth_px = FLUORESCENCE_SMOOTH_UM / mpp if mpp else 2.0
-        return _fluorescence_mask(rgb, min(smooth_px, 8.0))
+        return _fluorescence_mask(rgb, min(smooth_px, 16.0))
     smooth_px = BRIGHTFIELD_SMOOTH_UM / mpp if mpp else 1.0
     return _brightfield_mask(rgb, min(smooth_px, 16.0))
 
@@ -171,6 +234,11 @@ def tissue_mask(slide: SlideSource) -> tuple[NDArray[np.bool_], float]:
 
 
 __all__ = [
+    "brightfield_score",
+    "channel_max",
+    "channel_mean",
+    "channel_min",
+    "glass_colour",
     "is_dark_background",
     "mask_level",
     "otsu_threshold",

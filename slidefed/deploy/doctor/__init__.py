@@ -7,6 +7,7 @@ operator did not give (``--superlink``, ``--ca``) is skipped and says what to pa
 Modules: :mod:`~slidefed.deploy.doctor.report` (the table, text and JSON),
 :mod:`~slidefed.deploy.doctor.runner` (:func:`run_doctor`),
 :mod:`~slidefed.deploy.doctor.data_checks` (config and data),
+:mod:`~slidefed.deploy.doctor.prepare_checks` (the last preparation and its QC),
 :mod:`~slidefed.deploy.doctor.key_checks` (node key and certificates),
 :mod:`~slidefed.deploy.doctor.superlink_checks` (reachability, clock) and
 :mod:`~slidefed.deploy.doctor.node_status` (how ``site start`` last ended).
@@ -27,6 +28,12 @@ from slidefed.deploy.doctor.node_status import clear_node_status as clear_node_s
 from slidefed.deploy.doctor.node_status import (
     record_node_status as record_node_status,
 )
+from slidefed.deploy.doctor.prepare_checks import check_cohort as check_cohort
+from slidefed.deploy.doctor.prepare_checks import check_modality as check_modality
+from slidefed.deploy.doctor.prepare_checks import (
+    check_preparation as check_preparation,
+)
+from slidefed.deploy.doctor.prepare_checks import check_qc as check_qc
 from slidefed.deploy.doctor.report import Check as Check
 from slidefed.deploy.doctor.report import DoctorReport as DoctorReport
 from slidefed.deploy.doctor.report import render_json as render_json
@@ -44,10 +51,14 @@ __all__ = [
     "check_budget",
     "check_cache",
     "check_certificate",
+    "check_cohort",
     "check_disk",
     "check_gpu",
     "check_manifest",
+    "check_modality",
     "check_node_key",
+    "check_preparation",
+    "check_qc",
     "check_slides",
     "clear_node_status",
     "probe_superlink",

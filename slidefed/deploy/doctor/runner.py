@@ -16,6 +16,12 @@ from slidefed.deploy.doctor.data_checks import (
     check_slides,
 )
 from slidefed.deploy.doctor.key_checks import check_certificate, check_node_key
+from slidefed.deploy.doctor.prepare_checks import (
+    check_cohort,
+    check_modality,
+    check_preparation,
+    check_qc,
+)
 from slidefed.deploy.doctor.report import Check, DoctorReport, guard
 from slidefed.deploy.doctor.superlink_checks import superlink_checks
 
@@ -57,6 +63,12 @@ def run_doctor(
     checks.append(guard("manifest valid", lambda: check_manifest(config)))
     checks.append(guard("slides readable", lambda: check_slides(config)))
     checks.append(guard("cache writable", lambda: check_cache(config)))
+    checks.append(
+        guard("slides prepared", lambda: check_preparation(config, config_path))
+    )
+    checks.append(guard("slide QC", lambda: check_qc(config, config_path)))
+    checks.append(guard("slide modality", lambda: check_modality(config)))
+    checks.append(guard("cohort after QC", lambda: check_cohort(config)))
     checks.append(guard("disk space", lambda: check_disk(config)))
     if gpu:
         checks.append(guard("GPU visible", check_gpu))
