@@ -66,7 +66,10 @@ def error(msg: Message, code: SiteError) -> Message:
 
 def load_model(run: RunConfig, site: Site, msg: Message) -> torch.nn.Module:
     model = build_model(
-        run.task, feature_dim(run.encoder), seed=run.seed, n_classes=run.n_classes()
+        run.task,
+        feature_dim(run.encoder, run.feature_dim),
+        seed=run.seed,
+        n_classes=run.n_classes(),
     )
     arrays = next(iter(msg.content.array_records.values()))
     model.load_state_dict(arrays.to_torch_state_dict())

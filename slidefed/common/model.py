@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slidefed.common.encoder_names import KNOWN_DIMS
+
 
 class ABMIL(nn.Module):
     """Gated attention multiple-instance learning (Ilse et al., 2018).
@@ -56,16 +58,22 @@ class TileClassifier(nn.Module):
         return self.head(F.relu(self.hidden(self.norm(x))))  # type: ignore[no-any-return]
 
 
-# Feature length of each registered encoder; sites and the coordinator agree on it.
-ENCODER_DIMS: dict[str, int] = {"hed": 24}
+# Feature length of each encoder whose name fixes it; sites and the coordinator
+# agree on it (slidefed.common.encoder_names).
+ENCODER_DIMS: dict[str, int] = dict(KNOWN_DIMS)
 
 
-def feature_dim(encoder: str) -> int:
-    """Feature length of ``encoder``."""
+def feature_dim(encoder: str, declared: int = 0) -> int:
+    """Feature length of ``encoder``: ``declared`` when given, else its known one."""
+    if declared:
+        return declared
     try:
         return ENCODER_DIMS[encoder]
     except KeyError:
-        msg = f"encoder={encoder!r} is unknown; use one of {sorted(ENCODER_DIMS)}"
+        msg = (
+            f"encoder={encoder!r} has no known feature length; set feature-dim "
+            "in the run config"
+        )
         raise ValueError(msg) from None
 
 

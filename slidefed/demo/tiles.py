@@ -138,7 +138,10 @@ def centralised_baseline(
         train += [s for s in data.samples if s.split == "train"]
         test += [s for s in data.samples if s.split == "test"]
     model = build_model(
-        "tiles", feature_dim(run.encoder), seed=run.seed, n_classes=run.n_classes()
+        "tiles",
+        feature_dim(run.encoder, run.feature_dim),
+        seed=run.seed,
+        n_classes=run.n_classes(),
     )
     train_plain(
         model, train, epochs=epochs, batch_size=run.batch_size, lr=run.lr, seed=run.seed

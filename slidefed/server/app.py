@@ -234,7 +234,10 @@ def _initial_state(
         If the checkpoint was made with another run config or another model.
     """
     model = build_model(
-        run.task, feature_dim(run.encoder), seed=run.seed, n_classes=run.n_classes()
+        run.task,
+        feature_dim(run.encoder, run.feature_dim),
+        seed=run.seed,
+        n_classes=run.n_classes(),
     )
     arrays = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     if not run.resume or (last := checkpoints.latest()) is None:
