@@ -194,6 +194,11 @@ def _timed(
     return times
 
 
+def _sig(x: float) -> float:
+    """``x`` to 4 significant digits (a CPU gives a tile or two per second)."""
+    return float(f"{x:.4g}")
+
+
 def _result(
     enc: Encoder,
     name: str,
@@ -222,9 +227,9 @@ def _result(
         "input_size": getattr(enc, "input_size", None),
         "dim": enc.dim,
         "reps": reps,
-        "decode_tiles_per_s": round(rate["decode"], 1),
-        "encoder_tiles_per_s": round(rate["encoder"], 1),
-        "whole_tiles_per_s": round(rate["whole"], 1),
+        "decode_tiles_per_s": _sig(rate["decode"]),
+        "encoder_tiles_per_s": _sig(rate["encoder"]),
+        "whole_tiles_per_s": _sig(rate["whole"]),
         "ratio_to_encoder": round(rate["whole"] / rate["encoder"], 3),
         "ratio_decode_to_encoder": round(rate["decode"] / rate["encoder"], 3),
     }
