@@ -229,6 +229,7 @@ def simulation_run_config(
     out.mkdir(parents=True, exist_ok=True)
     return parse_run_config(
         {
+            **sites_encoder(sites),
             "num-server-rounds": rounds,
             "seed": seed,
             "strategy": strategy,
@@ -245,6 +246,42 @@ def simulation_run_config(
     )
 
 
+def sites_encoder(sites: list[Path]) -> dict[str, Any]:
+    """The run config's ``encoder`` (and ``feature-dim``) that the sites share.
+
+    The feature length is that of the sites' prepared features when the
+    encoder's name does not fix it.
+
+    Raises
+    ------
+    ConfigError
+        If the sites prepare features with different encoders.
+    """
+    from slidefed.client.config import load_site_config
+    from slidefed.client.prepare.report import REPORT_FILE, PrepareReport
+    from slidefed.common.encoder_names import known_dim
+
+    configs = [load_site_config(p) for p in sites]
+    names = sorted({c.features.encoder for c in configs})
+    if len(names) != 1:
+        raise ConfigError(
+            f"the sites use different encoders ({', '.join(names)}); set the same "
+            "features.encoder in every site.toml"
+        )
+    out: dict[str, Any] = {"encoder": names[0]}
+    if known_dim(names[0]) is None:
+        for config in configs:
+            try:
+                text = (config.state_dir / REPORT_FILE).read_bytes()
+                dim = PrepareReport.model_validate_json(text).feature_dim
+            except (OSError, ValueError):
+                continue
+            if dim:
+                out["feature-dim"] = dim
+                break
+    return out
+
+
 __all__ = [
     "app_pyproject",
     "check_run_folder",
@@ -252,5 +289,6 @@ __all__ = [
     "run_simulation",
     "simulation_run_config",
     "simulation_sites",
+    "sites_encoder",
     "write_app_dir",
 ]

@@ -61,6 +61,59 @@ def bench_dp(
             )
 
 
+@bench_app.command("features")
+def bench_features(
+    as_json: JsonOpt = False,
+    encoder: Annotated[
+        str,
+        typer.Option(help="timm:<arch> (random weights unless --weights), hf:<name>."),
+    ] = "timm:vit_small_patch16_224",
+    weights: Annotated[
+        Path | None, typer.Option(help="Local weights file (timm) or folder (hf).")
+    ] = None,
+    slide: Annotated[
+        Path | None, typer.Option(help="Slide to read (default: a synthetic one).")
+    ] = None,
+    size: Annotated[int, typer.Option(help="Side (px) of the synthetic slide.")] = 2048,
+    workers: Annotated[int, typer.Option(help="Decode worker processes.")] = 2,
+    batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 64,
+    reps: Annotated[int, typer.Option(help="Interleaved repetitions.")] = 3,
+    device: Annotated[
+        str | None, typer.Option(help="cuda, cpu (default: CUDA when available).")
+    ] = None,
+    compile_model: Annotated[
+        bool, typer.Option("--compile", help="Run the model through torch.compile.")
+    ] = False,
+) -> None:
+    """Whole slide -> features tiles/s over the encoder alone on decoded tiles."""
+    from slidefed.bench.features import bench_features as run_bench
+
+    result = run_bench(
+        encoder=encoder,
+        weights=weights,
+        slide=slide,
+        size=size,
+        workers=workers,
+        batch_size=batch_size,
+        reps=reps,
+        device=device,
+        compile=compile_model,
+    )
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    print(
+        f"{result['encoder']} on {result['device']} ({result['dtype']}), batch "
+        f"{result['batch']}, {result['workers']} decode workers, {result['tiles']} tiles"
+    )
+    print(
+        f"decode {result['decode_tiles_per_s']} tiles/s, encoder "
+        f"{result['encoder_tiles_per_s']} tiles/s, whole slide "
+        f"{result['whole_tiles_per_s']} tiles/s"
+    )
+    print(f"ratio_to_encoder {result['ratio_to_encoder']}")
+
+
 @bench_app.command("tiling")
 def bench_tiling(
     as_json: JsonOpt = False,

@@ -143,8 +143,20 @@ class FeaturesSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     encoder: str = "hed"
+    # A file (timm:<arch>) or a folder (hf:<name>) on this machine; never fetched.
     weights: Path | None = None
     batch_size: int = Field(default=64, ge=1)
+    # What the model was trained at, when its own config does not say (or is
+    # wrong): resolution (um/px, default 0.5), input side (px), mean and std.
+    mpp: float | None = Field(default=None, gt=0.0, le=16.0)
+    input_size: int | None = Field(default=None, ge=16, le=4096)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    # Extra timm.create_model arguments (UNI: init_values = 1e-5).
+    model_args: dict[str, bool | int | float | str] = {}
+    # "cuda", "cuda:1", "cpu"; default: CUDA when available.
+    device: str | None = None
+    compile: bool = False
 
 
 class TilesSection(BaseModel):
@@ -192,6 +204,8 @@ class SitePolicy(BaseModel):
     min_noise_multiplier: float = Field(default=0.3, ge=0.0)
     max_grad_norm: float = Field(default=5.0, gt=0.0)
     allowed_tasks: tuple[str, ...] = ("abmil", "tiles")
+    # Encoders a run may name; empty: only the site's own features.encoder.
+    allowed_encoders: tuple[str, ...] = ()
     min_eval_patients: int = Field(default=5, ge=1)
     max_bag_size: int = Field(default=2048, ge=1)
     # The privacy unit of a tile site. None: from its data (the patient when the

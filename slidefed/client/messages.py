@@ -67,7 +67,7 @@ def error(msg: Message, code: SiteError) -> Message:
 def load_model(run: RunConfig, site: Site, msg: Message) -> torch.nn.Module:
     model = build_model(
         run.task,
-        feature_dim(run.encoder),
+        feature_dim(run.encoder, run.feature_dim),
         seed=run.seed,
         n_classes=run.n_classes(),
         inputs=run.inputs,

@@ -61,10 +61,29 @@ def site_model_specs(run: RunConfig, config: SiteConfig) -> list[ArraySpec]:
             f"(allowed_tasks={list(policy.allowed_tasks)})",
             code=SiteError.TASK_NOT_ALLOWED,
         )
+    allowed = policy.allowed_encoders
+    if allowed and run.encoder not in allowed:
+        raise SiteRefusal(
+            f"encoder {run.encoder!r} is not allowed by this site's policy "
+            f"(allowed_encoders={list(allowed)})",
+            code=SiteError.ENCODER_DIFFERS,
+        )
     if run.encoder != config.features.encoder:
         raise SiteRefusal(
             f"the run uses encoder {run.encoder!r} but this site prepares features "
             f"with {config.features.encoder!r} (features.encoder in site.toml)",
+            code=SiteError.ENCODER_DIFFERS,
+        )
+    try:
+        dim = feature_dim(run.encoder, run.feature_dim)
+    except ValueError as exc:
+        raise SiteRefusal(str(exc), code=SiteError.ENCODER_DIFFERS) from exc
+    prepared = _prepared_dim(config)
+    if prepared and prepared != dim:
+        raise SiteRefusal(
+            f"the run expects {dim}-dimensional features but this site's "
+            f"{config.features.encoder!r} features have {prepared} (feature-dim "
+            "in the run config)",
             code=SiteError.ENCODER_DIFFERS,
         )
     # The meta device holds shapes and dtypes only: a run asking for a huge model
@@ -72,7 +91,7 @@ def site_model_specs(run: RunConfig, config: SiteConfig) -> list[ArraySpec]:
     with torch.device("meta"):
         model = build_model(
             run.task,
-            feature_dim(config.features.encoder),
+            dim,
             seed=run.seed,
             n_classes=run.n_classes(),
             inputs=run.inputs,
@@ -85,6 +104,17 @@ def site_model_specs(run: RunConfig, config: SiteConfig) -> list[ArraySpec]:
         )
         for name, tensor in model.state_dict().items()
     ]
+
+
+def _prepared_dim(config: SiteConfig) -> int:
+    """Feature length of the site's last preparation; 0 when it is not known."""
+    from slidefed.client.prepare.report import REPORT_FILE, PrepareReport
+
+    try:
+        text = (config.state_dir / REPORT_FILE).read_bytes()
+        return PrepareReport.model_validate_json(text).feature_dim
+    except (OSError, ValueError):
+        return 0
 
 
 def model_nbytes(specs: list[ArraySpec]) -> int:

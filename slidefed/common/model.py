@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slidefed.common.encoder_names import KNOWN_DIMS
+
 # How a model sees its features: as they are, or as log(1 + x) (fixed and
 # data-independent, so it needs no statistics of anyone's data; features that are
 # >= 0 with scales from 0.02 to 160, as the hed statistics, come out comparable).
@@ -84,16 +86,22 @@ class TileClassifier(nn.Module):
         return self.head(F.relu(self.hidden(self.norm(_inputs(x, self.inputs)))))  # type: ignore[no-any-return]
 
 
-# Feature length of each registered encoder; sites and the coordinator agree on it.
-ENCODER_DIMS: dict[str, int] = {"hed": 24}
+# Feature length of each encoder whose name fixes it; sites and the coordinator
+# agree on it (slidefed.common.encoder_names).
+ENCODER_DIMS: dict[str, int] = dict(KNOWN_DIMS)
 
 
-def feature_dim(encoder: str) -> int:
-    """Feature length of ``encoder``."""
+def feature_dim(encoder: str, declared: int = 0) -> int:
+    """Feature length of ``encoder``: ``declared`` when given, else its known one."""
+    if declared:
+        return declared
     try:
         return ENCODER_DIMS[encoder]
     except KeyError:
-        msg = f"encoder={encoder!r} is unknown; use one of {sorted(ENCODER_DIMS)}"
+        msg = (
+            f"encoder={encoder!r} has no known feature length; set feature-dim "
+            "in the run config"
+        )
         raise ValueError(msg) from None
 
 

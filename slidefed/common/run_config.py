@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from slidefed.common.encoder_names import check_encoder_name, known_dim
 from slidefed.common.errors import ConfigError
 
 
@@ -33,7 +34,11 @@ class RunConfig(BaseModel):
 
     num_server_rounds: int = Field(default=3, ge=1, le=10_000)
     task: Literal["abmil", "tiles"] = "abmil"
-    encoder: Literal["hed"] = "hed"
+    # hed, timm:<arch> or hf:<name>; each site's features.encoder must be the same.
+    encoder: str = "hed"
+    # Length of one tile's feature vector; 0: the one the encoder's name fixes
+    # (slidefed.common.encoder_names.KNOWN_DIMS). hf:<name> encoders need it.
+    feature_dim: int = Field(default=0, ge=0, le=65_536)
     labels: str = ""
     local_epochs: int = Field(default=2, ge=1, le=1000)
     batch_size: int = Field(default=8, ge=1)
@@ -72,7 +77,36 @@ class RunConfig(BaseModel):
         data = self.model_dump(
             by_alias=True, exclude={"resume", "run_dir", "sim_sites"}
         )
+        if not self.feature_dim:  # the hash of a run from before the key existed
+            data.pop("feature-dim")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+    @model_validator(mode="after")
+    def _encoder_and_dim(self) -> RunConfig:
+        check_encoder_name(self.encoder)
+        if self.feature_dim == 0 and known_dim(self.encoder) is None:
+            msg = (
+                f"encoder {self.encoder!r} has no known feature length; "
+                "set feature-dim to its embedding size"
+            )
+            raise ValueError(msg)
+        return self
+
+    def encoder_dim(self) -> int:
+        """Feature length of the run's encoder: ``feature-dim``, else its known one."""
+        return self.feature_dim or (known_dim(self.encoder) or 0)
+
+    @model_validator(mode="after")
+    def _log_inputs_for_hed(self) -> RunConfig:
+        # log(1 + x) is for features >= 0; an embedding's negative half would be
+        # cut to 0.
+        if self.inputs == "log1p" and self.encoder != "hed":
+            msg = (
+                f"inputs 'log1p' is for the hed statistics (>= 0), not for "
+                f"{self.encoder!r} embeddings; use inputs = 'raw'"
+            )
+            raise ValueError(msg)
+        return self
 
     @model_validator(mode="after")
     def _labels_for_tiles(self) -> RunConfig:

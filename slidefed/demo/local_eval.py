@@ -30,7 +30,10 @@ def evaluate_final_model(
     from slidefed.common.model import build_model, feature_dim
 
     model = build_model(
-        run.task, feature_dim(run.encoder), seed=run.seed, inputs=run.inputs
+        run.task,
+        feature_dim(run.encoder, run.feature_dim),
+        seed=run.seed,
+        inputs=run.inputs,
     )
     state = load_file(str(run_dir / "final.safetensors"))
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})

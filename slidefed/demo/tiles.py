@@ -139,7 +139,7 @@ def centralised_baseline(
         test += [s for s in data.samples if s.split == "test"]
     model = build_model(
         "tiles",
-        feature_dim(run.encoder),
+        feature_dim(run.encoder, run.feature_dim),
         seed=run.seed,
         n_classes=run.n_classes(),
         inputs=run.inputs,

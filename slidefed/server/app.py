@@ -249,7 +249,7 @@ def _initial_state(
     """
     model = build_model(
         run.task,
-        feature_dim(run.encoder),
+        feature_dim(run.encoder, run.feature_dim),
         seed=run.seed,
         n_classes=run.n_classes(),
         inputs=run.inputs,

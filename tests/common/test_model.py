@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from slidefed.common.errors import ConfigError
 from slidefed.common.model import build_model
 from slidefed.common.run_config import RunConfig, parse_run_config
 
@@ -37,3 +38,8 @@ def test_run_config_cosine_schedule_from_flower_keys() -> None:
         round(0.2 * (1 - 2**-0.5) / 2, 6),
     ]
     assert RunConfig(lr=0.2).lr_at(4) == 0.2
+
+
+def test_log_inputs_are_refused_for_embeddings_that_go_negative() -> None:
+    with pytest.raises(ConfigError, match="inputs 'log1p' is for the hed"):
+        parse_run_config({"encoder": "timm:vit_small_patch16_224", "inputs": "log1p"})

@@ -10,7 +10,7 @@ Two ways to spread the work over processes:
 
 * ``hed`` (cheap, CPU): one slide per worker process; each worker reads its
   tiles and encodes them.
-* ``timm:<arch>`` (a network, GPU when present): the main process holds the
+* ``timm:<arch>``, ``hf:<name>`` (a network, GPU when present): the main process holds the
   model; worker processes read chunks of tiles and send them back, so that the
   model runs once, in large batches, while the workers decode ahead.
 
@@ -48,7 +48,13 @@ from slidefed.client.prepare.cache import (
     cache_key,
     slide_signature,
 )
-from slidefed.client.prepare.encoders import encoder_cache_id, get_encoder
+from slidefed.client.prepare.encoders import (
+    check_encoder_allowed,
+    check_tiling_fits,
+    default_weights,
+    encoder_cache_id,
+    get_encoder,
+)
 from slidefed.client.prepare.prepared import (
     check_prepared,
     load_site_features,
@@ -127,12 +133,14 @@ class _SiteRun:
         # Each row's files as they were hashed: a round refuses changed ones.
         self.signatures: dict[int, str] = {}
         self.last_write = time.perf_counter()
+        self.dim = 0
 
     def report(self, complete: bool) -> PrepareReport:
         """The report of the outcomes so far."""
         elapsed = time.perf_counter() - self.start
         fresh = sum(o.tiles for o in self.outcomes if o.status == "ok")
         return PrepareReport(
+            feature_dim=self._feature_dim(),
             site=self.config.site.name,
             encoder=self.config.features.encoder,
             encoder_id=self.encoder_id,
@@ -145,6 +153,16 @@ class _SiteRun:
             tiles_per_second=round(fresh / elapsed, 1) if elapsed > 0 else 0.0,
             complete=complete,
         )
+
+    def _feature_dim(self) -> int:
+        """Feature length, from the cached features of one usable slide."""
+        if not self.dim:
+            cache = FeatureCache(self.config.cache_dir)
+            for o in self.outcomes:
+                if o.status in ("ok", "cached") and o.tiles and cache.has(o.key):
+                    self.dim = int(cache.load(o.key).shape[1])
+                    break
+        return self.dim
 
     def record(self, outcome: SlideOutcome) -> None:
         """Add one slide's outcome; write the partial report now and then."""
@@ -305,8 +323,9 @@ def prepare_site(
         If the encoder is unknown or its weights file is missing.
     """
     start = time.perf_counter()
+    check_encoder_allowed(config)
     manifest = load_site_manifest(config)
-    weights = config.features.weights
+    weights = default_weights(config.features.encoder, config.features.weights)
     weights = config.resolve(weights) if weights is not None else None
     features = config.features.model_copy(update={"weights": weights})
     encoder_id = encoder_cache_id(features.encoder, weights)
@@ -327,7 +346,7 @@ def prepare_site(
                 )
         if address and not jobs:
             pass
-        elif features.encoder.startswith("timm:"):
+        elif features.encoder != "hed":
             _run_in_main(config, features, jobs, n_workers, run.record)
         else:
             _run_in_workers(config, features, jobs, n_workers, run.record)
@@ -406,9 +425,8 @@ def _run_in_main(
 ) -> None:
     if not jobs:
         return
-    encoder = get_encoder(
-        features.encoder, weights=features.weights, batch_size=features.batch_size
-    )
+    encoder = get_encoder(features.encoder, weights=features.weights, features=features)
+    check_tiling_fits(encoder, config.tiling)
     pool = ProcessPoolExecutor(max_workers=n_workers) if n_workers > 1 else None
     try:
         for job in jobs:
@@ -467,6 +485,7 @@ def prepare_unless_ready(
 __all__ = [
     "HASH_MEMO",
     "REPORT_INTERVAL",
+    "check_encoder_allowed",
     "load_site_features",
     "prepare_site",
     "prepare_unless_ready",

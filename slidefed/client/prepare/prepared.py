@@ -76,6 +76,20 @@ def _check_settings(config: SiteConfig, report: PrepareReport) -> None:
             f"features were prepared with encoder {report.encoder!r}, but "
             f"features.encoder is {config.features.encoder!r}",
         )
+    if report.encoder_id and report.encoder != "hed":
+        from slidefed.client.prepare.encoders import default_weights, encoder_cache_id
+
+        weights = default_weights(config.features.encoder, config.features.weights)
+        current = encoder_cache_id(
+            config.features.encoder,
+            config.resolve(weights) if weights is not None else None,
+        )
+        if current != report.encoder_id:
+            raise _refuse(
+                config,
+                "features were prepared with other weights than "
+                "features.weights holds now",
+            )
     params = tiling_params(config.tiling, config.qc)
     if report.tiling != params:
         prepared = dict(report.tiling or {})

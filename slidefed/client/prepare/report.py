@@ -86,6 +86,8 @@ class PrepareReport(BaseModel):
     site: str
     encoder: str
     encoder_id: str = ""
+    # Length of one tile's feature vector; 0 when no slide gave features.
+    feature_dim: int = 0
     tiling: dict[str, Any] | None = None
     max_tile_pixels: int | None = None
     manifest_sha256: str

@@ -41,7 +41,7 @@ from slidefed.client.config import (
     TilingSection,
 )
 from slidefed.client.prepare.cache import FeatureCache, cache_key, slide_sha256
-from slidefed.client.prepare.encoders import Encoder, get_encoder
+from slidefed.client.prepare.encoders import Encoder, get_encoder, submitter
 from slidefed.client.prepare.qc.checker import QcStore, SlideChecker
 from slidefed.client.prepare.report import SlideOutcome
 from slidefed.client.prepare.tiling import (
@@ -129,18 +129,28 @@ def _remember_skip(cache: FeatureCache, key: str, exc: SlideReadError) -> None:
         cache.save_skip(key, exc.reason)
 
 
-def _collect(
-    batches: Iterable[TileBatch],
-    encode: Callable[[NDArray[np.uint8]], NDArray[np.float32]],
-) -> _Collected:
+def _collect(batches: Iterable[TileBatch], encoder: Encoder) -> _Collected:
+    """Encode each batch; an encoder that can work ahead gets the next batch
+    read (and sent to its device) while it computes this one."""
     parts: list[NDArray[np.float32]] = []
     coords: list[tuple[int, int]] = []
     failed: list[str] = []
+    submit = submitter(encoder)
+    pending: Callable[[], NDArray[np.float32]] | None = None
     for batch in batches:
         failed.extend(reason for _, reason in batch.failed)
-        if batch.coords:
-            parts.append(encode(batch.tiles))
-            coords.extend(batch.coords)
+        if not batch.coords:
+            continue
+        if submit is None:
+            parts.append(encoder.encode(batch.tiles))
+        else:
+            started = submit(batch.tiles)
+            if pending is not None:
+                parts.append(pending())
+            pending = started
+        coords.extend(batch.coords)
+    if pending is not None:
+        parts.append(pending())
     return parts, coords, failed
 
 
@@ -242,7 +252,7 @@ def _read_and_encode(
             batches = iter_tiles(slide, grid, batch_size, skip_unreadable=True)
             if checker is not None:
                 batches = checker.filter(batches)
-            collected = _collect(batches, encoder.encode)
+            collected = _collect(batches, encoder)
             return collected, int(getattr(slide, "tiles_decoded", 0)), grid
     except SlideReadError as exc:
         _remember_skip(cache, key, exc)
@@ -404,7 +414,7 @@ def prepare_slide_in_main(
         batches = _read_ahead(pool, path, grid, config.features.batch_size, window, cap)
         if checker is not None:
             batches = checker.filter(batches)
-        collected = _collect(batches, encoder.encode)
+        collected = _collect(batches, encoder)
     except SlideReadError as exc:
         _remember_skip(cache, key, exc)
         return SlideOutcome(

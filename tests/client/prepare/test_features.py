@@ -109,7 +109,10 @@ def test_timm_encoder_needs_a_weights_file(tmp_path: Path) -> None:
 def test_timm_encoder_without_timm_names_the_extra(tmp_path: Path) -> None:
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"0" * 16)
-    with pytest.raises(ConfigError, match=r"needs the 'timm' extra: pip install"):
+    with pytest.raises(
+        ConfigError,
+        match=r"needs the 'encoders' extra: pip install 'slidefed\[site,encoders\]'",
+    ):
         get_encoder("timm:vit_small_patch16_224", weights=weights)
 
 
