@@ -9,6 +9,7 @@ audit log only.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -102,6 +103,27 @@ def _handle(
         )
         return m.error(msg, SiteError.SITE_NOT_PREPARED)
     server_round = int(m.config(msg, "server-round", 0))
+    reply = _answer(msg, context, body, run, site, server_round, refused=refused)
+    try:
+        # Every record of this message, with one disk sync, before the reply leaves.
+        site.audit.flush()
+    except (OSError, AuditError):
+        logger.exception("the audit log could not record round %s", server_round)
+        return m.error(msg, SiteError.STORAGE_ERROR)
+    return reply
+
+
+def _answer(
+    msg: Message,
+    context: Context,
+    body: Handler,
+    run: RunConfig,
+    site: Site,
+    server_round: int,
+    *,
+    refused: type[RoundRefused] | type[EvaluationRefused],
+) -> Message:
+    """The handler's reply, or the table entry of its refusal or failure."""
     try:
         return body(msg, context, run, site, server_round)
     except PolicyViolation as exc:
@@ -305,6 +327,7 @@ def _train_round(
         If training took other steps or another sample rate than were charged.
     """
     model = m.load_model(run, site, msg)
+    started = time.perf_counter()
     result = train_dp(
         model,
         train_bags,
@@ -317,6 +340,17 @@ def _train_round(
         randomness=site.randomness.for_release("train", server_round, key),
         proximal_mu=m.config(msg, "proximal-mu", 0.0),
         grad_sample_mode=run.grad_sample_mode,
+        # The ledger charged this round with its own accountant.
+        report_epsilon=False,
+    )
+    seconds = time.perf_counter() - started
+    # The site's own log only: timing is not released (it tells about the data).
+    logger.info(
+        "round %s: trained %d steps in %.3f s",
+        server_round,
+        result.steps,
+        seconds,
+        extra={"train_seconds": seconds},
     )
     if result.steps != charge.steps or result.sample_rate != charge.sample_rate:
         raise SlidefedError(

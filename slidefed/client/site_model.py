@@ -11,6 +11,7 @@ model (:func:`egress_limit`); it never comes from the message.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping
@@ -67,23 +68,29 @@ def site_model_specs(run: RunConfig, config: SiteConfig) -> list[ArraySpec]:
             f"with {config.features.encoder!r} (features.encoder in site.toml)",
             code=SiteError.ENCODER_DIFFERS,
         )
+    specs = _model_specs(
+        run.task, config.features.encoder, seed=run.seed, n_classes=run.n_classes()
+    )
+    return list(specs)
+
+
+@functools.lru_cache(maxsize=8)
+def _model_specs(
+    task: str, encoder: str, *, seed: int, n_classes: int
+) -> tuple[ArraySpec, ...]:
+    """The model's arrays; kept, as every message of a run asks the same."""
     # The meta device holds shapes and dtypes only: a run asking for a huge model
     # costs the site no memory to measure.
     with torch.device("meta"):
-        model = build_model(
-            run.task,
-            feature_dim(config.features.encoder),
-            seed=run.seed,
-            n_classes=run.n_classes(),
-        )
-    return [
+        model = build_model(task, feature_dim(encoder), seed=seed, n_classes=n_classes)
+    return tuple(
         ArraySpec(
             name=name,
             shape=tuple(int(d) for d in tensor.shape),
             dtype=str(tensor.dtype).removeprefix("torch."),
         )
         for name, tensor in model.state_dict().items()
-    ]
+    )
 
 
 def model_nbytes(specs: list[ArraySpec]) -> int:

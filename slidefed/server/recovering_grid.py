@@ -14,11 +14,20 @@ charge (see ``slidefed.client.privacy.releases``). Each repeat is audited
 (``reply_reasked``); a site still silent at the deadline is audited as
 ``reply_lost``, so the auditor's cross-check shows every release the server never
 aggregated.
+
+Each outstanding reply is pulled on its own, in a daemon thread
+(:class:`_Pull`). Flower's ``pull_messages`` fetches the content of every reply it
+returns before it returns any: a reply whose upload failed half-way (the node
+gave up on a 500 from the SuperLink's busy database) is retried for up to
+``PULL_MAX_TIME`` (7,200 s), and in practice until the SuperLink drops its
+object-push session (180 s), holding every other reply of the same call. Pulled
+one by one, the others arrive, and the stuck one is asked again meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -61,6 +70,41 @@ def _server_round(message: Message) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return None
+
+
+class _Pull:
+    """One ``pull_messages`` call for one reply, in a daemon thread.
+
+    A daemon thread, so that a pull stuck in Flower's retries never holds the
+    ServerApp's exit.
+    """
+
+    def __init__(self, grid: Any, message_id: str) -> None:
+        self._done = threading.Event()
+        self._replies: list[Message] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(grid, message_id), daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, grid: Any, message_id: str) -> None:
+        try:
+            self._replies = list(grid.pull_messages([message_id]))
+        except BaseException as exc:  # noqa: BLE001 - re-raised by result()
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the call returned within ``timeout`` seconds."""
+        return self._done.wait(timeout)
+
+    def result(self) -> list[Message]:
+        """The replies pulled; the call's exception, if it raised one."""
+        if self._error is not None:
+            raise self._error
+        return self._replies
 
 
 class RecoveringGrid:
@@ -142,8 +186,9 @@ class RecoveringGrid:
         replies: dict[int, Message] = {}
         last_reply = start
         asked_at = dict.fromkeys(originals, start)
+        pulls: dict[str, _Pull] = {}
         while waiting and (end is None or time.monotonic() < end):
-            for reply in self._grid.pull_messages(list(waiting)):
+            for reply in self._pull(waiting, pulls):
                 mid = reply.metadata.reply_to_message_id
                 if mid not in waiting:
                     continue
@@ -172,6 +217,23 @@ class RecoveringGrid:
                     asks[node],
                 )
         return list(replies.values())
+
+    def _pull(self, waiting: dict[str, int], pulls: dict[str, _Pull]) -> list[Message]:
+        """The replies that arrived: each waiting message pulled on its own.
+
+        A message whose last pull has not returned is not pulled again; a stuck
+        pull holds only its own reply.
+        """
+        for mid in waiting:
+            if mid not in pulls:
+                pulls[mid] = _Pull(self._grid, mid)
+        deadline = time.monotonic() + self._poll
+        for pull in list(pulls.values()):
+            pull.wait(max(0.0, deadline - time.monotonic()))
+        replies: list[Message] = []
+        for mid in [m for m, p in pulls.items() if p.wait(0)]:
+            replies.extend(pulls.pop(mid).result())
+        return replies
 
     def _ask_again(
         self,

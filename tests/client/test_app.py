@@ -102,3 +102,25 @@ def test_evaluation_below_minimum_patients_releases_no_metric(site_toml: Path) -
     assert _entry(reply) == _table(SiteError.TOO_FEW_EVAL_UNITS)
     assert not reply.has_content()
     assert _events(site_toml)[-1]["event"] == "metric_withheld"
+
+
+def test_a_train_message_syncs_the_audit_log_once(
+    site_toml: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(Path(f"/proc/self/fd/{fd}").readlink().name)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    reply = app(_message("train", 1), _context(site_toml, target_epsilon=2.0))
+
+    assert not reply.has_error(), reply.error
+    # Joined, charged and released: three records, one sync of the log.
+    events = [e["event"] for e in _events(site_toml)]
+    assert events == ["run_joined", "round_charged", "update_released"]
+    assert synced.count("audit.jsonl") == 1
