@@ -73,7 +73,8 @@ def _instruction(arrays: dict[str, np.ndarray], server_round: int, run_id: int) 
             "config": ConfigRecord({"server-round": server_round}),
         }
     )
-    return Message(content=content, metadata=meta)
+    # The internal form Flower itself uses for a received message.
+    return Message(content=content, metadata=meta)  # type: ignore[call-overload]
 
 
 def site_messages(site_toml: Path, run: Any, *, rounds: int) -> dict[str, Any]:

@@ -6,9 +6,9 @@ the way (the SuperLink's state busy under many nodes, a dropped connection) is
 simply missing at the end, although the site was charged for it.
 
 :class:`RecoveringGrid` wraps the run's Grid. It polls every ``poll`` seconds, and
-when a site stays silent ``patience`` seconds after the latest reply from another
-site (and as long since it was last asked), it
-sends that site the same instruction again, while the stage has time left. A site
+when a site stays silent ``patience`` seconds (``PATIENCE_FACTOR`` times the
+slowest reply of the stage so far, at least ``min_patience``) after the latest
+reply from another site, and as long since it was last asked, it sends that site the same instruction again, while the stage has time left. A site
 answers a repeated instruction from its stored release: the same bytes, no new
 charge (see ``slidefed.client.privacy.releases``). Each repeat is audited
 (``reply_reasked``); a site still silent at the deadline is audited as
@@ -48,6 +48,11 @@ again with the same randomness if it had not finished), only time."""
 
 MESSAGE_UNAVAILABLE = 3
 """Flower's error code for a reply whose objects never reached the SuperLink."""
+
+PATIENCE_FACTOR = 3.0
+"""A silent site is asked again once it has been silent this many times as long
+as the slowest reply of the stage took (and at least ``MIN_PATIENCE``): a site
+whose ClientApp takes long to start is not asked again before it could answer."""
 
 MAX_ASKS = 3
 """Times an instruction is sent to one site in one stage (the first included)."""
@@ -187,6 +192,7 @@ class RecoveringGrid:
         last_reply = start
         asked_at = dict.fromkeys(originals, start)
         pulls: dict[str, _Pull] = {}
+        slowest = 0.0  # seconds from an ask to its reply, the longest this stage
         while waiting and (end is None or time.monotonic() < end):
             for reply in self._pull(waiting, pulls):
                 mid = reply.metadata.reply_to_message_id
@@ -202,10 +208,14 @@ class RecoveringGrid:
                     continue
                 replies[node] = reply
                 last_reply = time.monotonic()
+                slowest = max(slowest, last_reply - asked_at[node])
                 # Later copies to the same site are not waited for.
                 waiting = {m: n for m, n in waiting.items() if n != node}
             if waiting:
-                self._reask(keep, replies, waiting, asks, asked_at, last_reply, end)
+                patience = max(self._min_patience, PATIENCE_FACTOR * slowest)
+                self._reask(
+                    keep, replies, waiting, asks, asked_at, (last_reply, patience), end
+                )
                 time.sleep(self._poll)
         for node, message in keep.items():
             if node not in replies:
@@ -274,19 +284,29 @@ class RecoveringGrid:
         waiting: dict[str, int],
         asks: dict[int, int],
         asked_at: dict[int, float],
-        last_reply: float,
+        wait: tuple[float, float],
         end: float | None,
     ) -> None:
-        """Ask again the sites silent for ``min_patience`` after another's reply."""
+        """Ask again the sites silent for ``patience`` after another's reply.
+
+        ``wait``: when the latest reply came, and the patience (seconds).
+        """
         if not replies:
             return  # nobody answered yet: nothing says a reply was lost
         now = time.monotonic()
-        if now - last_reply < self._min_patience:
+        last_reply, patience = wait
+        if now - last_reply < patience:
             return
         for node in sorted(set(waiting.values()) - set(replies)):
-            if now - asked_at[node] >= self._min_patience:
+            if now - asked_at[node] >= patience:
                 self._ask_again(keep, node, waiting, asks, end)
                 asked_at[node] = now
 
 
-__all__ = ["MAX_ASKS", "MIN_PATIENCE", "POLL_SECONDS", "RecoveringGrid"]
+__all__ = [
+    "MAX_ASKS",
+    "MIN_PATIENCE",
+    "PATIENCE_FACTOR",
+    "POLL_SECONDS",
+    "RecoveringGrid",
+]

@@ -202,3 +202,14 @@ def test_a_pull_stuck_on_one_reply_holds_neither_the_others_nor_the_repeat() -> 
     # Site 2's first reply is stuck in its pull; asked again, it answers.
     assert sorted(r.metadata.src_node_id for r in replies) == [1, 2, 3]
     assert events == [("reasked", 2, "train", 4, 2)]
+
+
+def test_a_slow_site_is_not_asked_again_before_it_could_answer() -> None:
+    # Every reply takes 20 polls: well past min_patience. Site 2's first reply
+    # is lost; its second comes as slowly as the others did.
+    link = _Link(lose={(2, 1)}, delay=20)
+    events: list[tuple[Any, ...]] = []
+    replies = list(_grid(link, events).send_and_receive(_instructions(), timeout=10))
+    assert sorted(r.metadata.src_node_id for r in replies) == [1, 2, 3]
+    assert [n for n, _ in link.sent].count(2) == 2, link.sent
+    assert events == [("reasked", 2, "train", 4, 2)]
