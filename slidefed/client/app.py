@@ -278,6 +278,9 @@ def _charge(
     key: str,
 ) -> Charge:
     """Charge the round to the ledger (or recognise a replay), and audit it."""
+    # What is held goes first (run_joined): a log that cannot be written refuses
+    # the round before anything is charged.
+    site.audit.flush()
     n_batches = batches_per_epoch(len(train_bags), run.batch_size)
     policy = site.config.policy
     charge = charge_round(

@@ -6,9 +6,10 @@ the way (the SuperLink's state busy under many nodes, a dropped connection) is
 simply missing at the end, although the site was charged for it.
 
 :class:`RecoveringGrid` wraps the run's Grid. It polls every ``poll`` seconds, and
-when a site stays silent ``patience`` seconds (``PATIENCE_FACTOR`` times the
-slowest reply of the stage so far, at least ``min_patience``) after the latest
-reply from another site, and as long since it was last asked, it sends that site the same instruction again, while the stage has time left. A site
+when a site stays silent ``patience`` seconds after it was last asked
+(``PATIENCE_FACTOR`` times the slowest reply of the stage so far, at least
+``min_patience``), and ``min_patience`` after the latest reply from another
+site, it sends that site the same instruction again, while the stage has time left. A site
 answers a repeated instruction from its stored release: the same bytes, no new
 charge (see ``slidefed.client.privacy.releases``). Each repeat is audited
 (``reply_reasked``); a site still silent at the deadline is audited as
@@ -49,10 +50,11 @@ again with the same randomness if it had not finished), only time."""
 MESSAGE_UNAVAILABLE = 3
 """Flower's error code for a reply whose objects never reached the SuperLink."""
 
-PATIENCE_FACTOR = 3.0
-"""A silent site is asked again once it has been silent this many times as long
-as the slowest reply of the stage took (and at least ``MIN_PATIENCE``): a site
-whose ClientApp takes long to start is not asked again before it could answer."""
+PATIENCE_FACTOR = 1.5
+"""A silent site is asked again once this many times as long as the slowest reply
+of the stage took (and at least ``MIN_PATIENCE``) has passed since it was asked: a
+site whose ClientApp takes long to start is not asked again before it could
+answer (its node handles one message at a time, so an early copy only queues)."""
 
 MAX_ASKS = 3
 """Times an instruction is sent to one site in one stage (the first included)."""
@@ -287,7 +289,7 @@ class RecoveringGrid:
         wait: tuple[float, float],
         end: float | None,
     ) -> None:
-        """Ask again the sites silent for ``patience`` after another's reply.
+        """Ask again the sites silent for ``patience`` since they were asked.
 
         ``wait``: when the latest reply came, and the patience (seconds).
         """
@@ -295,7 +297,7 @@ class RecoveringGrid:
             return  # nobody answered yet: nothing says a reply was lost
         now = time.monotonic()
         last_reply, patience = wait
-        if now - last_reply < patience:
+        if now - last_reply < self._min_patience:
             return
         for node in sorted(set(waiting.values()) - set(replies)):
             if now - asked_at[node] >= patience:

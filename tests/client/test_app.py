@@ -116,11 +116,14 @@ def test_a_train_message_syncs_the_audit_log_once(
         synced.append(Path(f"/proc/self/fd/{fd}").readlink().name)
         real(fd)
 
+    first = app(_message("train", 1), _context(site_toml, target_epsilon=2.0))
     monkeypatch.setattr(os, "fsync", fsync)
-    reply = app(_message("train", 1), _context(site_toml, target_epsilon=2.0))
+    reply = app(_message("train", 2), _context(site_toml, target_epsilon=2.0))
 
+    assert not first.has_error(), first.error
     assert not reply.has_error(), reply.error
-    # Joined, charged and released: three records, one sync of the log.
-    events = [e["event"] for e in _events(site_toml)]
-    assert events == ["run_joined", "round_charged", "update_released"]
+    # Charged and released: two records, one sync of the log (round 1 syncs
+    # run_joined on its own, before the charge).
+    events = [(e["event"], e["round"]) for e in _events(site_toml)]
+    assert events[-2:] == [("round_charged", 2), ("update_released", 2)]
     assert synced.count("audit.jsonl") == 1
