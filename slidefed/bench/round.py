@@ -131,7 +131,9 @@ def measure(
     parallel = min(cpus, n_sites)
     # Sites release no timing: one site's training, measured here on the same
     # data and settings, stands for each of them.
-    site = site_messages(sites[0], run, rounds=3)
+    # A site of its own: the federation's sites have charged this run's rounds.
+    timing = _sites(fed / "timing", shared, 1)
+    site = site_messages(timing[0], _run_config(fed / "timing", timing, 3), rounds=3)
     training = site["training_seconds"] * n_sites / parallel
     model = build_model("abmil", feature_dim("hed"), seed=seed)
     state = {k: v.detach().numpy() for k, v in model.state_dict().items()}

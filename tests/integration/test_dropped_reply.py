@@ -108,9 +108,13 @@ class DroppingProxy:
                     for k, v in self.headers.items()
                     if k.lower() not in ("host", "content-length", "connection")
                 }
-                upstream = proxy.client.request(
-                    self.command, self.path, content=body, headers=headers
-                )
+                try:
+                    upstream = proxy.client.request(
+                        self.command, self.path, content=body, headers=headers
+                    )
+                except (httpx.HTTPError, RuntimeError):  # the front, or we, stopped
+                    self._answer(502, b"front unreachable", "text/plain")
+                    return
                 kind = upstream.headers.get("content-type", "application/octet-stream")
                 self._answer(upstream.status_code, upstream.content, kind)
 
