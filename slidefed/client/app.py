@@ -278,8 +278,7 @@ def _charge(
     key: str,
 ) -> Charge:
     """Charge the round to the ledger (or recognise a replay), and audit it."""
-    # What is held goes first (run_joined): a log that cannot be written refuses
-    # the round before anything is charged.
+    # Held records first: an unwritable log refuses the round before any charge.
     site.audit.flush()
     n_batches = batches_per_epoch(len(train_bags), run.batch_size)
     policy = site.config.policy
@@ -346,14 +345,11 @@ def _train_round(
         # The ledger charged this round with its own accountant.
         report_epsilon=False,
     )
-    seconds = time.perf_counter() - started
     # The site's own log only: timing is not released (it tells about the data).
+    seconds = time.perf_counter() - started
+    line = "round %s: trained %d steps in %.3f s"
     logger.info(
-        "round %s: trained %d steps in %.3f s",
-        server_round,
-        result.steps,
-        seconds,
-        extra={"train_seconds": seconds},
+        line, server_round, result.steps, seconds, extra={"train_seconds": seconds}
     )
     if result.steps != charge.steps or result.sample_rate != charge.sample_rate:
         raise SlidefedError(
