@@ -1,5 +1,12 @@
 """``slidefed bench round``: what a federated round costs beyond local training.
 
+Two measurements. :func:`site_costs`: one site's train messages, in-process, at the
+demo's size and at a realistic size (:mod:`slidefed.bench._site_round`): the fixed
+cost of a message in ms and its share of the message (``overhead_fraction``).
+:func:`measure`: whole federations of simulated sites, each round against the
+local training those sites do (measured in the same run, in-process, on the same
+data) and a plain socket.
+
 Sites share one prepared synthetic dataset (their own ledgers, audit logs and keys)
 so that 10 or 50 virtual sites fit this machine. The round is run on Flower's
 simulation engine with the real ServerApp and ClientApp at the demo's settings. In
@@ -100,6 +107,7 @@ def measure(
     n_sites: int, *, rounds: int = 2, seed: int = 0, workdir: Path | None = None
 ) -> dict[str, Any]:
     """One federation of ``n_sites``; the last round's overhead."""
+    from slidefed.bench._site_round import site_messages
     from slidefed.bench.memory import PeakMemory
     from slidefed.common.model import build_model, feature_dim
     from slidefed.simulation import run_simulation
@@ -121,7 +129,12 @@ def measure(
     ]
     last = rows[-1]
     parallel = min(cpus, n_sites)
-    training = last["train_seconds_sum"] / parallel
+    # Sites release no timing: one site's training, measured here on the same
+    # data and settings, stands for each of them.
+    # A site of its own: the federation's sites have charged this run's rounds.
+    timing = _sites(fed / "timing", shared, 1)
+    site = site_messages(timing[0], _run_config(fed / "timing", timing, 3), rounds=3)
+    training = site["training_seconds"] * n_sites / parallel
     model = build_model("abmil", feature_dim("hed"), seed=seed)
     state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     sock_seconds, sock_bytes = socket_baseline(state, 2 * n_sites)
@@ -163,6 +176,51 @@ def _run_config(fed: Path, sites: list[Path], rounds: int) -> RunConfig:
     )
 
 
+def site_costs(
+    *,
+    patients: int = 200,
+    tiles: int = 1000,
+    dim: int = 1024,
+    messages: int = 6,
+    seed: int = 0,
+    workdir: Path | None = None,
+) -> dict[str, Any]:
+    """The fixed cost of a site's message, at the demo's and a realistic size.
+
+    ``demo``: the ClientApp's train messages to a site of the demo's size.
+    ``realistic``: one local epoch on ``patients`` bags of ``tiles`` x ``dim``,
+    with the demo's fixed cost where the model's size does not matter and the
+    size-dependent parts measured again for the larger model.
+    """
+    from slidefed.bench._site_round import (
+        realistic_training,
+        site_messages,
+        size_dependent_ms,
+    )
+    from slidefed.common.model import build_model, feature_dim
+
+    root = workdir or Path(tempfile.mkdtemp(prefix="slidefed-bench-site-"))
+    shared = _shared_site(root, seed)
+    site = _sites(root / "one", shared, 1)[0]
+    demo = site_messages(
+        site, _run_config(root / "one", [site], messages), rounds=messages
+    )
+    small = build_model("abmil", feature_dim("hed"), seed=seed)
+    small_ms = size_dependent_ms(
+        {k: v.detach().numpy() for k, v in small.state_dict().items()}
+    )
+    big = realistic_training(patients=patients, tiles=tiles, dim=dim, seed=seed)
+    fixed_ms = demo["fixed_ms_per_message"] - small_ms + big["size_dependent_ms"]
+    total = big["training_seconds"] + fixed_ms / 1000
+    realistic = {
+        **big,
+        "fixed_ms_per_message": round(fixed_ms, 1),
+        "message_seconds": round(total, 3),
+        "overhead_fraction": round(fixed_ms / 1000 / total, 4),
+    }
+    return {"demo": demo, "realistic": realistic}
+
+
 def bytes_ratio_large() -> float:
     """Wire bytes over raw fp32 bytes for a UNI-sized ABMIL (1024 -> 256)."""
     from slidefed.common.model import ABMIL
@@ -172,4 +230,10 @@ def bytes_ratio_large() -> float:
     return float(round(wire_bytes(state) / sum(v.nbytes for v in state.values()), 5))
 
 
-__all__ = ["bytes_ratio_large", "measure", "socket_baseline", "wire_bytes"]
+__all__ = [
+    "bytes_ratio_large",
+    "measure",
+    "site_costs",
+    "socket_baseline",
+    "wire_bytes",
+]

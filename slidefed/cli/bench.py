@@ -218,17 +218,40 @@ def bench_round(
     as_json: JsonOpt = False,
     sites: Annotated[
         list[int] | None,
-        typer.Option("--sites", help="Site counts (default 10 and 50)."),
+        typer.Option(
+            "--sites", help="Simulated federation sizes (default 10 and 50; 0: none)."
+        ),
     ] = None,
+    patients: Annotated[
+        int, typer.Option(help="Patients of the realistic site.")
+    ] = 200,
+    tiles: Annotated[
+        int, typer.Option(help="Tiles per bag at the realistic size.")
+    ] = 1000,
+    dim: Annotated[
+        int, typer.Option(help="Feature length at the realistic size.")
+    ] = 1024,
 ) -> None:
-    """Per-round overhead beyond local training, against a torch.save socket baseline."""
-    from slidefed.bench.round import bytes_ratio_large, measure
+    """A site message's fixed cost, and whole rounds against local training."""
+    from slidefed.bench.round import bytes_ratio_large, measure, site_costs
 
-    results = [measure(n) for n in (sites or [10, 50])]
-    out = {"results": results, "bytes_ratio_abmil_1024": bytes_ratio_large()}
+    costs = site_costs(patients=patients, tiles=tiles, dim=dim)
+    results = [measure(n) for n in (sites or [10, 50]) if n > 0]
+    out = {
+        "site": costs,
+        "results": results,
+        "bytes_ratio": results[0]["bytes_ratio"] if results else None,
+        "bytes_ratio_abmil_1024": bytes_ratio_large(),
+    }
     if as_json:
         print(json.dumps(out, indent=2))
         return
+    for size in ("demo", "realistic"):
+        c = costs[size]
+        print(
+            f"site message ({size}): fixed {c['fixed_ms_per_message']} ms, training "
+            f"{c['training_seconds']} s, overhead_fraction {c['overhead_fraction']}"
+        )
     for r in results:
         print(
             f"{r['sites']} sites: round {r['round_seconds']} s, local training "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,16 +24,15 @@ from flwr.clientapp import ClientApp
 
 from slidefed.client import messages as m
 from slidefed.client import noised_metrics as nm
-from slidefed.client.egress import check_egress, egress_guard_mod
+from slidefed.client.egress import egress_guard_mod
 from slidefed.client.privacy.anchor import verify_ledger
 from slidefed.client.privacy.charging import Charge, charge_round
 from slidefed.client.privacy.evaluation_charging import charge_evaluation
 from slidefed.client.privacy.releases import Kind
 from slidefed.client.site import Site, config_hash
 from slidefed.client.train import batches_per_epoch, train_dp
-from slidefed.common.arrays import ArraySpec, specs_of, update_nbytes, update_sha256
+from slidefed.common.arrays import ArraySpec
 from slidefed.common.audit.events import (
-    EgressBlocked,
     EvaluationCharged,
     EvaluationRefused,
     MetricsReleased,
@@ -42,7 +42,6 @@ from slidefed.common.audit.events import (
     RoundRefused,
     RoundReplayed,
     RunJoined,
-    UpdateReleased,
 )
 from slidefed.common.errors import (
     AuditError,
@@ -104,6 +103,27 @@ def _handle(
         )
         return m.error(msg, SiteError.SITE_NOT_PREPARED)
     server_round = int(m.config(msg, "server-round", 0))
+    reply = _answer(msg, context, body, run, site, server_round, refused=refused)
+    try:
+        # Every record of this message, with one disk sync, before the reply leaves.
+        site.audit.flush()
+    except (OSError, AuditError):
+        logger.exception("the audit log could not record round %s", server_round)
+        return m.error(msg, SiteError.STORAGE_ERROR)
+    return reply
+
+
+def _answer(
+    msg: Message,
+    context: Context,
+    body: Handler,
+    run: RunConfig,
+    site: Site,
+    server_round: int,
+    *,
+    refused: type[RoundRefused] | type[EvaluationRefused],
+) -> Message:
+    """The handler's reply, or the table entry of its refusal or failure."""
     try:
         return body(msg, context, run, site, server_round)
     except PolicyViolation as exc:
@@ -166,7 +186,7 @@ def _train(
             RoundReplayed(**meta.charge), run_id=context.run_id, round=server_round
         )
         # The same bytes leave again: recorded like any release.
-        _audit_release(context, site, server_round, arrays, dict(meta.metrics))
+        m.audit_release(context, site, server_round, arrays, dict(meta.metrics))
         return m.reply(msg, arrays, dict(meta.metrics))
     charge = _charge(context, run, site, server_round, train_bags, fingerprint, key)
     state, metrics = _train_round(
@@ -184,7 +204,7 @@ def _train(
     )
     if blocked is not None:
         return blocked
-    _audit_release(context, site, server_round, state, metrics)
+    m.audit_release(context, site, server_round, state, metrics)
     return m.reply(msg, state, metrics)
 
 
@@ -204,7 +224,7 @@ def _store_unless_blocked(
     ``specs``: the site's own model, which the arrays must match.
     """
     kind, ledger_run, server_round, key = release
-    problem = _egress_problem(context, site, server_round, arrays, metrics, specs)
+    problem = m.egress_problem(context, site, server_round, arrays, metrics, specs)
     if problem:
         logger.warning("egress check blocked the reply: %s", problem)
         return m.error(msg, SiteError.EGRESS_BLOCKED)
@@ -263,6 +283,8 @@ def _charge(
     key: str,
 ) -> Charge:
     """Charge the round to the ledger (or recognise a replay), and audit it."""
+    # Held records first: an unwritable log refuses the round before any charge.
+    site.audit.flush()
     n_batches = batches_per_epoch(len(train_bags), run.batch_size)
     policy = site.config.policy
     charge = charge_round(
@@ -314,6 +336,7 @@ def _train_round(
         If training took other steps or another sample rate than were charged.
     """
     model = m.load_model(run, site, msg)
+    started = time.perf_counter()
     result = train_dp(
         model,
         train_bags,
@@ -326,6 +349,14 @@ def _train_round(
         randomness=site.randomness.for_release("train", server_round, key),
         proximal_mu=m.config(msg, "proximal-mu", 0.0),
         grad_sample_mode=run.grad_sample_mode,
+        # The ledger charged this round with its own accountant.
+        report_epsilon=False,
+    )
+    # The site's own log only: timing is not released (it tells about the data).
+    seconds = time.perf_counter() - started
+    line = "round %s: trained %d steps in %.3f s"
+    logger.info(
+        line, server_round, result.steps, seconds, extra={"train_seconds": seconds}
     )
     if result.steps != charge.steps or result.sample_rate != charge.sample_rate:
         raise SlidefedError(
@@ -343,42 +374,6 @@ def _train_round(
         "noise_multiplier": charge.noise_multiplier,
     }
     return state, metrics
-
-
-def _egress_problem(
-    context: Context,
-    site: Site,
-    server_round: int,
-    state: dict[str, Any] | None,
-    metrics: dict[str, Any],
-    specs: list[ArraySpec] | None,
-) -> str | None:
-    """Why the reply may not leave (audited), or None."""
-    problem = check_egress(state, metrics, specs if state is not None else None)
-    if problem:
-        site.audit.append(
-            EgressBlocked(reason=problem), run_id=context.run_id, round=server_round
-        )
-    return problem
-
-
-def _audit_release(
-    context: Context,
-    site: Site,
-    server_round: int,
-    state: dict[str, Any],
-    metrics: dict[str, Any],
-) -> None:
-    site.audit.append(
-        UpdateReleased(
-            arrays=[s.model_dump() for s in specs_of(state)],
-            bytes=update_nbytes(state),
-            sha256=update_sha256(state),
-            metrics=metrics,
-        ),
-        run_id=context.run_id,
-        round=server_round,
-    )
 
 
 @app.evaluate()

@@ -22,6 +22,7 @@ from flwr.app import (
     RecordDict,
 )
 
+from slidefed.client.egress import check_egress
 from slidefed.client.privacy.anchor import LedgerMismatch
 from slidefed.client.privacy.evaluation_charging import (
     EvaluationRefused as EvaluationCapReached,
@@ -30,7 +31,8 @@ from slidefed.client.privacy.ledger import stable_run_id
 from slidefed.client.privacy.releases import Kind
 from slidefed.client.site import Site, code_sha256
 from slidefed.client.site_model import check_model_in, site_model_specs
-from slidefed.common.arrays import ArraySpec, update_sha256
+from slidefed.common.arrays import ArraySpec, specs_of, update_nbytes, update_sha256
+from slidefed.common.audit.events import EgressBlocked, UpdateReleased
 from slidefed.common.errors import PolicyViolation, PrivacyBudgetExhausted
 from slidefed.common.model import build_model, feature_dim
 from slidefed.common.run_config import RunConfig
@@ -169,11 +171,50 @@ def evaluation_cap(run: RunConfig, site: Site) -> int:
     return run.num_server_rounds if cap is None else cap
 
 
+def egress_problem(
+    context: Context,
+    site: Site,
+    server_round: int,
+    state: dict[str, Any] | None,
+    metrics: dict[str, Any],
+    specs: list[ArraySpec] | None,
+) -> str | None:
+    """Why the reply may not leave (audited), or None."""
+    problem = check_egress(state, metrics, specs if state is not None else None)
+    if problem:
+        site.audit.append(
+            EgressBlocked(reason=problem), run_id=context.run_id, round=server_round
+        )
+    return problem
+
+
+def audit_release(
+    context: Context,
+    site: Site,
+    server_round: int,
+    state: dict[str, Any],
+    metrics: dict[str, Any],
+) -> None:
+    """Audit the release of ``state`` with its specs, size, hash and metrics."""
+    site.audit.append(
+        UpdateReleased(
+            arrays=[s.model_dump() for s in specs_of(state)],
+            bytes=update_nbytes(state),
+            sha256=update_sha256(state),
+            metrics=metrics,
+        ),
+        run_id=context.run_id,
+        round=server_round,
+    )
+
+
 __all__ = [
+    "audit_release",
     "check_model",
     "config",
     "config_text",
     "delta",
+    "egress_problem",
     "error",
     "evaluation_cap",
     "input_key",

@@ -18,7 +18,7 @@ from slidefed.client.prepare.prepared import load_site_features, report_path
 from slidefed.client.privacy.ledger import PrivacyLedger
 from slidefed.client.privacy.randomness import SiteRandomness
 from slidefed.client.privacy.releases import ReleaseStore
-from slidefed.common.audit.writer import AuditLog
+from slidefed.common.audit.writer import AuditBatch, AuditLog
 from slidefed.common.crypto import load_audit_key
 from slidefed.common.errors import ConfigError, PolicyViolation
 from slidefed.common.run_config import RunConfig
@@ -49,11 +49,15 @@ class Site:
         self.ledger = PrivacyLedger(config.ledger_path)
         self.releases = ReleaseStore(config.state_dir / "releases")
         self.randomness = SiteRandomness.of_site(config.state_dir)
-        self.audit = AuditLog(
-            config.audit_path,
-            key=load_audit_key(config.audit_key_path),
-            actor="site",
-            actor_name=config.site.name,
+        # The records of one message are written together, with one disk
+        # sync, when the handler flushes them before its reply leaves.
+        self.audit = AuditBatch(
+            AuditLog(
+                config.audit_path,
+                key=load_audit_key(config.audit_key_path),
+                actor="site",
+                actor_name=config.site.name,
+            )
         )
 
     @classmethod

@@ -11,6 +11,7 @@ model (:func:`egress_limit`); it never comes from the message.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping
@@ -23,7 +24,7 @@ import torch
 from slidefed.client.config import SiteConfig, SitePolicy, load_site_config
 from slidefed.common.arrays import ArraySpec
 from slidefed.common.errors import SlidefedError
-from slidefed.common.model import build_model, feature_dim
+from slidefed.common.model import Inputs, build_model, feature_dim
 from slidefed.common.run_config import RunConfig, parse_run_config
 from slidefed.common.site_errors import SiteError, SiteRefusal
 
@@ -86,24 +87,29 @@ def site_model_specs(run: RunConfig, config: SiteConfig) -> list[ArraySpec]:
             "in the run config)",
             code=SiteError.ENCODER_DIFFERS,
         )
+    specs = _model_specs(
+        run.task, dim, seed=run.seed, n_classes=run.n_classes(), inputs=run.inputs
+    )
+    return list(specs)
+
+
+@functools.lru_cache(maxsize=8)
+def _model_specs(
+    task: str, dim: int, *, seed: int, n_classes: int, inputs: Inputs
+) -> tuple[ArraySpec, ...]:
+    """The model's arrays; kept, as every message of a run asks the same."""
     # The meta device holds shapes and dtypes only: a run asking for a huge model
     # costs the site no memory to measure.
     with torch.device("meta"):
-        model = build_model(
-            run.task,
-            dim,
-            seed=run.seed,
-            n_classes=run.n_classes(),
-            inputs=run.inputs,
-        )
-    return [
+        model = build_model(task, dim, seed=seed, n_classes=n_classes, inputs=inputs)
+    return tuple(
         ArraySpec(
             name=name,
             shape=tuple(int(d) for d in tensor.shape),
             dtype=str(tensor.dtype).removeprefix("torch."),
         )
         for name, tensor in model.state_dict().items()
-    ]
+    )
 
 
 def _prepared_dim(config: SiteConfig) -> int:

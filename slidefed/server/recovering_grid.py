@@ -6,19 +6,29 @@ the way (the SuperLink's state busy under many nodes, a dropped connection) is
 simply missing at the end, although the site was charged for it.
 
 :class:`RecoveringGrid` wraps the run's Grid. It polls every ``poll`` seconds, and
-when a site stays silent ``patience`` seconds after the latest reply from another
-site (and as long since it was last asked), it
-sends that site the same instruction again, while the stage has time left. A site
+when a site stays silent ``patience`` seconds after it was last asked
+(``PATIENCE_FACTOR`` times the slowest reply of the stage so far, at least
+``min_patience``), and ``min_patience`` after the latest reply from another
+site, it sends that site the same instruction again, while the stage has time left. A site
 answers a repeated instruction from its stored release: the same bytes, no new
 charge (see ``slidefed.client.privacy.releases``). Each repeat is audited
 (``reply_reasked``); a site still silent at the deadline is audited as
 ``reply_lost``, so the auditor's cross-check shows every release the server never
 aggregated.
+
+Each outstanding reply is pulled on its own, in a daemon thread
+(:class:`_Pull`). Flower's ``pull_messages`` fetches the content of every reply it
+returns before it returns any: a reply whose upload failed half-way (the node
+gave up on a 500 from the SuperLink's busy database) is retried for up to
+``PULL_MAX_TIME`` (7,200 s), and in practice until the SuperLink drops its
+object-push session (180 s), holding every other reply of the same call. Pulled
+one by one, the others arrive, and the stuck one is asked again meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -39,6 +49,12 @@ again with the same randomness if it had not finished), only time."""
 
 MESSAGE_UNAVAILABLE = 3
 """Flower's error code for a reply whose objects never reached the SuperLink."""
+
+PATIENCE_FACTOR = 1.5
+"""A silent site is asked again once this many times as long as the slowest reply
+of the stage took (and at least ``MIN_PATIENCE``) has passed since it was asked: a
+site whose ClientApp takes long to start is not asked again before it could
+answer (its node handles one message at a time, so an early copy only queues)."""
 
 MAX_ASKS = 3
 """Times an instruction is sent to one site in one stage (the first included)."""
@@ -61,6 +77,41 @@ def _server_round(message: Message) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return None
+
+
+class _Pull:
+    """One ``pull_messages`` call for one reply, in a daemon thread.
+
+    A daemon thread, so that a pull stuck in Flower's retries never holds the
+    ServerApp's exit.
+    """
+
+    def __init__(self, grid: Any, message_id: str) -> None:
+        self._done = threading.Event()
+        self._replies: list[Message] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(grid, message_id), daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, grid: Any, message_id: str) -> None:
+        try:
+            self._replies = list(grid.pull_messages([message_id]))
+        except BaseException as exc:  # noqa: BLE001 - re-raised by result()
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the call returned within ``timeout`` seconds."""
+        return self._done.wait(timeout)
+
+    def result(self) -> list[Message]:
+        """The replies pulled; the call's exception, if it raised one."""
+        if self._error is not None:
+            raise self._error
+        return self._replies
 
 
 class RecoveringGrid:
@@ -142,8 +193,10 @@ class RecoveringGrid:
         replies: dict[int, Message] = {}
         last_reply = start
         asked_at = dict.fromkeys(originals, start)
+        pulls: dict[str, _Pull] = {}
+        slowest = 0.0  # seconds from an ask to its reply, the longest this stage
         while waiting and (end is None or time.monotonic() < end):
-            for reply in self._grid.pull_messages(list(waiting)):
+            for reply in self._pull(waiting, pulls):
                 mid = reply.metadata.reply_to_message_id
                 if mid not in waiting:
                     continue
@@ -157,10 +210,14 @@ class RecoveringGrid:
                     continue
                 replies[node] = reply
                 last_reply = time.monotonic()
+                slowest = max(slowest, last_reply - asked_at[node])
                 # Later copies to the same site are not waited for.
                 waiting = {m: n for m, n in waiting.items() if n != node}
             if waiting:
-                self._reask(keep, replies, waiting, asks, asked_at, last_reply, end)
+                patience = max(self._min_patience, PATIENCE_FACTOR * slowest)
+                self._reask(
+                    keep, replies, waiting, asks, asked_at, (last_reply, patience), end
+                )
                 time.sleep(self._poll)
         for node, message in keep.items():
             if node not in replies:
@@ -172,6 +229,23 @@ class RecoveringGrid:
                     asks[node],
                 )
         return list(replies.values())
+
+    def _pull(self, waiting: dict[str, int], pulls: dict[str, _Pull]) -> list[Message]:
+        """The replies that arrived: each waiting message pulled on its own.
+
+        A message whose last pull has not returned is not pulled again; a stuck
+        pull holds only its own reply.
+        """
+        for mid in waiting:
+            if mid not in pulls:
+                pulls[mid] = _Pull(self._grid, mid)
+        deadline = time.monotonic() + self._poll
+        for pull in list(pulls.values()):
+            pull.wait(max(0.0, deadline - time.monotonic()))
+        replies: list[Message] = []
+        for mid in [m for m, p in pulls.items() if p.wait(0)]:
+            replies.extend(pulls.pop(mid).result())
+        return replies
 
     def _ask_again(
         self,
@@ -212,19 +286,29 @@ class RecoveringGrid:
         waiting: dict[str, int],
         asks: dict[int, int],
         asked_at: dict[int, float],
-        last_reply: float,
+        wait: tuple[float, float],
         end: float | None,
     ) -> None:
-        """Ask again the sites silent for ``min_patience`` after another's reply."""
+        """Ask again the sites silent for ``patience`` since they were asked.
+
+        ``wait``: when the latest reply came, and the patience (seconds).
+        """
         if not replies:
             return  # nobody answered yet: nothing says a reply was lost
         now = time.monotonic()
+        last_reply, patience = wait
         if now - last_reply < self._min_patience:
             return
         for node in sorted(set(waiting.values()) - set(replies)):
-            if now - asked_at[node] >= self._min_patience:
+            if now - asked_at[node] >= patience:
                 self._ask_again(keep, node, waiting, asks, end)
                 asked_at[node] = now
 
 
-__all__ = ["MAX_ASKS", "MIN_PATIENCE", "POLL_SECONDS", "RecoveringGrid"]
+__all__ = [
+    "MAX_ASKS",
+    "MIN_PATIENCE",
+    "PATIENCE_FACTOR",
+    "POLL_SECONDS",
+    "RecoveringGrid",
+]

@@ -130,3 +130,28 @@ def test_cosine_schedule_shrinks_the_step_the_site_takes_by_round(
     assert _largest_step(first) == pytest.approx(0.01, rel=1e-3)
     # Round 3 of 3: lr * (1 + cos(2 pi / 3)) / 2 = lr / 4.
     assert _largest_step(third) == pytest.approx(0.0025, rel=1e-3)
+
+
+def test_a_train_message_syncs_the_audit_log_once(
+    site_toml: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(Path(f"/proc/self/fd/{fd}").readlink().name)
+        real(fd)
+
+    first = app(_message("train", 1), _context(site_toml, target_epsilon=2.0))
+    monkeypatch.setattr(os, "fsync", fsync)
+    reply = app(_message("train", 2), _context(site_toml, target_epsilon=2.0))
+
+    assert not first.has_error(), first.error
+    assert not reply.has_error(), reply.error
+    # Charged and released: two records, one sync of the log (round 1 syncs
+    # run_joined on its own, before the charge).
+    events = [(e["event"], e["round"]) for e in _events(site_toml)]
+    assert events[-2:] == [("round_charged", 2), ("update_released", 2)]
+    assert synced.count("audit.jsonl") == 1

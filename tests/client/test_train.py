@@ -78,6 +78,7 @@ def test_train_dp_counts_every_poisson_step_and_learns() -> None:
     )
     assert result.steps == 5 * batches_per_epoch(24, 4)
     assert result.sample_rate == pytest.approx(1 / 6)
+    assert result.opacus_epsilon is not None
     assert result.opacus_epsilon > 0
     after = evaluate(model, bags)
     assert after.loss < before.loss

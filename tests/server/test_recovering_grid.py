@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from typing import Any
 
@@ -160,3 +161,55 @@ def test_a_reply_whose_content_never_came_is_asked_again_at_once() -> None:
     assert sorted(r.metadata.src_node_id for r in replies) == [1, 2, 3]
     assert not any(r.has_error() for r in replies)
     assert events == [("reasked", 3, "train", 4, 2)]
+
+
+class _StuckLink(_Link):
+    """A link whose pull of one reply hangs, as Flower's does while it retries the
+    objects of an upload that failed half-way."""
+
+    def __init__(self, stuck: tuple[int, int]) -> None:
+        super().__init__(lose=set())
+        self.stuck = stuck
+        self.release = threading.Event()
+        self.stuck_ids: set[str] = set()
+
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        before = len(self.sent)
+        ids = super().push_messages(messages)
+        for mid, sent in zip(ids, self.sent[before:], strict=True):
+            if sent == self.stuck:
+                self.stuck_ids.add(mid)
+        return ids
+
+    def pull_messages(self, ids: list[str]) -> list[Message]:
+        if self.stuck_ids & set(ids):
+            self.release.wait(30)
+            return []
+        return super().pull_messages(ids)
+
+
+def test_a_pull_stuck_on_one_reply_holds_neither_the_others_nor_the_repeat() -> None:
+    link = _StuckLink(stuck=(2, 1))
+    events: list[tuple[Any, ...]] = []
+    start = time.monotonic()
+    try:
+        replies = list(
+            _grid(link, events).send_and_receive(_instructions(), timeout=10)
+        )
+    finally:
+        link.release.set()
+    assert time.monotonic() - start < 5
+    # Site 2's first reply is stuck in its pull; asked again, it answers.
+    assert sorted(r.metadata.src_node_id for r in replies) == [1, 2, 3]
+    assert events == [("reasked", 2, "train", 4, 2)]
+
+
+def test_a_slow_site_is_not_asked_again_before_it_could_answer() -> None:
+    # Every reply takes 20 polls: well past min_patience. Site 2's first reply
+    # is lost; its second comes as slowly as the others did.
+    link = _Link(lose={(2, 1)}, delay=20)
+    events: list[tuple[Any, ...]] = []
+    replies = list(_grid(link, events).send_and_receive(_instructions(), timeout=10))
+    assert sorted(r.metadata.src_node_id for r in replies) == [1, 2, 3]
+    assert [n for n, _ in link.sent].count(2) == 2, link.sent
+    assert events == [("reasked", 2, "train", 4, 2)]

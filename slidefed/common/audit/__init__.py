@@ -23,6 +23,7 @@ from slidefed.common.audit.records import AuditRecord as AuditRecord
 from slidefed.common.audit.records import canonical_json as canonical_json
 from slidefed.common.audit.records import head_path as head_path
 from slidefed.common.audit.records import line_hash as line_hash
+from slidefed.common.audit.writer import AuditBatch as AuditBatch
 from slidefed.common.audit.writer import AuditEntry as AuditEntry
 from slidefed.common.audit.writer import AuditLog as AuditLog
 
@@ -31,6 +32,7 @@ __all__ = [
     "EVENT_MODELS",
     "GENESIS_HASH",
     "Actor",
+    "AuditBatch",
     "AuditEntry",
     "AuditEvent",
     "AuditHead",

@@ -259,6 +259,62 @@ class AuditLog:
             raise AuditError(f"cannot write {self.head_path}: {exc.strerror}") from exc
 
 
+class AuditBatch:
+    """The records of one message, held until :meth:`flush` writes them at once.
+
+    A site's message handler appends a charge, a release and perhaps a refusal;
+    written one by one, each costs a lock, a read of the tail, a disk sync of the
+    log and a replacement of the head. Held here, they go out with one
+    :meth:`AuditLog.append_many`, in the order appended, before the reply leaves.
+
+    Parameters
+    ----------
+    log : AuditLog
+        The log the records belong to.
+    """
+
+    def __init__(self, log: AuditLog) -> None:
+        self.log = log
+        self._pending: list[AuditEntry] = []
+
+    @property
+    def path(self) -> Path:
+        """The log file."""
+        return self.log.path
+
+    def append(
+        self,
+        payload: AuditEvent,
+        /,
+        *,
+        run_id: int | None = None,
+        round: int | None = None,
+    ) -> None:
+        """Hold one record for the next :meth:`flush`.
+
+        Raises
+        ------
+        AuditError
+            If the payload is not JSON-safe (checked now, so that a bad record
+            cannot keep the others of the batch from being written).
+        """
+        self.log._json_safe(payload)
+        self._pending.append(AuditEntry(payload, run_id, round))
+
+    def flush(self) -> list[AuditRecord]:
+        """Write every held record with one disk sync; the records written.
+
+        Raises
+        ------
+        AuditError
+            As :meth:`AuditLog.append_many`; the records stay held then, so a
+            later flush may try again.
+        """
+        records = self.log.append_many(self._pending)
+        self._pending = []
+        return records
+
+
 def _check_keys(value: Any) -> None:
     """Refuse dict keys that JSON would silently turn into strings."""
     if isinstance(value, dict):
@@ -279,4 +335,4 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["AuditEntry", "AuditLog"]
+__all__ = ["AuditBatch", "AuditEntry", "AuditLog"]
