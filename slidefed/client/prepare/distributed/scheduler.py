@@ -16,6 +16,10 @@ slides and found the cached ones (:func:`slidefed.client.prepare.pipeline
 * a task whose worker process or node dies is run again elsewhere by Ray
   (``max_retries``); a slide that fails even so, or whose task raises, is
   recorded as skipped with the reason, and the others go on;
+* with ``[qc]`` enabled, nodes assess the slides and filter their tiles as a
+  local run does, and return the masks and tallies; the driver writes each
+  slide's QC record and thumbnail (``state/qc``: the nodes need not see the
+  site's disk) and skips, and remembers, a slide that fails QC;
 * only the driver writes the cache, with the same keys and the same arrays as a
   local run, and a slide only once all its regions are back: a run killed
   half-way leaves whole slides, which the next run (local or on the cluster)
@@ -51,8 +55,11 @@ from slidefed.client.prepare.distributed.work import (
     read_region,
     start_slide,
 )
+from slidefed.client.prepare.qc.checker import SlideChecker
+from slidefed.client.prepare.qc.masks import SlideMasks
 from slidefed.client.prepare.report import SlideOutcome
-from slidefed.client.prepare.slide import _finish
+from slidefed.client.prepare.slide import _finish, _qc_verdict
+from slidefed.client.prepare.tiling import TileGrid
 from slidefed.common.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -188,6 +195,8 @@ class _Slide:
     regions: dict[int, RegionDone] = field(default_factory=dict)
     expected: int = 1
     refs: set[Any] = field(default_factory=set)
+    masks: SlideMasks | None = None
+    grid: TileGrid | None = None
 
 
 class _Scheduler:
@@ -220,7 +229,8 @@ class _Scheduler:
         self.region_task = ray.remote(read_region).options(**options)
         self.slides: dict[int, _Slide] = {}
         self.pending: dict[Any, tuple[int, int | None]] = {}
-        self.regions: deque[tuple[int, int, Any]] = deque()
+        # (row, region, its grid, the slide's QC masks in Ray's object store)
+        self.regions: deque[tuple[int, int, Any, Any]] = deque()
         self.peak_in_flight = 0
 
     def _work(self, job: SlideJob) -> SlideWork:
@@ -231,6 +241,7 @@ class _Scheduler:
             features=self.features,
             max_tile_pixels=self.config.prepare.max_tile_pixels,
             region_tiles=self.config.prepare.ray_region_tiles,
+            qc=self.config.qc if self.config.qc.enabled else None,
         )
 
     def _submit(self, row: int, index: int | None, ref: Any) -> None:
@@ -241,10 +252,11 @@ class _Scheduler:
     def _fill(self, todo: deque[SlideJob]) -> None:
         while len(self.pending) < self.limit and (self.regions or todo):
             if self.regions:
-                row, index, grid = self.regions.popleft()
+                row, index, grid, masks = self.regions.popleft()
                 if row in self.slides:  # not failed meanwhile
                     work = self.slides[row].work
-                    self._submit(row, index, self.region_task.remote(work, grid))
+                    ref = self.region_task.remote(work, grid, masks)
+                    self._submit(row, index, ref)
                 continue
             job = todo.popleft()
             work = self._work(job)
@@ -289,16 +301,21 @@ class _Scheduler:
         elif isinstance(result, SlidePlan):
             self._split(slide, result)
         else:
+            if index is None:  # a slide of one region
+                slide.masks, slide.grid = result.masks, result.grid
             slide.regions[index or 0] = result
             if len(slide.regions) == slide.expected:
                 self._finish(slide)
 
     def _split(self, slide: _Slide, plan: SlidePlan) -> None:
         slide.expected = len(plan.regions)
+        slide.masks, slide.grid = plan.masks, plan.grid
         row = slide.job.row
+        # The masks go to the object store once, not once per region.
+        masks = self.ray.put(plan.masks) if plan.masks is not None else None
         for i, (a, b) in enumerate(plan.regions):
             grid = plan.grid.model_copy(update={"coords": plan.grid.coords[a:b]})
-            self.regions.append((row, i, grid))
+            self.regions.append((row, i, grid, masks))
         logger.info("slide #%d: %d regions", row, slide.expected)
 
     def _fail(self, slide: _Slide, reason: str) -> None:
@@ -328,6 +345,14 @@ class _Scheduler:
             failed.extend(region.failed)
         decoded = sum(r.decoded for r in slide.regions.values())
         job = slide.job
+        verdict = _qc_verdict(
+            self._checker(slide),
+            self.config.qc_dir,
+            slide_rel=job.slide,
+            row=job.row,
+            key=job.key,
+            grid=slide.grid,
+        )
         self.record(
             _finish(
                 job.slide,
@@ -337,8 +362,20 @@ class _Scheduler:
                 (parts, coords, failed),
                 decoded,
                 slide.start,
+                verdict,
             )
         )
+
+    def _checker(self, slide: _Slide) -> SlideChecker | None:
+        """The slide's QC as a local run ends it: its masks, all regions' tallies."""
+        if slide.work.qc is None or slide.masks is None:
+            return None
+        checker = SlideChecker(slide.work.qc, self.features.encoder, slide.masks)
+        for i in range(slide.expected):
+            tally = slide.regions[i].tally
+            if tally is not None:
+                checker.tally.merge(tally)
+        return checker
 
 
 def prepare_on_ray(

@@ -9,6 +9,11 @@ and tile positions; only that machine writes the feature cache.
 The tiles are cut and batched exactly as a local run cuts and batches them
 (regions start on whole feature batches), so the features are the same, bit
 for bit, as those of :func:`slidefed.client.prepare.slide.prepare_slide`.
+
+With ``[qc]`` enabled, the task that plans a slide assesses it (the QC masks the
+grid is laid on) and returns the masks; every region of the slide filters its
+tiles with those same masks (the driver sends them), and returns its tiles'
+tally, from which the driver makes the slide's QC record.
 """
 
 from __future__ import annotations
@@ -16,14 +21,18 @@ from __future__ import annotations
 import math
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-from slidefed.client.config import FeaturesSection, TilingSection
+from slidefed.client.config import FeaturesSection, QcSection, TilingSection
 from slidefed.client.prepare.encoders import Encoder, get_encoder
+from slidefed.client.prepare.qc.checker import SlideChecker
+from slidefed.client.prepare.qc.masks import SlideMasks
+from slidefed.client.prepare.qc.tiles import TileTally
+from slidefed.client.prepare.slide import _collect
 from slidefed.client.prepare.tiling import TileGrid, iter_tiles, plan_tiles
 from slidefed.client.slides.base import SlideSource
 from slidefed.client.slides.sniff import open_slide
@@ -46,6 +55,8 @@ class SlideWork:
         The site's cap on pixels per stored tile.
     region_tiles : int
         Tiles per region; a slide with more is split (see :func:`region_bounds`).
+    qc : QcSection or None
+        The site's ``[qc]`` when it is enabled, else None (no QC).
     """
 
     row: int
@@ -54,24 +65,34 @@ class SlideWork:
     features: FeaturesSection
     max_tile_pixels: int
     region_tiles: int
+    qc: QcSection | None = None
 
 
 @dataclass(frozen=True)
 class RegionDone:
-    """Features of the readable tiles of a region (or of a whole small slide)."""
+    """Features of the readable tiles of a region (or of a whole small slide).
+
+    With QC, ``tally`` counts the region's tiles QC saw and dropped; a whole
+    small slide also brings its QC ``masks`` and its ``grid``.
+    """
 
     features: NDArray[np.float32]
     coords: list[tuple[int, int]]
     failed: list[str]
     decoded: int
+    tally: TileTally | None = None
+    masks: SlideMasks | None = None
+    grid: TileGrid | None = None
 
 
 @dataclass(frozen=True)
 class SlidePlan:
-    """A large slide's tile grid and its regions (index ranges into ``coords``)."""
+    """A large slide's tile grid, its regions (index ranges into ``coords``),
+    and its QC masks (None without QC), which every region filters with."""
 
     grid: TileGrid
     regions: list[tuple[int, int]]
+    masks: SlideMasks | None = None
 
 
 @dataclass(frozen=True)
@@ -133,49 +154,83 @@ def region_bounds(
     return [(i, min(i + step, n_tiles)) for i in range(0, n_tiles, step)]
 
 
+def _checker(
+    work: SlideWork, slide: SlideSource, masks: SlideMasks | None
+) -> SlideChecker | None:
+    """The slide's QC (None without QC): with its ``masks``, or assessed here
+    (the same masks: the assessment reads only the slide)."""
+    if work.qc is None:
+        return None
+    checker = SlideChecker(work.qc, work.features.encoder, masks)
+    if masks is None:
+        checker.assess(slide)
+    return checker
+
+
 def _encode(
-    slide: SlideSource, grid: TileGrid, features: FeaturesSection
+    slide: SlideSource,
+    grid: TileGrid,
+    features: FeaturesSection,
+    checker: SlideChecker | None,
 ) -> RegionDone:
+    """Read, filter (with QC) and encode ``grid``'s tiles as a local run does."""
     encoder = _encoder(features)
     before = int(getattr(slide, "tiles_decoded", 0))
-    parts: list[NDArray[np.float32]] = []
-    coords: list[tuple[int, int]] = []
-    failed: list[str] = []
-    for batch in iter_tiles(slide, grid, features.batch_size, skip_unreadable=True):
-        failed.extend(reason for _, reason in batch.failed)
-        if batch.coords:
-            parts.append(encoder.encode(batch.tiles))
-            coords.extend(batch.coords)
+    batches = iter_tiles(slide, grid, features.batch_size, skip_unreadable=True)
+    if checker is not None:
+        batches = checker.filter(batches)
+    parts, coords, failed = _collect(batches, encoder)
     feats = np.concatenate(parts) if parts else np.empty((0, encoder.dim), np.float32)
     decoded = int(getattr(slide, "tiles_decoded", 0)) - before
-    return RegionDone(features=feats, coords=coords, failed=failed, decoded=decoded)
+    return RegionDone(
+        features=feats,
+        coords=coords,
+        failed=failed,
+        decoded=decoded,
+        tally=checker.tally if checker is not None else None,
+    )
 
 
 def start_slide(work: SlideWork) -> SlideStart:
-    """Plan a slide's tiles; encode them here when they make one region.
+    """Plan a slide's tiles (after its QC assessment); encode them here when
+    they make one region.
 
     Never raises for a bad slide: it gives a :class:`SlideSkip`.
     """
     try:
         with open_slide(Path(work.path), max_tile_pixels=work.max_tile_pixels) as slide:
-            grid = plan_tiles(slide, work.tiling)
+            checker = None
+            if work.qc is not None:
+                checker = SlideChecker(work.qc, work.features.encoder)
+            mask = checker.assess(slide) if checker is not None else None
+            grid = plan_tiles(slide, work.tiling, mask=mask)
             if not grid.coords:
                 raise SlideReadError(work.path, "no tissue found")
             regions = region_bounds(
                 len(grid.coords), work.region_tiles, work.features.batch_size
             )
+            masks = checker.masks if checker is not None else None
             if len(regions) > 1:
-                return SlidePlan(grid=grid, regions=regions)
-            return _encode(slide, grid, work.features)
+                return SlidePlan(grid=grid, regions=regions, masks=masks)
+            done = _encode(slide, grid, work.features, checker)
+            return replace(done, masks=masks, grid=grid)
     except SlideReadError as exc:
         return SlideSkip(reason=exc.reason, remember=remembered(exc))
 
 
-def read_region(work: SlideWork, grid: TileGrid) -> RegionDone | SlideSkip:
-    """Read and encode the tiles of one region (``grid`` holds only its tiles)."""
+def read_region(
+    work: SlideWork, grid: TileGrid, masks: SlideMasks | None = None
+) -> RegionDone | SlideSkip:
+    """Read and encode the tiles of one region (``grid`` holds only its tiles).
+
+    ``masks`` are the slide's QC masks (from its :class:`SlidePlan`; assessed
+    again here when missing): the region's tiles are filtered as the whole
+    slide's are in a local run.
+    """
     try:
         with open_slide(Path(work.path), max_tile_pixels=work.max_tile_pixels) as slide:
-            return _encode(slide, grid, work.features)
+            checker = _checker(work, slide, masks)
+            return _encode(slide, grid, work.features, checker)
     except SlideReadError as exc:
         return SlideSkip(reason=exc.reason, remember=remembered(exc))
 

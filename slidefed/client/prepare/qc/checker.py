@@ -80,13 +80,18 @@ class SlideChecker:
         The site's thresholds.
     encoder : str
         The site's encoder (``features.encoder``), for the modality check.
+    masks : SlideMasks, optional
+        The slide's masks when it was assessed already (by another process:
+        a region of a slide on a cluster node); else :meth:`assess` it.
     """
 
-    def __init__(self, qc: QcSection, encoder: str) -> None:
+    def __init__(
+        self, qc: QcSection, encoder: str, masks: SlideMasks | None = None
+    ) -> None:
         self.qc = qc
         self.encoder = encoder
         self.tally = TileTally()
-        self._masks: SlideMasks | None = None
+        self._masks = masks
 
     @property
     def masks(self) -> SlideMasks:

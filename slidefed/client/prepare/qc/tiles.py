@@ -128,6 +128,12 @@ class TileTally:
                 self.dropped.append((xy[0], xy[1], flaw))
         return keep
 
+    def merge(self, other: TileTally) -> None:
+        """Add the tally of the tiles after these (a later region of the slide)."""
+        self.seen += other.seen
+        self.flaws.update(other.flaws)
+        self.dropped.extend(other.dropped)
+
 
 __all__ = [
     "FLAW_TEXT",

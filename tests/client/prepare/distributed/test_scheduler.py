@@ -109,6 +109,10 @@ class _FakeRay(types.ModuleType):
     def cancel(self, ref: _Ref) -> None:
         pass
 
+    def put(self, value: Any) -> Any:
+        # A task gets the value itself: Ray resolves a ref given as an argument.
+        return value
+
 
 def _install(monkeypatch: pytest.MonkeyPatch, fake: _FakeRay) -> None:
     util = types.ModuleType("ray.util")

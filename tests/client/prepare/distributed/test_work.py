@@ -7,10 +7,16 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from slidefed.cli import main
-from slidefed.client.config import FeaturesSection, TilingSection, load_site_config
+from slidefed.client.config import (
+    FeaturesSection,
+    QcSection,
+    TilingSection,
+    load_site_config,
+)
 from slidefed.client.prepare.distributed.loopback import free_port
 from slidefed.client.prepare.distributed.work import (
     RegionDone,
@@ -21,8 +27,12 @@ from slidefed.client.prepare.distributed.work import (
     region_bounds,
     start_slide,
 )
+from slidefed.client.prepare.qc.checker import QcStore, SlideChecker
+from slidefed.client.prepare.qc.tiles import TileTally
+from slidefed.client.prepare.report import SlideOutcome
 from slidefed.client.prepare.slide import prepare_slide
 from slidefed.demo.synth import SynthSite
+from tests.client.prepare.distributed.qc_slides import write_qc_slides
 
 REPO = Path(__file__).resolve().parents[4]
 
@@ -36,7 +46,7 @@ def test_regions_cover_the_grid_on_whole_batches() -> None:
     assert region_bounds(5, 4096, 64) == [(0, 5)]
 
 
-def _work(path: Path, region_tiles: int) -> SlideWork:
+def _work(path: Path, region_tiles: int, qc: QcSection | None = None) -> SlideWork:
     return SlideWork(
         row=1,
         path=str(path),
@@ -44,6 +54,7 @@ def _work(path: Path, region_tiles: int) -> SlideWork:
         features=FeaturesSection(batch_size=4),
         max_tile_pixels=4096 * 4096,
         region_tiles=region_tiles,
+        qc=qc,
     )
 
 
@@ -65,8 +76,6 @@ def test_regions_give_the_features_of_a_local_run(
         assert isinstance(done, RegionDone)
         parts.append(done)
 
-    import numpy as np
-
     with np.load(tmp_path / f"{local.key}.npz") as data:
         feats, coords = data["features"], data["coords"]
     assert np.concatenate([p.features for p in parts]).tobytes() == feats.tobytes()
@@ -75,6 +84,94 @@ def test_regions_give_the_features_of_a_local_run(
     whole = start_slide(_work(slide, region_tiles=4096))
     assert isinstance(whole, RegionDone)
     assert whole.features.tobytes() == feats.tobytes()
+
+
+@pytest.fixture
+def qc_slides(small_site: SynthSite, tmp_path: Path) -> tuple[Path, Path]:
+    source = sorted((small_site.root / "slides").glob("*.tif"))[0]
+    return write_qc_slides(source, tmp_path)
+
+
+def _local_qc(slide: Path, root: Path) -> tuple[SlideOutcome, QcStore]:
+    """A local preparation of ``slide`` with QC: its outcome and QC records."""
+    store = QcStore(root / "qc")
+    features = FeaturesSection(batch_size=4)
+    local = prepare_slide(
+        "s.tif",
+        slide,
+        TilingSection(),
+        features,
+        root / "cache",
+        qc=QcSection(),
+        qc_dir=store.root,
+        row=1,
+    )
+    return local, store
+
+
+def test_regions_with_qc_drop_the_tiles_of_a_local_run(
+    qc_slides: tuple[Path, Path], tmp_path: Path
+) -> None:
+    partly = qc_slides[1]
+    local, store = _local_qc(partly, tmp_path)
+    assert local.status == "ok"
+    assert local.qc_dropped_tiles > 0
+    work = _work(partly, region_tiles=4, qc=QcSection())
+
+    plan = start_slide(work)
+    assert isinstance(plan, SlidePlan)
+    assert plan.masks is not None
+    parts = []
+    for a, b in plan.regions:
+        grid = plan.grid.model_copy(update={"coords": plan.grid.coords[a:b]})
+        done = read_region(work, grid, plan.masks)
+        assert isinstance(done, RegionDone)
+        assert done.tally is not None
+        # Without the masks a region assesses the slide again, to the same end.
+        again = read_region(work, grid)
+        assert isinstance(again, RegionDone)
+        assert again.features.tobytes() == done.features.tobytes()
+        assert again.tally == done.tally
+        parts.append(done)
+
+    key = local.key
+    with np.load(tmp_path / "cache" / f"{key}.npz") as data:
+        feats, coords = data["features"], data["coords"]
+    assert np.concatenate([p.features for p in parts]).tobytes() == feats.tobytes()
+    assert [c for p in parts for c in p.coords] == [tuple(c) for c in coords.tolist()]
+    # Not all the dropped tiles are in one region, and together they make the
+    # local run's record.
+    assert sum(1 for p in parts if p.tally and p.tally.flaws) >= 2
+    checker = SlideChecker(QcSection(), work.features.encoder, plan.masks)
+    for p in parts:
+        assert p.tally is not None
+        checker.tally.merge(p.tally)
+    record = checker.record(slide="s.tif", row=1, key=key, grid=plan.grid)
+    stored = store.load(key)
+    assert stored is not None
+    assert stored.verdict == "warn"
+    assert record == stored.model_copy(update={"thumbnail": ""})
+
+
+def test_a_blurred_slide_of_one_region_comes_back_with_its_qc(
+    qc_slides: tuple[Path, Path], tmp_path: Path
+) -> None:
+    blurred = qc_slides[0]
+    local, store = _local_qc(blurred, tmp_path)
+    stored = store.load(local.key)
+    assert stored is not None
+    assert stored.verdict == "fail"
+
+    whole = start_slide(_work(blurred, region_tiles=4096, qc=QcSection()))
+
+    assert isinstance(whole, RegionDone)
+    assert whole.coords == []
+    assert len(whole.features) == 0
+    assert whole.masks is not None
+    assert whole.grid is not None
+    assert isinstance(whole.tally, TileTally)
+    assert whole.tally.seen == stored.tiles_seen
+    assert dict(whole.tally.flaws) == {"blur": stored.tiles_seen}
 
 
 def test_a_bad_slide_is_a_remembered_skip(tmp_path: Path) -> None:
