@@ -154,11 +154,7 @@ def train_dp(
         dataset, batch_sampler=sampler, collate_fn=_collate_or_empty(dataset)
     )
     anchor = [p.detach().clone() for p in model.parameters() if p.requires_grad]
-    opt: torch.optim.Optimizer = (
-        torch.optim.SGD(model.parameters(), lr=lr)
-        if optimizer == "sgd"
-        else torch.optim.Adam(model.parameters(), lr=lr)
-    )
+    opt = _local_optimizer(model, optimizer, lr)
     model.train()
     engine, private, dp_opt = _make_private(
         model,
@@ -187,6 +183,15 @@ def train_dp(
         n_samples=len(bags),
         opacus_epsilon=eps,
     )
+
+
+def _local_optimizer(
+    model: nn.Module, optimizer: LocalOptimizer, lr: float
+) -> torch.optim.Optimizer:
+    """Adam (one step moves a weight by about ``lr``) or plain SGD."""
+    if optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr)
+    return torch.optim.Adam(model.parameters(), lr=lr)
 
 
 def _collate_or_empty(dataset: BagDataset) -> Callable[[Sequence[Item]], Item]:
