@@ -41,16 +41,17 @@ from slidefed.client.data.slide_paths import SlideRoots
 from slidefed.client.prepare.cache import (
     FeatureCache,
     HashMemo,
-    cache_key,
     slide_signature,
 )
 from slidefed.client.prepare.encoders import encoder_cache_id, get_encoder
 from slidefed.client.prepare.prepared import check_prepared, load_site_features
 from slidefed.client.prepare.report import PrepareReport, SlideOutcome
 from slidefed.client.prepare.slide import (
+    SlideKeys,
     known_outcome,
     prepare_slide,
     prepare_slide_in_main,
+    slide_keys,
     tiling_params,
 )
 from slidefed.common.errors import SiteNotPrepared
@@ -61,6 +62,8 @@ logger = logging.getLogger(__name__)
 REPORT_INTERVAL = 5.0
 #: File name of the content-hash memo inside the cache folder.
 HASH_MEMO = "hashes.json"
+#: Attribute set on the log record of a skipped slide (``record.<this>``).
+SKIP_RECORD = "slidefed_slide_skipped"
 
 
 def _scrub(reason: str, path: Path) -> str:
@@ -78,7 +81,7 @@ class _Job(BaseModel):
     slide: str
     path: Path
     digest: str
-    key: str
+    keys: SlideKeys
 
 
 class _SiteRun:
@@ -92,12 +95,14 @@ class _SiteRun:
         progress: Callable[[SlideOutcome], None] | None,
         *,
         start: float,
+        on_start: Callable[[int, str], None] | None = None,
     ) -> None:
         self.start = start
         self.config = config
         self.manifest = manifest
         self.encoder_id = encoder_id
         self.progress = progress
+        self.on_start = on_start
         self.memo_path = config.cache_dir / HASH_MEMO
         self.memo = HashMemo.load(self.memo_path)
         self.roots = SlideRoots.of_site(config)
@@ -131,10 +136,12 @@ class _SiteRun:
             outcome = outcome.model_copy(update={"signature": signature})
         self.outcomes.append(outcome)
         if outcome.status == "skipped":
+            # Tagged, so that a view printing its own skip line can drop this one.
             logger.warning(
-                "slide #%d skipped: %s",
+                "manifest line %d skipped: %s",
                 outcome.row,
                 _scrub(outcome.reason, self.roots.resolve(outcome.slide) or Path()),
+                extra={SKIP_RECORD: True},
             )
         if self.progress:
             self.progress(outcome)
@@ -142,6 +149,11 @@ class _SiteRun:
             self.report(complete=False).write(self.config.state_dir)
             self.memo.save(self.memo_path)
             self.last_write = time.perf_counter()
+
+    def starting(self, row: int, slide: str) -> None:
+        """Tell the view which slide is being worked on."""
+        if self.on_start is not None:
+            self.on_start(row, slide)
 
     def finish(self) -> PrepareReport:
         """Write the final report and the hash memo."""
@@ -177,15 +189,15 @@ def _triage(
         return _skipped(
             entry,
             row,
-            f"same content as manifest slide #{seen[digest]} (a copy of it)",
+            f"same content as manifest line {seen[digest]} (a copy of it)",
         )
     seen[digest] = row
     run.signatures[row] = signature
-    key = cache_key(digest, run.encoder_id, tiling_params(run.config.tiling))
-    known = known_outcome(cache, key, entry.slide, row)
+    keys = slide_keys(digest, run.encoder_id, run.config.tiling)
+    known = known_outcome(cache, keys, entry.slide, row)
     if known is not None:
         return known
-    return _Job(row=row, slide=entry.slide, path=path, digest=digest, key=key)
+    return _Job(row=row, slide=entry.slide, path=path, digest=digest, keys=keys)
 
 
 def _plan_jobs(run: _SiteRun) -> list[_Job]:
@@ -193,7 +205,10 @@ def _plan_jobs(run: _SiteRun) -> list[_Job]:
     cache = FeatureCache(run.config.cache_dir)
     jobs: list[_Job] = []
     seen: dict[str, int] = {}
-    for row, entry in enumerate(run.manifest.rows, start=1):
+    # Slides are numbered by their manifest line (header = 1), as an editor shows.
+    lines = run.manifest.lines or list(range(2, len(run.manifest.rows) + 2))
+    for row, entry in zip(lines, run.manifest.rows, strict=True):
+        run.starting(row, entry.slide)
         found = _triage(run, cache, seen, row, entry)
         if isinstance(found, _Job):
             jobs.append(found)
@@ -208,6 +223,7 @@ def prepare_site(
     *,
     workers: int | None = None,
     progress: Callable[[SlideOutcome], None] | None = None,
+    on_start: Callable[[int, str], None] | None = None,
 ) -> PrepareReport:
     """Prepare every slide of the site's manifest; bad slides are skipped.
 
@@ -219,6 +235,8 @@ def prepare_site(
         Worker processes (default: ``tiling.workers``, else up to 4 cores).
     progress : callable, optional
         Called with each slide's outcome as soon as it is known.
+    on_start : callable, optional
+        Called with a slide's manifest line and name when work on it starts.
 
     Returns
     -------
@@ -240,12 +258,14 @@ def prepare_site(
     features = config.features.model_copy(update={"weights": weights})
     encoder_id = encoder_cache_id(features.encoder, weights)
     n_workers = workers or config.tiling.workers or min(os.cpu_count() or 1, 4)
-    run = _SiteRun(config, manifest, encoder_id, progress, start=start)
+    run = _SiteRun(
+        config, manifest, encoder_id, progress, start=start, on_start=on_start
+    )
     jobs = _plan_jobs(run)
     if features.encoder.startswith("timm:"):
-        _run_in_main(config, features, jobs, n_workers, run.record)
+        _run_in_main(config, features, jobs, n_workers, run)
     else:
-        _run_in_workers(config, features, jobs, n_workers, run.record)
+        _run_in_workers(config, features, jobs, n_workers, run)
     return run.finish()
 
 
@@ -254,7 +274,7 @@ def _run_in_workers(
     features: FeaturesSection,
     jobs: list[_Job],
     n_workers: int,
-    record: Callable[[SlideOutcome], None],
+    run: _SiteRun,
 ) -> None:
     cap = config.prepare.max_tile_pixels
 
@@ -263,7 +283,8 @@ def _run_in_workers(
 
     if n_workers <= 1 or len(jobs) <= 1:
         for job in jobs:
-            record(
+            run.starting(job.row, job.slide)
+            run.record(
                 prepare_slide(
                     *args(job),
                     content_hash=job.digest,
@@ -283,8 +304,14 @@ def _run_in_workers(
             )
             for job in jobs
         ]
+        pending = dict(zip(futures, jobs, strict=True))
+        run.starting(jobs[0].row, jobs[0].slide)
         for fut in as_completed(futures):
-            record(fut.result())
+            del pending[fut]
+            if pending:  # the oldest slide still in the works
+                job = next(iter(pending.values()))
+                run.starting(job.row, job.slide)
+            run.record(fut.result())
 
 
 def _run_in_main(
@@ -292,7 +319,7 @@ def _run_in_main(
     features: FeaturesSection,
     jobs: list[_Job],
     n_workers: int,
-    record: Callable[[SlideOutcome], None],
+    run: _SiteRun,
 ) -> None:
     if not jobs:
         return
@@ -302,12 +329,13 @@ def _run_in_main(
     pool = ProcessPoolExecutor(max_workers=n_workers) if n_workers > 1 else None
     try:
         for job in jobs:
-            record(
+            run.starting(job.row, job.slide)
+            run.record(
                 prepare_slide_in_main(
                     job.slide,
                     job.path,
                     row=job.row,
-                    key=job.key,
+                    keys=job.keys,
                     config=config,
                     encoder=encoder,
                     pool=pool,
@@ -357,6 +385,7 @@ def prepare_unless_ready(
 __all__ = [
     "HASH_MEMO",
     "REPORT_INTERVAL",
+    "SKIP_RECORD",
     "load_site_features",
     "prepare_site",
     "prepare_unless_ready",

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -38,6 +39,7 @@ from slidefed.client.prepare.encoders import Encoder, get_encoder
 from slidefed.client.prepare.report import SlideOutcome
 from slidefed.client.prepare.tiling import (
     GRID_VERSION,
+    MppMissing,
     TileBatch,
     TileGrid,
     iter_tiles,
@@ -62,16 +64,45 @@ def tiling_params(tiling: TilingSection) -> dict[str, object]:
     }
 
 
+class SlideKeys(NamedTuple):
+    """The two cache keys a slide may have.
+
+    ``own`` serves a slide that states its own mpp: ``tiling.fallback_mpp``
+    plays no part in it, so adding or changing the fallback redoes only the
+    slides that need it, whose features lie under ``fallback``. Without a
+    fallback the two are the same key.
+    """
+
+    own: str
+    fallback: str
+
+    def of(self, slide: Any) -> str:
+        """The key of an opened slide (by whether the file states an mpp)."""
+        return self.own if getattr(slide, "mpp", None) else self.fallback
+
+
+def slide_keys(digest: str, encoder_id: str, tiling: TilingSection) -> SlideKeys:
+    """Both cache keys of a slide of content ``digest``."""
+    params = tiling_params(tiling)
+    own = cache_key(digest, encoder_id, {**params, "fallback_mpp": None})
+    return SlideKeys(own=own, fallback=cache_key(digest, encoder_id, params))
+
+
 def known_outcome(
-    cache: FeatureCache, key: str, slide_rel: str, row: int
+    cache: FeatureCache, keys: SlideKeys, slide_rel: str, row: int
 ) -> SlideOutcome | None:
     """The outcome of a slide whose features, or skip, are cached; else None."""
-    if cache.has(key):
-        n = len(cache.load(key))
-        return SlideOutcome(slide=slide_rel, status="cached", tiles=n, key=key, row=row)
-    reason = cache.load_skip(key)
-    if reason is not None:
-        return SlideOutcome(slide=slide_rel, status="skipped", reason=reason, row=row)
+    for key in dict.fromkeys(keys):
+        if cache.has(key):
+            n = len(cache.load(key))
+            return SlideOutcome(
+                slide=slide_rel, status="cached", tiles=n, key=key, row=row
+            )
+        reason = cache.load_skip(key)
+        if reason is not None:
+            return SlideOutcome(
+                slide=slide_rel, status="skipped", reason=reason, row=row
+            )
     return None
 
 
@@ -79,9 +110,10 @@ def _remember_skip(cache: FeatureCache, key: str, exc: SlideReadError) -> None:
     """Remember a skip caused by the slide itself, not by a failing disk or mount.
 
     Unreadable tiles are not remembered either: they may come from the storage;
-    nor a refusal by the pixel cap, which the site may raise.
+    nor a refusal by the pixel cap, which the site may raise, nor a missing
+    mpp, which the site may give as ``tiling.fallback_mpp``.
     """
-    if isinstance(exc, SlideDecodeRefused):
+    if isinstance(exc, SlideDecodeRefused | MppMissing):
         return
     cause = exc.__cause__
     while cause is not None and not isinstance(cause, OSError):
@@ -151,22 +183,24 @@ def _read_and_encode(
     encoder: Encoder,
     *,
     cache: FeatureCache,
-    key: str,
+    keys: SlideKeys,
     max_tile_pixels: int,
-) -> tuple[_Collected, int]:
-    """Encode the tissue tiles of one slide, read here; and the tiles decoded.
+) -> tuple[_Collected, int, str]:
+    """Encode the tissue tiles of one slide, read here; the tiles decoded; its key.
 
-    A :class:`SlideReadError` is remembered in ``cache`` under ``key`` when the
-    slide itself caused it, then raised.
+    A :class:`SlideReadError` is remembered in ``cache`` under the slide's key
+    when the slide itself caused it, then raised.
     """
+    key = keys.own
     try:
         with open_slide(path, max_tile_pixels=max_tile_pixels) as slide:
+            key = keys.of(slide)
             grid = plan_tiles(slide, tiling)
             if not grid.coords:
                 raise SlideReadError(str(path), "no tissue found")
             batches = iter_tiles(slide, grid, batch_size, skip_unreadable=True)
             collected = _collect(batches, encoder.encode)
-            return collected, int(getattr(slide, "tiles_decoded", 0))
+            return collected, int(getattr(slide, "tiles_decoded", 0)), key
     except SlideReadError as exc:
         _remember_skip(cache, key, exc)
         raise
@@ -201,7 +235,7 @@ def prepare_slide(
     encoder : Encoder, optional
         A loaded encoder (default: ``features.encoder`` loaded here).
     row : int
-        The slide's position in the manifest, for the outcome.
+        The slide's line in the manifest (header = 1), for the outcome.
     max_tile_pixels : int
         The site's cap on pixels per stored tile (``[prepare]``); a slide with
         a tile past it is skipped, that tile undecoded.
@@ -221,17 +255,17 @@ def prepare_slide(
             features.encoder, weights=features.weights, batch_size=features.batch_size
         )
         digest = content_hash or slide_sha256(path)
-        key = cache_key(digest, enc.encoder_id, tiling_params(tiling))
-        known = known_outcome(cache, key, slide_rel, row)
+        keys = slide_keys(digest, enc.encoder_id, tiling)
+        known = known_outcome(cache, keys, slide_rel, row)
         if known is not None:
             return known
-        collected, decoded = _read_and_encode(
+        collected, decoded, key = _read_and_encode(
             path,
             tiling,
             features.batch_size,
             enc,
             cache=cache,
-            key=key,
+            keys=keys,
             max_tile_pixels=max_tile_pixels,
         )
     except SlideReadError as exc:
@@ -287,7 +321,7 @@ def prepare_slide_in_main(
     path: Path,
     *,
     row: int,
-    key: str,
+    keys: SlideKeys,
     config: SiteConfig,
     encoder: Encoder,
     pool: ProcessPoolExecutor | None,
@@ -301,8 +335,10 @@ def prepare_slide_in_main(
     start = time.perf_counter()
     cache = FeatureCache(config.cache_dir)
     cap = config.prepare.max_tile_pixels
+    key = keys.own
     try:
         with open_slide(path, max_tile_pixels=cap) as slide:
+            key = keys.of(slide)
             grid = plan_tiles(slide, config.tiling)
         if not grid.coords:
             raise SlideReadError(str(path), "no tissue found")
@@ -318,8 +354,10 @@ def prepare_slide_in_main(
 
 
 __all__ = [
+    "SlideKeys",
     "known_outcome",
     "prepare_slide",
     "prepare_slide_in_main",
+    "slide_keys",
     "tiling_params",
 ]

@@ -85,8 +85,9 @@ def test_real_site_with_bad_files(
     rc = main(["site", "prepare", "--config", str(config), "--workers", "2"])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "skipped corrupt.svs: file is truncated" in out
-    assert "skipped notes.svs: not a readable slide (a text file" in out
+    # Named by manifest line (header = 1, ten real slides on lines 2-11).
+    assert "skipped manifest line 12 (corrupt.svs): file is truncated" in out
+    assert "skipped manifest line 13 (notes.svs): not a readable slide (a text" in out
     assert "openslide-python-small.svs: slide is smaller than one tile" in out
     assert "jpeg.dicom: scan resolution 16.78 um/px is too coarse" in out
     report = _report(config)
@@ -165,7 +166,7 @@ def test_bad_rows_and_slides_are_listed_and_the_rest_prepared(
     config = _site(site, rows)
     with caplog.at_level(logging.WARNING, logger="slidefed"):
         rc = main(["site", "prepare", "--config", str(config), "--workers", "1"])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert rc == 0
     assert "manifest line 4 (" in out
     assert "duplicate slide" in out
@@ -173,8 +174,15 @@ def test_bad_rows_and_slides_are_listed_and_the_rest_prepared(
     assert "s2.tif) rejected: patient has conflicting labels" in out
     assert "manifest line 6 (" in out
     assert "blank.tif) rejected" in out
-    assert "blank.tif.gone: file named in the manifest does not exist" in out
-    assert "copy-of-s0.tif: same content as manifest slide #1 (a copy of it)" in out
+    assert "blank.tif.gone): file named in the manifest does not exist" in out
+    assert (
+        f"skipped manifest line 8 ({copy}): same content as manifest line 2 "
+        "(a copy of it)" in out
+    )
+    assert f"skipped manifest line 7 ({slide_files / 'blank.tif'}.gone): " in out
+    # Each skip is printed once, on stdout; nothing repeats it on stderr.
+    assert out.count("copy-of-s0.tif") == 1
+    assert "skipped" not in err
     report = _report(config)
     assert [s.status for s in report.slides] == ["ok", "ok", "skipped", "skipped"]
     assert report.tiles_per_second > 0
@@ -210,7 +218,7 @@ def test_nothing_usable_exits_2(
     rc = main(["site", "prepare", "--config", str(config), "--workers", "1"])
     captured = capsys.readouterr()
     assert rc == 2
-    assert "skipped x.svs: not a readable slide" in captured.out
+    assert "skipped manifest line 2 (x.svs): not a readable slide" in captured.out
     assert captured.err.strip().startswith("error: no usable slide")
     assert len(captured.err.strip().splitlines()) == 1
 
@@ -451,3 +459,35 @@ def test_skips_from_a_failing_disk_are_not_remembered(tmp_path: Path) -> None:
     _remember_skip(cache, "content", SlideReadError("s.svs", "no tissue found"))
     assert cache.load_skip("io") is None
     assert cache.load_skip("content") == "no tissue found"
+
+
+def test_adding_fallback_mpp_redoes_only_the_slides_without_their_own_mpp(
+    slide_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # s0 states its mpp; bare.tif is the same picture with no resolution at all.
+    bare = tmp_path / "bare.tif"
+    with tifffile.TiffFile(slide_files / "s0.tif") as tif:
+        pixels = tif.pages[0].asarray()
+    tifffile.imwrite(bare, pixels, tile=(256, 256), photometric="rgb")
+    rows = [
+        (str(slide_files / "s0.tif"), "P1", 0, "train"),
+        (str(bare), "P2", 1, "train"),
+    ]
+    config = _site(tmp_path / "site", rows)
+    assert main(["site", "prepare", "--config", str(config), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped manifest line 3 (" in out
+    assert "no resolution (mpp) in the file; set tiling.fallback_mpp" in out
+    assert [s.status for s in _report(config).slides] == ["ok", "skipped"]
+
+    text = config.read_text() + "[tiling]\nfallback_mpp = 0.5\n"
+    config.write_text(text)
+    assert main(["site", "prepare", "--config", str(config), "--workers", "1"]) == 0
+    again = _report(config).slides
+    assert [s.status for s in again] == ["cached", "ok"]  # s0 was not redone
+    assert again[1].tiles > 0
+
+    # A different fallback redoes the slide that uses it, and only that one.
+    config.write_text(text.replace("0.5", "0.25"))
+    assert main(["site", "prepare", "--config", str(config), "--workers", "1"]) == 0
+    assert [s.status for s in _report(config).slides] == ["cached", "ok"]
