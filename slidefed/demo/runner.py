@@ -149,8 +149,10 @@ def run_tiles_demo(
     console.print(
         f"[bold]slidefed demo --data tiles[/] in {folder} (tiles from {source})"
     )
-    sites = tile_demo.build_tile_sites(source, folder, seed=seed)
-    run = tile_demo.tiles_run_config(folder, sites, rounds, seed)
+    sites, classes = tile_demo.build_tile_sites(source, folder, seed=seed)
+    for line in classes.lines(source):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    run = tile_demo.tiles_run_config(folder, sites, rounds, seed, classes.labels)
     started = time.perf_counter()
     run_simulation(run, n_sites=len(sites), total_cpus=fed.cpu_count(), verbose=verbose)
     federated = tile_demo.federated_summary(_metrics(folder)[-1], run.label_list())
