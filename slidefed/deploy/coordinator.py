@@ -11,7 +11,6 @@ processes.
 from __future__ import annotations
 
 import os
-
 from collections.abc import Callable, Sequence
 from pathlib import Path
 

@@ -54,7 +54,7 @@ class TaskProcesses:
         try:
             out = subprocess.DEVNULL if quiet else None
             self._running.append(
-                subprocess.Popen(list(argv), stdout=out, stderr=out)  # noqa: S603
+                subprocess.Popen(list(argv), stdout=out, stderr=out)
             )
         except OSError as exc:
             logger.error("cannot start the task process: %s", exc.strerror or exc)

@@ -36,7 +36,7 @@ def _spec() -> Any:
     return ExecutionSpec(
         task_type=TaskType.CLIENT_APP,
         runtime_api_address="127.0.0.1:1",
-        token="t",
+        token="t",  # noqa: S106 - a placeholder, nothing listens
         insecure=True,
         root_certificates_path=None,
         runtime_dependency_install=False,

@@ -426,6 +426,55 @@ def test_tls_node_auth_federation_completes_two_rounds(
         )
 
 
+def _process_tree(root: int) -> dict[int, tuple[str, int, str]]:
+    """``pid -> (state, parent pid, name)`` of ``root`` and its descendants."""
+    table: dict[int, tuple[str, int, str]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        state, ppid = text[text.rindex(")") + 2 :].split()[:2]
+        table[int(stat.parent.name)] = (state, int(ppid), name)
+    tree = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (_, ppid, _) in table.items():
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return {pid: table[pid] for pid in tree if pid in table}
+
+
+def _defunct(federation: Federation) -> list[str]:
+    found = []
+    for proc in federation.procs:
+        tree = _process_tree(proc.pid)
+        found += [
+            f"{name} ({pid}) under {tree.get(ppid, ('', 0, '?'))[2]} ({ppid})"
+            for pid, (state, ppid, name) in tree.items()
+            if state == "Z"
+        ]
+    return found
+
+
+def test_after_a_run_no_defunct_children_and_no_colour_codes_in_logs(
+    federation: Federation, training_run: tuple[int, str]
+) -> None:
+    # The executors reap on their next poll of the task loop (every few seconds).
+    deadline = time.monotonic() + 30
+    while _defunct(federation) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not _defunct(federation)
+    for name in ["superlink", *(site.name for site in federation.sites)]:
+        log = (federation.root / f"{name}.log").read_bytes()
+        assert b"\x1b[" not in log, name
+    # The executor's and the ClientApps' lines reach the site's log too.
+    assert b"INFO" in (federation.root / f"{federation.sites[0].name}.log").read_bytes()
+
+
 def test_audit_verify_with_the_pinned_keys_of_server_and_site_init(
     federation: Federation, training_run: tuple[int, str], tmp_path: Path
 ) -> None:

@@ -255,10 +255,19 @@ def _cut_report(toml: Path) -> None:
             _add_row,
             r"manifest changed since the site was prepared \(1 of its \d+ slides not",
         ),
-        (_change_slide, r"the slide on manifest line \d+ changed since it was prepared"),
-        (_replace_hostile, r"the slide on manifest line \d+ changed since it was prepared"),
+        (
+            _change_slide,
+            r"the slide on manifest line \d+ changed since it was prepared",
+        ),
+        (
+            _replace_hostile,
+            r"the slide on manifest line \d+ changed since it was prepared",
+        ),
         (_change_tiling, r"prepared with another \[tiling\] than site.toml sets"),
-        (_lose_features, r"features of the slide on manifest line \d+ are missing from the feature cache"),
+        (
+            _lose_features,
+            r"features of the slide on manifest line \d+ are missing from the feature cache",
+        ),
         (_cut_report, "the last preparation did not finish"),
     ],
     ids=["manifest", "slide", "skipped-slide", "tiling", "cache", "killed-run"],
