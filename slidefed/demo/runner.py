@@ -55,13 +55,19 @@ def run_slides_demo(
         run_simulation(run, n_sites=sites, total_cpus=fed.cpu_count(), verbose=verbose)
     console.print(_slides_table(folder, plan))
     from slidefed.demo.local_eval import evaluate_final_model
+    from slidefed.server.metrics import MetricsLog
 
     local = evaluate_final_model(folder / "run", [s.config_path for s in plan], run)
+    MetricsLog(folder / "run", resume=True, target_epsilon=run.target_epsilon).plot(
+        exact=local["rounds"]
+    )
+    per_round = ", ".join(f"{r['auc']:.3f}" for r in local["rounds"])
     console.print(
         f"Final model on all {local['patients']} held-out patients, evaluated here "
         f"by the demo (which plays every site): AUC {local['auc']:.3f}, accuracy "
-        f"{local['accuracy']:.3f}. The table shows what the federation saw: "
-        "metrics from noised statistics, charged to each site's budget."
+        f"{local['accuracy']:.3f} (AUC after each round: {per_round}). The table "
+        "shows what the federation saw: metrics from noised statistics, charged to "
+        "each site's budget."
     )
     console.print(
         f"Done in {time.perf_counter() - started:.0f} s. Everything is in {folder}"

@@ -105,7 +105,9 @@ def _record_site_names(run_dir: Path) -> None:
         sites = load_server_config(Path(named)).sites
     except (ConfigError, OSError):
         return
-    names = {s.node_id: s.name for s in sites if s.node_id is not None}
+    names: dict[int | str, str] = {
+        s.node_id: s.name for s in sites if s.node_id is not None
+    }
     if names:
         write_site_names(run_dir, names)
 

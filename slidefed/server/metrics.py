@@ -78,8 +78,16 @@ class MetricsLog:
             fh.write(json.dumps(row, sort_keys=True) + "\n")
         self.plot()
 
-    def plot(self) -> None:
-        """Redraw ``metrics.png`` from all rows."""
+    def plot(self, exact: list[dict[str, Any]] | None = None) -> None:
+        """Redraw ``metrics.png`` from all rows.
+
+        Parameters
+        ----------
+        exact : list of dict, optional
+            Exact held-out figures per round (``round``, ``auc``, ``accuracy``),
+            which only a party holding every site's data can compute (the demo):
+            drawn dashed beside the federation's noised ones.
+        """
         import matplotlib
 
         matplotlib.use("Agg")
@@ -98,11 +106,28 @@ class MetricsLog:
             axes[0].plot(
                 rounds, [_num(r.get(key)) for r in rows], marker="o", label=label
             )
+        counts = [_num(r.get(k)) for r in rows for k, _ in series]
+        top = max((c for c in counts if not math.isnan(c)), default=1.0)
+        axes[0].set_ylim(0, top + 0.5)
         axes[0].set_title("sites per round")
-        for key in ("auc", "accuracy"):
+        noised = " (noised)" if exact else ""
+        for key, colour in (("auc", "tab:blue"), ("accuracy", "tab:orange")):
             axes[1].plot(
-                rounds, [_num(r.get(key)) for r in rows], marker="o", label=key
+                rounds,
+                [_num(r.get(key)) for r in rows],
+                marker="o",
+                color=colour,
+                label=f"{key}{noised}",
             )
+            if exact:
+                axes[1].plot(
+                    [e["round"] for e in exact],
+                    [_num(e.get(key)) for e in exact],
+                    marker="s",
+                    linestyle="--",
+                    color=colour,
+                    label=f"{key} (exact, demo only)",
+                )
         axes[1].set_ylim(0, 1.02)
         axes[1].set_title("held-out patients (weighted by patients)")
         self._plot_epsilon(axes[2], rows, rounds)

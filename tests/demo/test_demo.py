@@ -45,9 +45,19 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     # The demo plays every site, so it can also evaluate the final model exactly.
     local = json.loads((out / "run" / "demo-local-evaluation.json").read_text())
     assert local["auc"] >= 0.8
+    # Every round's model, evaluated exactly too (the plot draws both).
+    assert [r["round"] for r in local["rounds"]] == [1, 2]
+    assert all(0.0 <= r["auc"] <= 1.0 for r in local["rounds"])
     assert "evaluated here by the demo" in proc.stdout
     assert (out / "run" / "metrics.png").stat().st_size > 1000
     assert (out / "run" / "final.safetensors").is_file()
+    # Sites by name in the plot and the model card, not by node id.
+    names = json.loads((out / "run" / "site-names.json").read_text())
+    assert sorted(names.values()) == ["hospital-a", "hospital-b"]
+    assert set(names) == set(rows[-1]["epsilon_per_site"])
+    card = (out / "run" / "model-card.md").read_text()
+    for node, name in names.items():
+        assert f"| {name} | {node} | " in card
 
     for name in ("hospital-a", "hospital-b"):
         site = out / "sites" / name

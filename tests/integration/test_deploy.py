@@ -411,6 +411,11 @@ def test_tls_node_auth_federation_completes_two_rounds(
         for x in (federation.root / "run" / "metrics.jsonl").read_text().splitlines()
     ]
     assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))
+    # The plot and the model card name the registered sites.
+    names = json.loads((federation.root / "run" / "site-names.json").read_text())
+    assert names == {str(node): name for name, node in federation.node_ids.items()}
+    card = (federation.root / "run" / "model-card.md").read_text()
+    assert all(f"| {name} | {node} | " in card for node, name in names.items())
     for site in federation.sites:
         events = [r for r in federation.audit(site) if r["run_id"] == run_id]
         released = sorted(r["round"] for r in events if r["event"] == "update_released")

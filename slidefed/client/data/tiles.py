@@ -31,6 +31,7 @@ from slidefed.client.data.tile_records import (
     TileUnit,
     UnitOf,
 )
+from slidefed.client.data.tile_skips import log_skips_once
 from slidefed.client.prepare.cache import FeatureCache, cache_key, file_sha256
 from slidefed.client.prepare.encoders import get_encoder
 from slidefed.common.errors import ConfigError, ManifestError, SlidePathError
@@ -356,46 +357,6 @@ def _read_tile(path: Path, size: int) -> NDArray[np.uint8] | str:
         return f"unreadable image ({type(exc).__name__})"
 
 
-MAX_SKIP_LINES = 10
-"""Skipped tiles logged one by one; the rest are counted in one line."""
-SKIPS_LOGGED = "tile-skips-logged.sha256"
-"""File in the site's state folder: the digest of the skip list last logged."""
-
-
-def _log_skips_once(config: SiteConfig, skipped: list[tuple[str, str]]) -> None:
-    """Log the skipped tiles when the list differs from the one logged last.
-
-    Every message of a run loads the tiles again (each in a new process): the
-    same list is logged once, not on every message.
-    """
-    digest = hashlib.sha256(repr(sorted(skipped)).encode()).hexdigest()
-    memo = config.state_dir / SKIPS_LOGGED
-    try:
-        if memo.read_text().strip() == digest:
-            logger.debug("%d tiles skipped, as logged before", len(skipped))
-            return
-    except OSError:
-        pass
-    for name, reason in skipped[:MAX_SKIP_LINES]:
-        logger.warning(
-            "tile skipped: %s (%s)",
-            hashlib.sha256(name.encode()).hexdigest()[:12],
-            reason,
-        )
-    if len(skipped) > MAX_SKIP_LINES:
-        reasons = sorted({reason for _, reason in skipped[MAX_SKIP_LINES:]})
-        logger.warning(
-            "%d more tiles skipped (%s)",
-            len(skipped) - MAX_SKIP_LINES,
-            "; ".join(reasons[:5]) + ("; ..." if len(reasons) > 5 else ""),
-        )
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        memo.write_text(digest + "\n")
-    except OSError:  # a read-only state folder: logged again next time
-        pass
-
-
 def load_tile_dataset(config: SiteConfig, labels: list[str]) -> TileDataset:
     """Encode (or load from the cache) every usable tile of the site.
 
@@ -425,7 +386,7 @@ def load_tile_dataset(config: SiteConfig, labels: list[str]) -> TileDataset:
     )
     if not usable:
         raise ConfigError(f"{root}: no usable tile; fix the files listed as skipped")
-    _log_skips_once(config, skipped)
+    log_skips_once(config, skipped)
     return TileDataset(
         unit=unit,
         labels=labels,

@@ -124,16 +124,12 @@ def synth_site(
         If an argument is out of range.
     """
     _check_site_args(patients, seed, tumour_fraction, test_fraction, width, height)
-    if not 0.0 <= label_noise < 0.5 or not 0.0 < tumour_slides <= 1.0:
-        raise ConfigError(
-            f"label_noise must be in [0, 0.5) and tumour_slides in (0, 1] (got "
-            f"{label_noise}, {tumour_slides}); e.g. 0.1 and 0.6"
-        )
-    drawn = _draw_patients(patients, seed, tumour_fraction, test_fraction)
-    if label_noise > 0:
-        rng = np.random.default_rng(np.random.SeedSequence([seed, 0xF11F]))
-        flips = (rng.random(patients) < label_noise) & ~drawn.in_test
-        drawn = _Patients(drawn.is_tumour, drawn.in_test, drawn.n_per, flips)
+    _check_noise_args(label_noise, tumour_slides)
+    drawn = _flip_labels(
+        _draw_patients(patients, seed, tumour_fraction, test_fraction),
+        seed,
+        label_noise,
+    )
     rows = _write_slides(
         out_dir, drawn, seed, (width, height), progress, (look, tumour_slides)
     )
@@ -173,6 +169,15 @@ def _check_site_args(
     check_slide_args(seed, width, height, 0.5, 256, 85)
 
 
+def _check_noise_args(label_noise: float, tumour_slides: float) -> None:
+    """Raise :class:`ConfigError` for a label noise or tumour-slide chance out of range."""
+    if not 0.0 <= label_noise < 0.5 or not 0.0 < tumour_slides <= 1.0:
+        raise ConfigError(
+            f"label_noise must be in [0, 0.5) and tumour_slides in (0, 1] (got "
+            f"{label_noise}, {tumour_slides}); e.g. 0.1 and 0.6"
+        )
+
+
 def _split_counts(n_class: int, patients: int, test_fraction: float) -> int:
     """Number of test patients of one class.
 
@@ -200,6 +205,15 @@ def _draw_patients(
         in_test[rng.permutation(members)[:k]] = True
     n_per = rng.integers(1, 4, size=patients)
     return _Patients(is_tumour=is_tumour, in_test=in_test, n_per=n_per)
+
+
+def _flip_labels(drawn: _Patients, seed: int, label_noise: float) -> _Patients:
+    """Mark training patients whose manifest label is wrong (test labels stay true)."""
+    if label_noise <= 0:
+        return drawn
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xF11F]))
+    flips = (rng.random(drawn.is_tumour.size) < label_noise) & ~drawn.in_test
+    return _Patients(drawn.is_tumour, drawn.in_test, drawn.n_per, flips)
 
 
 def _write_slides(
