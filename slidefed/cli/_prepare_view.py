@@ -114,7 +114,7 @@ def prepare_with_progress(
             progress.update(task, advance=1, rate=rate)
 
         def now(line: int, slide: str) -> None:
-            progress.update(task, now=f"line {line}: {slide}")
+            progress.update(task, now=f"line {line}: {Path(slide).name}")
 
         # Other log lines print above the bar, not through it.
         handler = RichHandler(

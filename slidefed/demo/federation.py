@@ -24,7 +24,7 @@ from slidefed.common.run_config import RunConfig
 logger = logging.getLogger(__name__)
 
 # Sizes and label balance of the demo sites, cycled when more are asked for.
-SITE_PLAN: list[tuple[int, float]] = [(40, 0.5), (30, 0.35), (24, 0.6)]
+SITE_PLAN: list[tuple[int, float]] = [(48, 0.5), (36, 0.35), (30, 0.6)]
 SLIDE_SIZE = (2048, 1536)
 # Each hospital stains and scans a little differently (cycled like SITE_PLAN).
 STAINS: list[tuple[float, float, tuple[float, float, float]]] = [
@@ -34,9 +34,11 @@ STAINS: list[tuple[float, float, tuple[float, float, float]]] = [
 ]
 # A learnable task, not a trivial one: tumour covers a small share of the tissue
 # of some of a tumour patient's slides, and some training labels are wrong.
-TUMOUR_SHARE = (0.04, 0.14)
-TUMOUR_SLIDES = 0.7
-LABEL_NOISE = 0.08
+TUMOUR_SHARE = (0.06, 0.18)
+TUMOUR_SLIDES = 0.75
+LABEL_NOISE = 0.06
+# Held-out share of each site's patients: enough for an exact AUC to mean something.
+TEST_FRACTION = 0.4
 
 
 class DemoSite(BaseModel):
@@ -113,6 +115,7 @@ def _synth_one(site: DemoSite, events: Any) -> int:
         patients=site.patients,
         seed=site.seed,
         tumour_fraction=site.tumour_fraction,
+        test_fraction=TEST_FRACTION,
         width=SLIDE_SIZE[0],
         height=SLIDE_SIZE[1],
         progress=report,
