@@ -53,9 +53,7 @@ class TaskProcesses:
         self.reap()
         try:
             out = subprocess.DEVNULL if quiet else None
-            self._running.append(
-                subprocess.Popen(list(argv), stdout=out, stderr=out)
-            )
+            self._running.append(subprocess.Popen(list(argv), stdout=out, stderr=out))
         except OSError as exc:
             logger.error("cannot start the task process: %s", exc.strerror or exc)
             return False
