@@ -29,14 +29,14 @@ SLIDE_SIZE = (2048, 1536)
 # Each hospital stains and scans a little differently (cycled like SITE_PLAN).
 STAINS: list[tuple[float, float, tuple[float, float, float]]] = [
     (0.0, 0.0, (0.0, 0.0, 0.0)),
-    (0.12, -0.06, (-4.0, 1.0, 3.0)),
-    (-0.1, 0.08, (3.0, -3.0, -1.0)),
+    (0.04, -0.03, (-4.0, 1.0, 3.0)),
+    (-0.04, 0.03, (3.0, -3.0, -1.0)),
 ]
 # A learnable task, not a trivial one: tumour covers a small share of the tissue
 # of some of a tumour patient's slides, and some training labels are wrong.
-TUMOUR_SHARE = (0.06, 0.18)
-TUMOUR_SLIDES = 0.75
-LABEL_NOISE = 0.06
+TUMOUR_SHARE = (0.1, 0.25)
+TUMOUR_SLIDES = 0.85
+LABEL_NOISE = 0.05
 # Held-out share of each site's patients: enough for an exact AUC to mean something.
 TEST_FRACTION = 0.4
 

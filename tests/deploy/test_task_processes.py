@@ -96,3 +96,31 @@ def test_the_superexec_shim_runs_flowers_superexec(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "--runtime-api-address" in done.stdout
+
+
+@pytest.mark.parametrize("insecure", [True, False])
+def test_the_reaping_superexec_starts_what_flowers_would(
+    monkeypatch: pytest.MonkeyPatch, insecure: bool
+) -> None:
+    from dataclasses import replace
+
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.superexec.executor import subprocess_executor
+
+    spec = replace(
+        _spec(),
+        task_type=TaskType.SERVER_APP,
+        insecure=insecure,
+        root_certificates_path=None if insecure else "/pki/ca.crt",
+        parent_pid=4242,
+        suppress_output=False,
+    )
+    started: list[list[str]] = []
+
+    class Recorder:
+        def __init__(self, args: list[str], **_: Any) -> None:
+            started.append(list(args))
+
+    monkeypatch.setattr(subprocess_executor.subprocess, "Popen", Recorder)
+    subprocess_executor.SubprocessExecutor().launch(spec)
+    assert task_processes._flower_task_command(spec) == started[0]
