@@ -34,7 +34,7 @@ STAINS: list[tuple[float, float, tuple[float, float, float]]] = [
 ]
 # A learnable task, not a trivial one: tumour covers a small share of the tissue
 # of some of a tumour patient's slides, and some training labels are wrong.
-TUMOUR_SHARE = (0.1, 0.25)
+TUMOUR_SHARE = (0.2, 0.35)
 TUMOUR_SLIDES = 0.85
 LABEL_NOISE = 0.05
 # Held-out share of each site's patients: enough for an exact AUC to mean something.
