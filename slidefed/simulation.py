@@ -8,16 +8,18 @@ reaches both apps through the same fused config that ``flwr run`` builds.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import secrets
 from pathlib import Path
 from typing import Any
 
-from slidefed.common.errors import ConfigError, FederationError
+from slidefed.common.errors import ConfigError, FederationError, SlidefedError
 from slidefed.common.flower_env import quiet_flower_defaults
 from slidefed.common.run_config import RunConfig, parse_run_config
 from slidefed.common.tomlfile import dump_toml
+from slidefed.server.metrics import write_site_names
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,7 @@ def run_simulation(
     app_dir = write_app_dir(Path(run.run_dir) / "app")
     flwr_run, context = _server_run(run, app_dir)
     cpus = total_cpus or os.cpu_count() or 1
+    _name_nodes_as_sites(run)
     try:
         _run_simulation(
             num_supernodes=n_sites,
@@ -105,6 +108,46 @@ def run_simulation(
         raise FederationError(f"the simulated federation failed: {exc}") from exc
     finally:
         _shutdown_ray()
+
+
+def _name_nodes_as_sites(run: RunConfig) -> None:
+    """Record which simulated node plays which site, by name, in the run folder.
+
+    The engine gives node ``i`` (a random id) partition ``i``, and a site takes
+    the ``i``-th entry of ``sim-sites``; the plot and the model card then name
+    sites ``hospital-a``, not by node id. The engine's mapping is read where it
+    is made (private to Flower 1.42: without it, sites keep their node ids).
+    """
+    try:
+        vce: Any = importlib.import_module("flwr.server.superlink.fleet.vce.vce_api")
+    except ImportError:  # pragma: no cover - another Flower layout
+        return
+    original = getattr(vce, "_register_nodes", None)
+    if original is None or getattr(original, "_slidefed", False):
+        return
+    run_dir = Path(run.run_dir)
+
+    def register(*args: Any, **kwargs: Any) -> Any:
+        mapping = original(*args, **kwargs)
+        try:
+            names = _site_names(run)
+            write_site_names(
+                run_dir,
+                {node: names[pid] for node, pid in mapping.items() if pid < len(names)},
+            )
+        except (OSError, SlidefedError) as exc:
+            logger.debug("sites keep their node ids in the plot: %s", exc)
+        return mapping
+
+    register._slidefed = True  # type: ignore[attr-defined]
+    vce._register_nodes = register
+
+
+def _site_names(run: RunConfig) -> list[str]:
+    """The name of each ``sim-sites`` entry, in order."""
+    from slidefed.client.config import load_site_config
+
+    return [load_site_config(path).site.name for path in run.site_configs()]
 
 
 def _quiet_flower_logger(verbose: bool) -> None:

@@ -27,7 +27,11 @@ def demo(
         typer.Option(help="slides (synthetic WSIs) or tiles (real labelled tiles)."),
     ] = "slides",
     tiles_dir: Annotated[
-        Path | None, typer.Option(help="Folder of labelled tile class folders.")
+        Path | None,
+        typer.Option(
+            help="Folder of class folders of labelled tiles; the classes are the "
+            "folder names (e.g. lung_aca, lung_n, lung_scc)."
+        ),
     ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show engine logs.")

@@ -94,11 +94,12 @@ def site_prepare(
 ) -> None:
     """Tissue, tiles and features of every slide in the manifest (cached).
 
-    Shows progress (slides, tiles/s) and resumes after an interruption: slides
-    already cached are not decoded again. With --ray (or [prepare] ray_address)
-    the slides are prepared on the hospital's Ray cluster, into the same cache. Each skipped slide and each rejected
-    manifest row gets one line with the reason; the report goes to
-    state/prepare-report.json. Exits 2 only when no slide is usable or the
+    Shows progress (slides, tiles/s, time left, the slide at work) and resumes
+    after an interruption: slides already cached are not decoded again. With
+    --ray (or [prepare] ray_address) the slides are prepared on the hospital's
+    Ray cluster, into the same cache. Each skipped slide and each rejected
+    manifest row gets one line naming its manifest line and the reason; the
+    report goes to state/prepare-report.json. Exits 2 only when no slide is usable or the
     manifest is invalid.
     """
     from slidefed.cli._prepare_view import prepare_with_progress, report_lines

@@ -24,8 +24,21 @@ from slidefed.common.run_config import RunConfig
 logger = logging.getLogger(__name__)
 
 # Sizes and label balance of the demo sites, cycled when more are asked for.
-SITE_PLAN: list[tuple[int, float]] = [(40, 0.5), (30, 0.35), (24, 0.6)]
+SITE_PLAN: list[tuple[int, float]] = [(48, 0.5), (36, 0.35), (30, 0.6)]
 SLIDE_SIZE = (2048, 1536)
+# Each hospital stains and scans a little differently (cycled like SITE_PLAN).
+STAINS: list[tuple[float, float, tuple[float, float, float]]] = [
+    (0.0, 0.0, (0.0, 0.0, 0.0)),
+    (0.04, -0.03, (-4.0, 1.0, 3.0)),
+    (-0.04, 0.03, (3.0, -3.0, -1.0)),
+]
+# A learnable task, not a trivial one: tumour covers a small share of the tissue
+# of some of a tumour patient's slides, and some training labels are wrong.
+TUMOUR_SHARE = (0.2, 0.35)
+TUMOUR_SLIDES = 0.85
+LABEL_NOISE = 0.05
+# Held-out share of each site's patients: enough for an exact AUC to mean something.
+TEST_FRACTION = 0.4
 
 
 class DemoSite(BaseModel):
@@ -39,6 +52,7 @@ class DemoSite(BaseModel):
     patients: int
     tumour_fraction: float
     seed: int
+    index: int = 0
 
 
 def check_out_dir(out: Path | None) -> Path:
@@ -81,25 +95,33 @@ def plan_sites(out: Path, n_sites: int, seed: int) -> list[DemoSite]:
                 patients=patients,
                 tumour_fraction=tumour,
                 seed=seed * 1000 + i,
+                index=i,
             )
         )
     return sites
 
 
 def _synth_one(site: DemoSite, events: Any) -> int:
-    from slidefed.demo.synth import synth_site
+    from slidefed.demo.synth import Look, synth_site
 
     def report(done: int, total: int) -> None:
         events.put((site.name, done, total))
+
+    h_shift, e_shift, tint = STAINS[site.index % len(STAINS)]
+    look = Look(tumour_share=TUMOUR_SHARE, h_shift=h_shift, e_shift=e_shift, tint=tint)
 
     result = synth_site(
         site.root,
         patients=site.patients,
         seed=site.seed,
         tumour_fraction=site.tumour_fraction,
+        test_fraction=TEST_FRACTION,
         width=SLIDE_SIZE[0],
         height=SLIDE_SIZE[1],
         progress=report,
+        look=look,
+        tumour_slides=TUMOUR_SLIDES,
+        label_noise=LABEL_NOISE,
     )
     return result.n_slides
 

@@ -55,13 +55,19 @@ def run_slides_demo(
         run_simulation(run, n_sites=sites, total_cpus=fed.cpu_count(), verbose=verbose)
     console.print(_slides_table(folder, plan))
     from slidefed.demo.local_eval import evaluate_final_model
+    from slidefed.server.metrics import MetricsLog
 
     local = evaluate_final_model(folder / "run", [s.config_path for s in plan], run)
+    MetricsLog(folder / "run", resume=True, target_epsilon=run.target_epsilon).plot(
+        exact=local["rounds"]
+    )
+    per_round = ", ".join(f"{r['auc']:.3f}" for r in local["rounds"])
     console.print(
         f"Final model on all {local['patients']} held-out patients, evaluated here "
         f"by the demo (which plays every site): AUC {local['auc']:.3f}, accuracy "
-        f"{local['accuracy']:.3f}. The table shows what the federation saw: "
-        "metrics from noised statistics, charged to each site's budget."
+        f"{local['accuracy']:.3f} (AUC after each round: {per_round}). The table "
+        "shows what the federation saw: metrics from noised statistics, charged to "
+        "each site's budget."
     )
     console.print(
         f"Done in {time.perf_counter() - started:.0f} s. Everything is in {folder}"
@@ -149,8 +155,10 @@ def run_tiles_demo(
     console.print(
         f"[bold]slidefed demo --data tiles[/] in {folder} (tiles from {source})"
     )
-    sites = tile_demo.build_tile_sites(source, folder, seed=seed)
-    run = tile_demo.tiles_run_config(folder, sites, rounds, seed)
+    sites, classes = tile_demo.build_tile_sites(source, folder, seed=seed)
+    for line in classes.lines(source):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    run = tile_demo.tiles_run_config(folder, sites, rounds, seed, classes.labels)
     started = time.perf_counter()
     run_simulation(run, n_sites=len(sites), total_cpus=fed.cpu_count(), verbose=verbose)
     federated = tile_demo.federated_summary(_metrics(folder)[-1], run.label_list())

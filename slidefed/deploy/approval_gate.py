@@ -307,25 +307,28 @@ def _gated_executor_class(site_config: Path) -> Any:
     )
     from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResult
 
+    from slidefed.deploy.task_processes import TaskProcesses
+
     class GatedExecutor(SubprocessExecutor):
-        """Launches only ClientApps, and only through the gate."""
+        """Launches only ClientApps, and only through the gate; reaps them."""
+
+        def __init__(self) -> None:
+            self.children = TaskProcesses()
 
         def launch(self, spec: ExecutionSpec) -> LaunchResult:
             if spec.task_type != TaskType.CLIENT_APP:
                 return LaunchResult.failed(
                     f"this site runs ClientApps only, not {spec.task_type}"
                 )
-            return LaunchResult.accepted() if _spawn(spec) else LaunchResult.failed()
+            started = self.children.start(_clientapp_command(site_config, spec))
+            return LaunchResult.accepted() if started else LaunchResult.failed()
 
-    def _spawn(spec: ExecutionSpec) -> bool:
-        import subprocess
+        def reconcile(self) -> None:
+            # Called on every poll of the task loop: no ClientApp stays defunct.
+            self.children.reap()
 
-        try:
-            subprocess.Popen(_clientapp_command(site_config, spec))
-        except OSError as exc:
-            logger.error("cannot start the ClientApp process: %s", exc.strerror)
-            return False
-        return True
+        def close(self) -> None:
+            self.children.reap()
 
     return GatedExecutor
 

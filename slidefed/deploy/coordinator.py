@@ -10,6 +10,7 @@ processes.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -266,6 +267,12 @@ def superlink_command(
     ]
     argv += ["--insecure"] if insecure else _tls_arguments(config)
     env = flower_env(home)
+    # The SuperLink starts its SuperExec by name: ours reaps every ServerApp
+    # process (Flower's leaves the last one defunct).
+    from slidefed.deploy.task_processes import superexec_shim
+
+    shim = superexec_shim(home / "bin")
+    env["PATH"] = f"{shim}{os.pathsep}{env.get('PATH', '')}"
     # The ServerApp signs the coordinator's audit log with the key of server init.
     env[SERVER_CONFIG_ENV] = str(config_path.resolve())
     return argv, env

@@ -2,8 +2,11 @@
 
 If either process ends, the other is stopped and the supervisor returns the first
 one's exit code. Flower's own reason (``Exit Code: 305``: the SuperLink was not
-reached, or refused the node key) is read from the first process's output, which
-is passed through. SIGINT/SIGTERM/SIGHUP are forwarded to every process.
+reached, or refused the node key) is read from the first process's output.
+Every process's output is passed through, line by line; when this process's
+standard output is not a terminal (a log file, ``docker logs``), the colour
+codes Flower writes regardless are taken out. SIGINT/SIGTERM/SIGHUP are forwarded
+to every process.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ SUPERNODE_EXIT_AUTH = 305
 The process itself exits with 1; Flower writes this code in its last log lines."""
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+# Flower colours its log levels whatever the output is (CSI sequences).
+_ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 
 _CAUSES = (
     ("[code: 2004]", "not_registered"),
@@ -53,13 +59,23 @@ class _Watcher:
         self.flower_code: int | None = None
         self.cause = ""
         self._on_connected = on_connected
+        self._lock = threading.Lock()
+        try:
+            self._plain = not sys.stdout.isatty()
+        except (AttributeError, ValueError):
+            self._plain = True
 
-    def pump(self, stream: Any) -> None:
-        for raw in iter(stream.readline, b""):
-            with contextlib.suppress(OSError, ValueError):
-                sys.stdout.buffer.write(raw)
-                sys.stdout.buffer.flush()
-            self._read(raw.decode("utf-8", errors="replace"))
+    def pump(self, stream: Any, *, watch: bool = True) -> None:
+        """Copy ``stream`` through; read it for Flower's exit reason if ``watch``."""
+        # The stream closes under this thread when the supervisor stops.
+        with contextlib.suppress(OSError, ValueError):
+            for raw in iter(stream.readline, b""):
+                line = _ANSI.sub(b"", raw) if self._plain else raw
+                with self._lock, contextlib.suppress(OSError, ValueError):
+                    sys.stdout.buffer.write(line)
+                    sys.stdout.buffer.flush()
+                if watch:
+                    self._read(_ANSI.sub(b"", raw).decode("utf-8", errors="replace"))
 
     def _read(self, line: str) -> None:
         if "SuperNode ID:" in line and self._on_connected is not None:
@@ -144,18 +160,22 @@ def _start(
 ) -> None:
     """Start the processes into ``procs`` (filled as they start, for ``forward``)."""
     for command in commands:
-        if procs:
-            procs.append(subprocess.Popen(command, env=env))
-            continue
-        first = subprocess.Popen(
+        proc = subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
-        procs.append(first)
-        pump = threading.Thread(target=watcher.pump, args=(first.stdout,), daemon=True)
+        first = not procs
+        procs.append(proc)
+        pump = threading.Thread(
+            target=watcher.pump,
+            args=(proc.stdout,),
+            kwargs={"watch": first},
+            daemon=True,
+        )
         pumps.append(pump)
         pump.start()
-        # The SuperNode must be listening before the executor dials it.
-        time.sleep(0.5)
+        if first:
+            # The SuperNode must be listening before the executor dials it.
+            time.sleep(0.5)
 
 
 def _wait_first(procs: list[subprocess.Popen[bytes]]) -> int:

@@ -33,7 +33,7 @@ from slidefed.common.progress_line import format_round_line
 from slidefed.common.run_config import RunConfig, parse_run_config
 from slidefed.server.checkpoints import CheckpointManifest, Checkpoints
 from slidefed.server.config import SERVER_CONFIG_ENV, load_server_config
-from slidefed.server.metrics import MetricsLog, write_model_card
+from slidefed.server.metrics import MetricsLog, write_model_card, write_site_names
 from slidefed.server.recovering_grid import RecoveringGrid
 from slidefed.server.strategy import (
     SlidefedFedAvg,
@@ -100,6 +100,22 @@ def coordinator_audit_key() -> Path:
     return key
 
 
+def _record_site_names(run_dir: Path) -> None:
+    """Name the registered sites in the run folder (for the plot and model card)."""
+    named = os.environ.get(SERVER_CONFIG_ENV)
+    if not named:
+        return  # a simulation records the sites it plays itself
+    try:
+        sites = load_server_config(Path(named)).sites
+    except (ConfigError, OSError):
+        return
+    names: dict[int | str, str] = {
+        s.node_id: s.name for s in sites if s.node_id is not None
+    }
+    if names:
+        write_site_names(run_dir, names)
+
+
 def server_audit(run_dir: Path) -> AuditLog:
     """The server's audit log in ``RUN/audit``, signed with the coordinator's key."""
     key_path = coordinator_audit_key()
@@ -164,7 +180,8 @@ def main(grid: Grid, context: Context) -> None:
     audit = server_audit(run_dir)
     checkpoints = Checkpoints(run_dir)
     offset, arrays, state, rows = _initial_state(run, checkpoints)
-    metrics_log = MetricsLog(run_dir)
+    metrics_log = MetricsLog(run_dir, target_epsilon=run.target_epsilon)
+    _record_site_names(run_dir)
     # After a resume the log holds exactly the checkpointed rounds: rounds that ran
     # after the last checkpoint are run again.
     for row in rows:

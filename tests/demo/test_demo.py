@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from slidefed.client.privacy.ledger import PrivacyLedger
@@ -44,9 +45,19 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     # The demo plays every site, so it can also evaluate the final model exactly.
     local = json.loads((out / "run" / "demo-local-evaluation.json").read_text())
     assert local["auc"] >= 0.8
+    # Every round's model, evaluated exactly too (the plot draws both).
+    assert [r["round"] for r in local["rounds"]] == [1, 2]
+    assert all(0.0 <= r["auc"] <= 1.0 for r in local["rounds"])
     assert "evaluated here by the demo" in proc.stdout
     assert (out / "run" / "metrics.png").stat().st_size > 1000
     assert (out / "run" / "final.safetensors").is_file()
+    # Sites by name in the plot and the model card, not by node id.
+    names = json.loads((out / "run" / "site-names.json").read_text())
+    assert sorted(names.values()) == ["hospital-a", "hospital-b"]
+    assert set(names) == set(rows[-1]["epsilon_per_site"])
+    card = (out / "run" / "model-card.md").read_text()
+    for node, name in names.items():
+        assert f"| {name} | {node} | " in card
 
     for name in ("hospital-a", "hospital-b"):
         site = out / "sites" / name
@@ -112,4 +123,64 @@ def test_demo_tiles_on_real_patches(tmp_path: Path, shared_data: Path) -> None:
     assert set(result["federated"]) >= {"accuracy", "macro_f1", "class_accuracy"}
     assert result["centralised"]["test_tiles"] > 0
     assert all(0 < eps <= 8.0 for eps in result["epsilon"].values())
-    assert "unknown label 'BACK'" in proc.stdout + proc.stderr
+    # The classes come from the folders: LC25000's lung classes as well as
+    # Kather's; BACK (one tile) is left out, and the output says so.
+    assert {"lung_aca", "lung_n", "lung_scc", "TUM"} <= set(result["labels"])
+    assert "BACK" not in result["labels"]
+    assert "left out, fewer than 10 tiles: BACK (1)" in proc.stdout
+
+
+def _tile_collection(root: Path) -> Path:
+    """Class folders named unlike any known set, each with its own colour."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    colours = {
+        "alpha": (200, 80, 150),
+        "beta": (120, 60, 200),
+        "gamma": (230, 180, 200),
+    }
+    for name, colour in colours.items():
+        (root / name).mkdir(parents=True)
+        for i in range(24):
+            tile = np.clip(rng.normal(colour, 25, (224, 224, 3)), 0, 255)
+            Image.fromarray(tile.astype(np.uint8)).save(root / name / f"{i:03d}.png")
+    (root / "rare").mkdir()
+    Image.fromarray(np.zeros((224, 224, 3), np.uint8)).save(root / "rare" / "0.png")
+    return root
+
+
+def test_demo_tiles_takes_its_classes_from_the_folders(tmp_path: Path) -> None:
+    source = _tile_collection(tmp_path / "tiles")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            *_slidefed(),
+            "demo",
+            "--data",
+            "tiles",
+            "--rounds",
+            "1",
+            "--out",
+            str(out),
+            "--tiles-dir",
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FLWR_HOME": str(tmp_path / "flwr")},
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    said = " ".join(proc.stdout.split())
+    assert (
+        f"classes from the class folders of {source}: alpha (24 tiles), "
+        "beta (24 tiles), gamma (24 tiles)" in said
+    )
+    assert "left out, fewer than 10 tiles: rare (1)" in said
+    result = json.loads((out / "run" / "tiles-results.json").read_text())
+    assert result["labels"] == ["alpha", "beta", "gamma"]
+    assert result["centralised"]["test_tiles"] > 0
+    assert 0.0 <= result["federated"]["accuracy"] <= 1.0
+    assert all(0 < eps <= 8.0 for eps in result["epsilon"].values())

@@ -336,3 +336,35 @@ def test_synth_site_result_is_frozen(tmp_path: Path) -> None:
             n_tumour=0,
             bogus=1,  # type: ignore[call-arg]
         )
+
+
+def test_label_noise_flips_training_labels_only_and_leaves_the_pixels(
+    tmp_path: Path,
+) -> None:
+    kw: dict[str, Any] = {"patients": 30, "seed": 4, "width": 256, "height": 256}
+    clean = synth_site(tmp_path / "clean", **kw)
+    noisy = synth_site(tmp_path / "noisy", label_noise=0.3, **kw)
+    before, after = _manifest(clean), _manifest(noisy)
+    changed = {a["patient_id"] for a, b in zip(before, after, strict=True) if a != b}
+    assert noisy.n_flipped == len(changed) > 0
+    for a, b in zip(before, after, strict=True):
+        assert a["slide"] == b["slide"]
+        assert a["split"] == b["split"]
+        if a["label"] != b["label"]:
+            assert a["split"] == "train"  # test labels stay true
+        assert (clean.root / a["slide"]).read_bytes() == (
+            noisy.root / b["slide"]
+        ).read_bytes()
+
+
+def test_a_hospital_look_changes_the_stain_and_the_tumour_extent() -> None:
+    from slidefed.demo.synth import Look
+
+    rgb, weight = render(11, True, 1024, 768)
+    same_rgb, same_weight = render(11, True, 1024, 768, Look())
+    assert np.array_equal(rgb, same_rgb)  # the default look draws what it did
+    assert np.array_equal(weight, same_weight)
+    small = Look(tumour_share=(0.04, 0.06), h_shift=0.2, tint=(-6.0, 0.0, 6.0))
+    shifted, little = render(11, True, 1024, 768, small)
+    assert float((little > 0.5).mean()) < 0.5 * float((weight > 0.5).mean())
+    assert not np.array_equal(shifted, rgb)

@@ -426,6 +426,11 @@ def test_tls_node_auth_federation_completes_two_rounds(
         for x in (federation.root / "run" / "metrics.jsonl").read_text().splitlines()
     ]
     assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))
+    # The plot and the model card name the registered sites.
+    names = json.loads((federation.root / "run" / "site-names.json").read_text())
+    assert names == {str(node): name for name, node in federation.node_ids.items()}
+    card = (federation.root / "run" / "model-card.md").read_text()
+    assert all(f"| {name} | {node} | " in card for node, name in names.items())
     for site in federation.sites:
         events = [r for r in federation.audit(site) if r["run_id"] == run_id]
         released = sorted(r["round"] for r in events if r["event"] == "update_released")
@@ -474,6 +479,55 @@ def test_launch_submits_the_built_app_and_prints_each_round(
         if '"run_started"' in line
     ]
     assert started[0]["data"]["fab_hash"] == federation.app_hash
+
+
+def _process_tree(root: int) -> dict[int, tuple[str, int, str]]:
+    """``pid -> (state, parent pid, name)`` of ``root`` and its descendants."""
+    table: dict[int, tuple[str, int, str]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        state, parent = text[text.rindex(")") + 2 :].split()[:2]
+        table[int(stat.parent.name)] = (state, int(parent), name)
+    tree = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (_, up, _) in table.items():
+            if up in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return {pid: table[pid] for pid in tree if pid in table}
+
+
+def _defunct(federation: Federation) -> list[str]:
+    found = []
+    for proc in federation.procs:
+        tree = _process_tree(proc.pid)
+        found += [
+            f"{name} ({pid}) under {tree.get(ppid, ('', 0, '?'))[2]} ({ppid})"
+            for pid, (state, ppid, name) in tree.items()
+            if state == "Z"
+        ]
+    return found
+
+
+def test_after_a_run_no_defunct_children_and_no_colour_codes_in_logs(
+    federation: Federation, training_run: tuple[int, str]
+) -> None:
+    # The executors reap on their next poll of the task loop (every few seconds).
+    deadline = time.monotonic() + 30
+    while _defunct(federation) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not _defunct(federation)
+    for name in ["superlink", *(site.name for site in federation.sites)]:
+        log = (federation.root / f"{name}.log").read_bytes()
+        assert b"\x1b[" not in log, name
+    # The executor's and the ClientApps' lines reach the site's log too.
+    assert b"INFO" in (federation.root / f"{federation.sites[0].name}.log").read_bytes()
 
 
 def test_audit_verify_with_the_pinned_keys_of_server_and_site_init(

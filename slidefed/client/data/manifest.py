@@ -66,6 +66,8 @@ class Manifest(BaseModel):
     unit: Literal["patient", "slide"] = "patient"
     rows: list[ManifestRow]
     rejected: list[tuple[int, str]]
+    #: The line of each row in the file (header = 1), as an editor shows it.
+    lines: list[int] = []
 
     @property
     def n_patients(self) -> int:
@@ -120,6 +122,7 @@ def load_manifest(path: Path, *, roots: SlideRoots | None = None) -> Manifest:
         unit=unit,
         rows=[r for _, r in rows],
         rejected=rejected,
+        lines=[line for line, _ in rows],
     )
 
 

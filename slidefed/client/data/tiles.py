@@ -31,6 +31,7 @@ from slidefed.client.data.tile_records import (
     TileUnit,
     UnitOf,
 )
+from slidefed.client.data.tile_skips import log_skips_once
 from slidefed.client.prepare.cache import FeatureCache, cache_key, file_sha256
 from slidefed.client.prepare.encoders import get_encoder
 from slidefed.common.errors import ConfigError, ManifestError, SlidePathError
@@ -385,12 +386,7 @@ def load_tile_dataset(config: SiteConfig, labels: list[str]) -> TileDataset:
     )
     if not usable:
         raise ConfigError(f"{root}: no usable tile; fix the files listed as skipped")
-    for name, reason in skipped:
-        logger.warning(
-            "tile skipped: %s (%s)",
-            hashlib.sha256(name.encode()).hexdigest()[:12],
-            reason,
-        )
+    log_skips_once(config, skipped)
     return TileDataset(
         unit=unit,
         labels=labels,

@@ -85,6 +85,8 @@ logger = logging.getLogger(__name__)
 REPORT_INTERVAL = 5.0
 #: File name of the content-hash memo inside the cache folder.
 HASH_MEMO = "hashes.json"
+#: Attribute set on the log record of a skipped slide (``record.<this>``).
+SKIP_RECORD = "slidefed_slide_skipped"
 
 
 def _scrub(reason: str, path: Path, slide: str = "") -> str:
@@ -119,12 +121,14 @@ class _SiteRun:
         progress: Callable[[SlideOutcome], None] | None,
         *,
         start: float,
+        on_start: Callable[[int, str], None] | None = None,
     ) -> None:
         self.start = start
         self.config = config
         self.manifest = manifest
         self.encoder_id = encoder_id
         self.progress = progress
+        self.on_start = on_start
         self.memo_path = config.cache_dir / HASH_MEMO
         self.memo = HashMemo.load(self.memo_path)
         self.roots = SlideRoots.of_site(config)
@@ -171,14 +175,16 @@ class _SiteRun:
             outcome = outcome.model_copy(update={"signature": signature})
         self.outcomes.append(outcome)
         if outcome.status == "skipped":
+            # Tagged, so that a view printing its own skip line can drop this one.
             logger.warning(
-                "slide #%d skipped: %s",
+                "manifest line %d skipped: %s",
                 outcome.row,
                 _scrub(
                     outcome.reason,
                     self.roots.resolve(outcome.slide) or Path(),
                     outcome.slide,
                 ),
+                extra={SKIP_RECORD: True},
             )
         if self.progress:
             self.progress(outcome)
@@ -186,6 +192,11 @@ class _SiteRun:
             self.report(complete=False).write(self.config.state_dir)
             self.memo.save(self.memo_path)
             self.last_write = time.perf_counter()
+
+    def starting(self, row: int, slide: str) -> None:
+        """Tell the view which slide is being worked on."""
+        if self.on_start is not None:
+            self.on_start(row, slide)
 
     def finish(self) -> PrepareReport:
         """Write the final report and the hash memo."""
@@ -224,7 +235,7 @@ def _triage(
         return _skipped(
             entry,
             row,
-            f"same content as manifest slide #{seen[digest]} (a copy of it)",
+            f"same content as manifest line {seen[digest]} (a copy of it)",
         )
     seen[digest] = row
     run.signatures[row] = signature
@@ -263,10 +274,11 @@ def _triage_web(
     except SlideReadError as exc:
         return _skipped(entry, row, exc.reason)
     if digest in seen:
-        return _skipped(entry, row, f"same series as manifest slide #{seen[digest]}")
+        return _skipped(entry, row, f"same series as manifest line {seen[digest]}")
     seen[digest] = row
-    key = cache_key(digest, run.encoder_id, tiling_params(run.config.tiling))
-    known = known_outcome(cache, key, entry.slide, row)
+    config = run.config
+    key = cache_key(digest, run.encoder_id, tiling_params(config.tiling, config.qc))
+    known = known_outcome(cache, key, entry.slide, row, qc_dir=config.qc_dir)
     if known is not None:
         return known
     return _Job(row=row, slide=entry.slide, path=ref, digest=digest, key=key)
@@ -277,7 +289,10 @@ def _plan_jobs(run: _SiteRun) -> list[_Job]:
     cache = FeatureCache(run.config.cache_dir)
     jobs: list[_Job] = []
     seen: dict[str, int] = {}
-    for row, entry in enumerate(run.manifest.rows, start=1):
+    # Slides are numbered by their manifest line (header = 1), as an editor shows.
+    lines = run.manifest.lines or list(range(2, len(run.manifest.rows) + 2))
+    for row, entry in zip(lines, run.manifest.rows, strict=True):
+        run.starting(row, entry.slide)
         found = _triage(run, cache, seen, row, entry)
         if isinstance(found, _Job):
             jobs.append(found)
@@ -293,6 +308,7 @@ def prepare_site(
     workers: int | None = None,
     progress: Callable[[SlideOutcome], None] | None = None,
     ray_address: str | None = None,
+    on_start: Callable[[int, str], None] | None = None,
 ) -> PrepareReport:
     """Prepare every slide of the site's manifest; bad slides are skipped.
 
@@ -308,6 +324,8 @@ def prepare_site(
         The site's Ray cluster (default: ``[prepare] ray_address``): uncached
         slides are prepared on its nodes
         (:mod:`slidefed.client.prepare.distributed`), into the same cache.
+    on_start : callable, optional
+        Called with a slide's manifest line and name when work on it starts.
 
     Returns
     -------
@@ -330,7 +348,9 @@ def prepare_site(
     features = config.features.model_copy(update={"weights": weights})
     encoder_id = encoder_cache_id(features.encoder, weights)
     n_workers = workers or config.tiling.workers or min(os.cpu_count() or 1, 4)
-    run = _SiteRun(config, manifest, encoder_id, progress, start=start)
+    run = _SiteRun(
+        config, manifest, encoder_id, progress, start=start, on_start=on_start
+    )
     try:
         jobs = _plan_jobs(run)
         address = ray_address or config.prepare.ray_address
@@ -347,9 +367,9 @@ def prepare_site(
         if address and not jobs:
             pass
         elif features.encoder != "hed":
-            _run_in_main(config, features, jobs, n_workers, run.record)
+            _run_in_main(config, features, jobs, n_workers, run)
         else:
-            _run_in_workers(config, features, jobs, n_workers, run.record)
+            _run_in_workers(config, features, jobs, n_workers, run)
     except ArchiveError as exc:
         raise _stopped(run, exc) from exc
     return run.finish()
@@ -373,7 +393,7 @@ def _run_in_workers(
     features: FeaturesSection,
     jobs: list[_Job],
     n_workers: int,
-    record: Callable[[SlideOutcome], None],
+    run: _SiteRun,
 ) -> None:
     cap = config.prepare.max_tile_pixels
 
@@ -384,7 +404,8 @@ def _run_in_workers(
 
     if n_workers <= 1 or len(jobs) <= 1:
         for job in jobs:
-            record(
+            run.starting(job.row, job.slide)
+            run.record(
                 prepare_slide(
                     *args(job),
                     content_hash=job.digest,
@@ -408,9 +429,15 @@ def _run_in_workers(
             )
             for job in jobs
         ]
+        pending = dict(zip(futures, jobs, strict=True))
+        run.starting(jobs[0].row, jobs[0].slide)
         try:
             for fut in as_completed(futures):
-                record(fut.result())
+                del pending[fut]
+                if pending:  # the oldest slide still in the works
+                    job = next(iter(pending.values()))
+                    run.starting(job.row, job.slide)
+                run.record(fut.result())
         except ArchiveError:  # the archive is down: start no other slide
             pool.shutdown(cancel_futures=True)
             raise
@@ -421,7 +448,7 @@ def _run_in_main(
     features: FeaturesSection,
     jobs: list[_Job],
     n_workers: int,
-    record: Callable[[SlideOutcome], None],
+    run: _SiteRun,
 ) -> None:
     if not jobs:
         return
@@ -430,7 +457,8 @@ def _run_in_main(
     pool = ProcessPoolExecutor(max_workers=n_workers) if n_workers > 1 else None
     try:
         for job in jobs:
-            record(
+            run.starting(job.row, job.slide)
+            run.record(
                 prepare_slide_in_main(
                     job.slide,
                     job.path,
@@ -485,6 +513,7 @@ def prepare_unless_ready(
 __all__ = [
     "HASH_MEMO",
     "REPORT_INTERVAL",
+    "SKIP_RECORD",
     "check_encoder_allowed",
     "load_site_features",
     "prepare_site",

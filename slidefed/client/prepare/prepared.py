@@ -137,7 +137,7 @@ def _check_slides(config: SiteConfig, report: PrepareReport) -> None:
         if changed:
             raise _refuse(
                 config,
-                f"slide #{outcome.row} of the manifest changed since it was prepared",
+                f"the slide on manifest line {outcome.row} changed since it was prepared",
             )
 
 
@@ -171,7 +171,7 @@ def check_prepared(config: SiteConfig) -> tuple[PrepareReport, Manifest]:
         if not cache.has(outcome.key):
             raise _refuse(
                 config,
-                f"the features of slide #{outcome.row} are missing from the "
+                f"the features of the slide on manifest line {outcome.row} are missing from the "
                 f"feature cache ({config.cache_dir})",
             )
     return report, manifest

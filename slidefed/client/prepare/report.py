@@ -38,8 +38,8 @@ class SlideOutcome(BaseModel):
     seconds : float
         Time spent on the slide.
     row : int
-        Position of the slide among the manifest's accepted rows (1-based);
-        logs name slides by this number, never by path.
+        The slide's line in the manifest (header = 1, as an editor numbers
+        it); logs name slides by this number, never by path.
     unreadable_tiles : int
         Tiles left out because they could not be read.
     decoded_tiles : int

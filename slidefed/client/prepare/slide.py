@@ -46,6 +46,7 @@ from slidefed.client.prepare.qc.checker import QcStore, SlideChecker
 from slidefed.client.prepare.report import SlideOutcome
 from slidefed.client.prepare.tiling import (
     GRID_VERSION,
+    MppMissing,
     TileBatch,
     TileGrid,
     iter_tiles,
@@ -118,9 +119,10 @@ def _remember_skip(cache: FeatureCache, key: str, exc: SlideReadError) -> None:
     """Remember a skip caused by the slide itself, not by a failing disk or mount.
 
     Unreadable tiles are not remembered either: they may come from the storage;
-    nor a refusal by the pixel cap, which the site may raise.
+    nor a refusal by the pixel cap, which the site may raise, nor a missing
+    mpp, which the site may give as ``tiling.fallback_mpp``.
     """
-    if isinstance(exc, SlideDecodeRefused):
+    if isinstance(exc, SlideDecodeRefused | MppMissing):
         return
     cause = exc.__cause__
     while cause is not None and not isinstance(cause, OSError):

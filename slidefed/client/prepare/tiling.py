@@ -109,13 +109,17 @@ class TileBatch(NamedTuple):
     failed: list[tuple[tuple[int, int], str]]
 
 
+class MppMissing(SlideReadError):
+    """The file states no mpp and the site gives no ``tiling.fallback_mpp``."""
+
+
 def slide_mpp(slide: SlideSource, tiling: TilingSection) -> float:
     """Level-0 mpp from the file, else the site's fallback, else an error."""
     if slide.mpp:
         return slide.mpp
     if tiling.fallback_mpp:
         return tiling.fallback_mpp
-    raise SlideReadError(
+    raise MppMissing(
         str(slide.path),
         "no resolution (mpp) in the file; set tiling.fallback_mpp in site.toml",
     )
@@ -461,6 +465,7 @@ __all__ = [
     "GRID_VERSION",
     "LEVEL_MPP_TOLERANCE",
     "MAX_UPSAMPLE",
+    "MppMissing",
     "TileBatch",
     "TileGrid",
     "choose_level",

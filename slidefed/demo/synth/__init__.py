@@ -25,10 +25,11 @@ Modules, from the site down to the pixels:
 Importing this package loads numpy, scipy and tifffile, never torch or Flower.
 """
 
+from slidefed.demo.synth._render import Look as Look
 from slidefed.demo.synth.site import SynthSite as SynthSite
 from slidefed.demo.synth.site import synth_site as synth_site
 from slidefed.demo.synth.slide_writer import (
     write_synthetic_slide as write_synthetic_slide,
 )
 
-__all__ = ["SynthSite", "synth_site", "write_synthetic_slide"]
+__all__ = ["Look", "SynthSite", "synth_site", "write_synthetic_slide"]

@@ -45,7 +45,14 @@ def _pick_tissue_point(
     return (float(ys[k]), float(xs[k]))
 
 
-def draw_layout(rng: np.random.Generator, h: int, w: int, tumour: bool) -> Layout:
+def draw_layout(
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    tumour: bool,
+    *,
+    share: tuple[float, float] = (0.28, 0.45),
+) -> Layout:
     """Draw the low-resolution layout of one slide.
 
     Parameters
@@ -56,6 +63,8 @@ def draw_layout(rng: np.random.Generator, h: int, w: int, tumour: bool) -> Layou
         Low-resolution size.
     tumour : bool
         Whether to draw tumour regions.
+    share : tuple of float
+        Range of the share of the tissue the tumour regions cover.
 
     Returns
     -------
@@ -68,7 +77,7 @@ def draw_layout(rng: np.random.Generator, h: int, w: int, tumour: bool) -> Layou
     fold = _fold(rng, tissue, yy, xx)
     tmap = np.zeros((h, w), np.float32)
     if tumour:
-        tmap = _tumour_map(rng, tissue, yy, xx)
+        tmap = _tumour_map(rng, tissue, yy, xx, share)
     return Layout(tissue=tissue.astype(np.float32), fold=fold, tumour=tmap)
 
 
@@ -164,10 +173,17 @@ def _fold(rng: np.random.Generator, tissue: F32, yy: F32, xx: F32) -> F32:
     return np.asarray(fold_across * fold_along, np.float32)
 
 
-def _tumour_map(rng: np.random.Generator, tissue: F32, yy: F32, xx: F32) -> F32:
+def _tumour_map(
+    rng: np.random.Generator,
+    tissue: F32,
+    yy: F32,
+    xx: F32,
+    share: tuple[float, float],
+) -> F32:
     """Soft weight of one to three contiguous tumour regions inside the tissue.
 
-    The regions cover 28-45 % of the tissue area.
+    The regions cover a share of the tissue area drawn from ``share``
+    (28-45 % by default).
 
     Parameters
     ----------
@@ -177,6 +193,8 @@ def _tumour_map(rng: np.random.Generator, tissue: F32, yy: F32, xx: F32) -> F32:
         Signed low-res tissue field (``> 0`` is tissue).
     yy, xx : numpy.ndarray
         Coordinate grids of the low-res map.
+    share : tuple of float
+        Range of the covered share of the tissue.
 
     Returns
     -------
@@ -188,7 +206,7 @@ def _tumour_map(rng: np.random.Generator, tissue: F32, yy: F32, xx: F32) -> F32:
     area = float(is_tissue.sum())
     if area == 0:
         return np.zeros((h, w), np.float32)
-    frac = rng.uniform(0.28, 0.45)
+    frac = rng.uniform(*share)
     n_regions = int(rng.integers(1, 4))
     radius = math.sqrt(frac * area / (n_regions * math.pi)) * 1.25
     deep = tissue > 3.0

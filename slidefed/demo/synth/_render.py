@@ -39,6 +39,29 @@ _E_VEC = np.array([0.11, 0.90, 0.43], dtype=np.float64)
 
 
 @dataclass(frozen=True)
+class Look:
+    """How one hospital's slides differ from the default ones.
+
+    Attributes
+    ----------
+    tumour_share : tuple of float
+        Range of the share of the tissue that tumour regions cover.
+    h_shift, e_shift : float
+        Added to the slide's haematoxylin and eosin levels (the lab's staining).
+    tint : tuple of float
+        Added to the background intensity per channel (the scanner's white).
+    """
+
+    tumour_share: tuple[float, float] = (0.28, 0.45)
+    h_shift: float = 0.0
+    e_shift: float = 0.0
+    tint: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+DEFAULT_LOOK = Look()
+
+
+@dataclass(frozen=True)
 class _Stain:
     """The staining of one slide: colour table and stain levels."""
 
@@ -47,7 +70,9 @@ class _Stain:
     h_level: float
 
 
-def render(seed: int, tumour: bool, width: int, height: int) -> tuple[U8, F32]:
+def render(
+    seed: int, tumour: bool, width: int, height: int, look: Look = DEFAULT_LOOK
+) -> tuple[U8, F32]:
     """Render the level-0 RGB image of one slide.
 
     Parameters
@@ -58,6 +83,9 @@ def render(seed: int, tumour: bool, width: int, height: int) -> tuple[U8, F32]:
         Whether the slide holds tumour regions.
     width, height : int
         Size in pixels.
+    look : Look
+        The hospital's staining and tumour extent (the default draws exactly
+        what earlier versions drew).
 
     Returns
     -------
@@ -69,8 +97,8 @@ def render(seed: int, tumour: bool, width: int, height: int) -> tuple[U8, F32]:
     """
     rng = np.random.default_rng(seed)
     h, w = -(-height // LOW), -(-width // LOW)
-    lay = draw_layout(rng, h, w, tumour)
-    stain = _draw_stain(rng)
+    lay = draw_layout(rng, h, w, tumour, share=look.tumour_share)
+    stain = _draw_stain(rng, look)
     fold = 1 + np.float32(rng.uniform(0.8, 1.1)) * lay.fold
     e_idx, h_half = _stroma(rng, lay, fold, stain)
     gain = fold * np.float32(stain.h_level * H_SCALE)
@@ -79,13 +107,13 @@ def render(seed: int, tumour: bool, width: int, height: int) -> tuple[U8, F32]:
     return np.asarray(rgb[:height, :width], np.uint8), lay.tumour
 
 
-def _draw_stain(rng: np.random.Generator) -> _Stain:
+def _draw_stain(rng: np.random.Generator, look: Look) -> _Stain:
     """Per-slide stain appearance: perturbed stain vectors, levels, background."""
     h_vec = unit(_H_VEC + rng.uniform(-0.05, 0.05, 3))
     e_vec = unit(_E_VEC + rng.uniform(-0.05, 0.05, 3))
-    e_level = rng.uniform(0.35, 0.5)
-    h_level = rng.uniform(0.9, 1.1)
-    i0 = rng.uniform(237, 243) + rng.uniform(-1.5, 1.5, 3)
+    e_level = rng.uniform(0.35, 0.5) + look.e_shift
+    h_level = rng.uniform(0.9, 1.1) + look.h_shift
+    i0 = rng.uniform(237, 243) + rng.uniform(-1.5, 1.5, 3) + np.asarray(look.tint)
     lut = _stain_lut(h_vec, e_vec, i0)
     return _Stain(lut=lut, e_level=e_level, h_level=h_level)
 

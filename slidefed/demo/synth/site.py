@@ -3,7 +3,10 @@
 Patients ``P0001``... have one to three slides each, ``out_dir/slides/<patient>-<k>.tif``.
 ``manifest.csv`` has the header ``slide,patient_id,label,split``: ``slide`` is relative
 to the site folder, ``label`` is ``0`` (normal) or ``1`` (tumour), ``split`` is
-``train`` or ``test``.  All slides of a tumour patient are tumour slides.
+``train`` or ``test``.  By default all slides of a tumour patient are tumour
+slides; a :class:`~slidefed.demo.synth._render.Look` and ``tumour_slides`` make a
+harder site (tumour in a few of a patient's tiles, the hospital's own staining),
+and ``label_noise`` flips the manifest label of some training patients.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import pydantic
 from numpy.typing import NDArray
 
 from slidefed.common.errors import ConfigError
+from slidefed.demo.synth._render import DEFAULT_LOOK, Look
 from slidefed.demo.synth.slide_writer import check_slide_args, write_synthetic_slide
 
 _Row = tuple[str, str, str, str]
@@ -37,7 +41,9 @@ class SynthSite(pydantic.BaseModel):
     n_slides : int
         Number of slides (one to three per patient).
     n_tumour : int
-        Number of tumour patients (label 1); all their slides have label 1.
+        Number of tumour patients (label 1 before any label noise).
+    n_flipped : int
+        Training patients whose manifest label was flipped (``label_noise``).
     """
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
@@ -47,6 +53,7 @@ class SynthSite(pydantic.BaseModel):
     n_patients: int
     n_slides: int
     n_tumour: int
+    n_flipped: int = 0
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,7 @@ class _Patients:
     is_tumour: NDArray[np.bool_]
     in_test: NDArray[np.bool_]
     n_per: NDArray[np.int64]
+    flipped: NDArray[np.bool_] | None = None
 
 
 def synth_site(
@@ -68,6 +76,9 @@ def synth_site(
     width: int = 2560,
     height: int = 2048,
     progress: Callable[[int, int], None] | None = None,
+    look: Look = DEFAULT_LOOK,
+    tumour_slides: float = 1.0,
+    label_noise: float = 0.0,
 ) -> SynthSite:
     """Write a synthetic site: slides plus a manifest (see the module docstring).
 
@@ -94,6 +105,13 @@ def synth_site(
         Level-0 slide size in pixels, each >= 256.
     progress : callable, optional
         Called as ``progress(done, total)`` after each slide.
+    look : Look
+        The hospital's staining and tumour extent.
+    tumour_slides : float
+        Chance that each slide of a tumour patient holds tumour (one always does).
+    label_noise : float
+        Chance that a training patient's manifest label is flipped (test labels
+        stay true), in ``[0, 0.5)``.
 
     Returns
     -------
@@ -106,8 +124,15 @@ def synth_site(
         If an argument is out of range.
     """
     _check_site_args(patients, seed, tumour_fraction, test_fraction, width, height)
-    drawn = _draw_patients(patients, seed, tumour_fraction, test_fraction)
-    rows = _write_slides(out_dir, drawn, seed, (width, height), progress)
+    _check_noise_args(label_noise, tumour_slides)
+    drawn = _flip_labels(
+        _draw_patients(patients, seed, tumour_fraction, test_fraction),
+        seed,
+        label_noise,
+    )
+    rows = _write_slides(
+        out_dir, drawn, seed, (width, height), progress, (look, tumour_slides)
+    )
     manifest = out_dir / "manifest.csv"
     _write_manifest(manifest, rows)
     return SynthSite(
@@ -116,6 +141,7 @@ def synth_site(
         n_patients=patients,
         n_slides=len(rows),
         n_tumour=int(drawn.is_tumour.sum()),
+        n_flipped=int(drawn.flipped.sum()) if drawn.flipped is not None else 0,
     )
 
 
@@ -141,6 +167,15 @@ def _check_site_args(
             f"test_fraction must be in (0, 1) (got {test_fraction}); e.g. 0.3"
         )
     check_slide_args(seed, width, height, 0.5, 256, 85)
+
+
+def _check_noise_args(label_noise: float, tumour_slides: float) -> None:
+    """Raise :class:`ConfigError` for a label noise or tumour-slide chance out of range."""
+    if not 0.0 <= label_noise < 0.5 or not 0.0 < tumour_slides <= 1.0:
+        raise ConfigError(
+            f"label_noise must be in [0, 0.5) and tumour_slides in (0, 1] (got "
+            f"{label_noise}, {tumour_slides}); e.g. 0.1 and 0.6"
+        )
 
 
 def _split_counts(n_class: int, patients: int, test_fraction: float) -> int:
@@ -172,36 +207,61 @@ def _draw_patients(
     return _Patients(is_tumour=is_tumour, in_test=in_test, n_per=n_per)
 
 
+def _flip_labels(drawn: _Patients, seed: int, label_noise: float) -> _Patients:
+    """Mark training patients whose manifest label is wrong (test labels stay true)."""
+    if label_noise <= 0:
+        return drawn
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xF11F]))
+    flips = (rng.random(drawn.is_tumour.size) < label_noise) & ~drawn.in_test
+    return _Patients(drawn.is_tumour, drawn.in_test, drawn.n_per, flips)
+
+
 def _write_slides(
     out_dir: Path,
     drawn: _Patients,
     seed: int,
     size: tuple[int, int],
     progress: Callable[[int, int], None] | None,
+    style: tuple[Look, float] = (DEFAULT_LOOK, 1.0),
 ) -> list[_Row]:
     """Write every patient's slides; the manifest rows, in order."""
     slides_dir = out_dir / "slides"
     slides_dir.mkdir(parents=True, exist_ok=True)
     total = int(drawn.n_per.sum())
     rows: list[_Row] = []
+    look, tumour_slides = style
     for i, n_slides in enumerate(drawn.n_per):
         pid = f"P{i + 1:04d}"
-        label = "1" if drawn.is_tumour[i] else "0"
+        flipped = drawn.flipped is not None and bool(drawn.flipped[i])
+        label = "1" if drawn.is_tumour[i] != flipped else "0"
         split = "test" if drawn.in_test[i] else "train"
+        which = _tumour_slides(seed, i, int(n_slides), tumour_slides)
         for k in range(1, int(n_slides) + 1):
             name = f"{pid}-{k}.tif"
             slide_seed = int(np.random.SeedSequence([seed, i, k]).generate_state(1)[0])
             write_synthetic_slide(
                 slides_dir / name,
                 seed=slide_seed,
-                tumour=bool(drawn.is_tumour[i]),
+                tumour=bool(drawn.is_tumour[i]) and which[k - 1],
                 width=size[0],
                 height=size[1],
+                look=look,
             )
             rows.append((f"slides/{name}", pid, label, split))
             if progress is not None:
                 progress(len(rows), total)
     return rows
+
+
+def _tumour_slides(seed: int, patient: int, n: int, chance: float) -> list[bool]:
+    """Which of a tumour patient's ``n`` slides hold tumour (at least one)."""
+    if chance >= 1.0:
+        return [True] * n
+    rng = np.random.default_rng(np.random.SeedSequence([seed, patient, 0x7A]))
+    which = [bool(x) for x in rng.random(n) < chance]
+    if not any(which):
+        which[int(rng.integers(n))] = True
+    return which
 
 
 def _write_manifest(manifest: Path, rows: list[_Row]) -> None:

@@ -16,7 +16,7 @@ import tifffile
 
 from slidefed.common.errors import ConfigError
 from slidefed.demo.synth._fields import U8
-from slidefed.demo.synth._render import render
+from slidefed.demo.synth._render import DEFAULT_LOOK, Look, render
 
 MIN_SIDE = 256  # smallest accepted width / height; also the pyramid stop rule
 
@@ -52,6 +52,7 @@ def write_synthetic_slide(
     mpp: float = 0.5,
     tile: int = 256,
     quality: int = 85,
+    look: Look = DEFAULT_LOOK,
 ) -> None:
     """Write a synthetic H&E-like whole-slide image.
 
@@ -75,6 +76,8 @@ def write_synthetic_slide(
         Tile size in pixels, a multiple of 16.
     quality : int
         JPEG quality, 1-100.
+    look : Look
+        The hospital's staining and tumour extent (default: 28-45 % tumour).
 
     Raises
     ------
@@ -82,7 +85,7 @@ def write_synthetic_slide(
         If an argument is out of range.
     """
     check_slide_args(seed, width, height, mpp, tile, quality)
-    level, _ = render(seed, tumour, width, height)
+    level, _ = render(seed, tumour, width, height, look)
     _write_pyramid(path, level, mpp=mpp, tile=tile, quality=quality)
 
 

@@ -1,5 +1,6 @@
 import csv
 import hashlib
+import logging
 import shutil
 from pathlib import Path
 
@@ -53,6 +54,29 @@ def test_bad_tiles_are_named_and_the_rest_is_used(tile_site: Path) -> None:
     assert data.unit == "tile"
     assert sum(len(s.labels) for s in data.samples) == 30
     assert {s.split for s in data.samples} == {"train", "test"}
+
+
+def test_skipped_tiles_are_logged_once_not_on_every_load(
+    tile_site: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = load_site_config(tile_site)
+    with caplog.at_level(logging.WARNING, logger="slidefed"):
+        load_tile_dataset(config, LABELS)
+    first = [r.getMessage() for r in caplog.records]
+    # 12 skipped tiles: ten named one by one, the rest counted in one line.
+    assert sum(m.startswith("tile skipped: ") for m in first) == 10
+    assert (
+        "2 more tiles skipped (size 10x10, expected 224x224; unreadable image "
+        "(OSError))" in first
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="slidefed"):
+        load_tile_dataset(config, LABELS)  # the next message of the run
+    assert not caplog.records
+    (tile_site.parent / "tiles" / "TUM" / "000.png").write_bytes(b"broken")
+    with caplog.at_level(logging.WARNING, logger="slidefed"):
+        load_tile_dataset(config, LABELS)  # a new skip: the list is logged again
+    assert sum("tile skipped: " in r.getMessage() for r in caplog.records) == 10
 
 
 def test_tile_classifier_trains_with_dp_on_the_rest(tile_site: Path) -> None:

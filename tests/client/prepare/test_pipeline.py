@@ -85,10 +85,12 @@ def test_real_site_with_bad_files(
     rc = main(["site", "prepare", "--config", str(config), "--workers", "2"])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "skipped corrupt.svs: file is truncated" in out
-    assert "skipped notes.svs: not a readable slide (a text file" in out
-    assert "openslide-python-small.svs: slide is smaller than one tile" in out
-    assert "jpeg.dicom: scan resolution 16.78 um/px is too coarse" in out
+    # Named by manifest line (header = 1, ten real slides on lines 2-11).
+    assert "skipped manifest line 12 (corrupt.svs): file is truncated" in out
+    assert "skipped manifest line 13 (notes.svs): not a readable slide (a text" in out
+    assert "openslide-python-small.svs): slide is smaller than one tile" in out
+    assert "jpeg.dicom): scan resolution 16.78 um/px is too coarse" in out
+    assert out.count("skipped manifest line ") == 4  # each skip once
     report = _report(config)
     assert report.complete
     by_name = {Path(s.slide).name: s for s in report.slides}
@@ -165,7 +167,7 @@ def test_bad_rows_and_slides_are_listed_and_the_rest_prepared(
     config = _site(site, rows)
     with caplog.at_level(logging.WARNING, logger="slidefed"):
         rc = main(["site", "prepare", "--config", str(config), "--workers", "1"])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert rc == 0
     assert "manifest line 4 (" in out
     assert "duplicate slide" in out
@@ -173,8 +175,15 @@ def test_bad_rows_and_slides_are_listed_and_the_rest_prepared(
     assert "s2.tif) rejected: patient has conflicting labels" in out
     assert "manifest line 6 (" in out
     assert "blank.tif) rejected" in out
-    assert "blank.tif.gone: file named in the manifest does not exist" in out
-    assert "copy-of-s0.tif: same content as manifest slide #1 (a copy of it)" in out
+    assert "blank.tif.gone): file named in the manifest does not exist" in out
+    assert (
+        f"skipped manifest line 8 ({copy}): same content as manifest line 2 "
+        "(a copy of it)" in out
+    )
+    assert f"skipped manifest line 7 ({slide_files / 'blank.tif'}.gone): " in out
+    # Each skip is printed once, on stdout; nothing repeats it on stderr.
+    assert out.count("copy-of-s0.tif") == 1
+    assert "skipped" not in err
     report = _report(config)
     assert [s.status for s in report.slides] == ["ok", "ok", "skipped", "skipped"]
     assert report.tiles_per_second > 0
@@ -210,7 +219,7 @@ def test_nothing_usable_exits_2(
     rc = main(["site", "prepare", "--config", str(config), "--workers", "1"])
     captured = capsys.readouterr()
     assert rc == 2
-    assert "skipped x.svs: not a readable slide" in captured.out
+    assert "skipped manifest line 2 (x.svs): not a readable slide" in captured.out
     assert captured.err.strip().startswith("error: no usable slide")
     assert len(captured.err.strip().splitlines()) == 1
 
