@@ -291,12 +291,9 @@ def _clientapp_command(site_config: Path, spec: Any) -> list[str]:
         "--token",
         spec.token,
     ]
-    if spec.insecure:
-        args.append("--insecure")
-    elif spec.root_certificates_path is not None:
-        args += ["--root-certificates", spec.root_certificates_path]
-    if spec.parent_pid is not None:
-        args += ["--parent-pid", str(spec.parent_pid)]
+    from slidefed.deploy.task_processes import connection_args
+
+    args += connection_args(spec)
     return args
 
 

@@ -76,6 +76,18 @@ class TaskProcesses:
         return [p.pid for p in self._running]
 
 
+def connection_args(spec: Any) -> list[str]:
+    """How a task process reaches its runtime API: TLS roots, parent pid."""
+    args: list[str] = []
+    if spec.insecure:
+        args.append("--insecure")
+    elif spec.root_certificates_path is not None:
+        args += ["--root-certificates", spec.root_certificates_path]
+    if spec.parent_pid is not None:
+        args += ["--parent-pid", str(spec.parent_pid)]
+    return args
+
+
 def _flower_task_command(spec: Any) -> list[str]:
     """The command Flower's ``SubprocessExecutor.launch`` runs for ``spec``."""
     from flwr.supercore.constant import (
@@ -90,12 +102,7 @@ def _flower_task_command(spec: Any) -> list[str]:
         "--token",
         spec.token,
     ]
-    if spec.insecure:
-        args.append("--insecure")
-    elif spec.root_certificates_path is not None:
-        args += ["--root-certificates", spec.root_certificates_path]
-    if spec.parent_pid is not None:
-        args += ["--parent-pid", str(spec.parent_pid)]
+    args += connection_args(spec)
     if spec.runtime_dependency_install:
         args.append("--allow-runtime-dependency-installation")
     return args
@@ -189,6 +196,7 @@ if __name__ == "__main__":
 __all__ = [
     "SHIM_NAME",
     "TaskProcesses",
+    "connection_args",
     "reaping_executor_class",
     "run_superexec",
     "superexec_shim",
