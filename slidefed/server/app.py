@@ -103,10 +103,8 @@ def coordinator_audit_key() -> Path:
 def _record_site_names(run_dir: Path) -> None:
     """Name the registered sites in the run folder (for the plot and model card)."""
     named = os.environ.get(SERVER_CONFIG_ENV)
-    if not named:
-        return  # a simulation records the sites it plays itself
-    try:
-        sites = load_server_config(Path(named)).sites
+    try:  # a simulation records the sites it plays itself
+        sites = load_server_config(Path(named)).sites if named else []
     except (ConfigError, OSError):
         return
     names: dict[int | str, str] = {
@@ -477,16 +475,9 @@ def _finish(
     write_model_card(
         run_dir, run=run, rows=metrics_log.rows(), config_hash=config_hash(run)
     )
-    (run_dir / "run.json").write_text(
-        json.dumps(
-            {
-                "run_config": run.model_dump(by_alias=True),
-                "run_id": context.run_id,
-                "config_hash": config_hash(run),
-            },
-            indent=2,
-        )
-    )
+    record = {"run_config": run.model_dump(by_alias=True), "run_id": context.run_id}
+    record["config_hash"] = config_hash(run)
+    (run_dir / "run.json").write_text(json.dumps(record, indent=2))
     model_file = (run_dir / "final.safetensors").read_bytes()
     audit.append(
         RunFinished(

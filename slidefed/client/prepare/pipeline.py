@@ -33,13 +33,12 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from pydantic import BaseModel, ConfigDict
 
-from slidefed.client.config import FeaturesSection, SiteConfig, TilingSection
+from slidefed.client.config import SiteConfig
 from slidefed.client.data.manifest import Manifest, ManifestRow, load_site_manifest
 from slidefed.client.data.slide_paths import SlideRoots
 from slidefed.client.prepare.cache import (
@@ -50,10 +49,8 @@ from slidefed.client.prepare.cache import (
 )
 from slidefed.client.prepare.encoders import (
     check_encoder_allowed,
-    check_tiling_fits,
     default_weights,
     encoder_cache_id,
-    get_encoder,
 )
 from slidefed.client.prepare.prepared import (
     check_prepared,
@@ -62,10 +59,9 @@ from slidefed.client.prepare.prepared import (
 )
 from slidefed.client.prepare.qc.site_report import write_site_qc
 from slidefed.client.prepare.report import PrepareReport, SlideOutcome
+from slidefed.client.prepare.runners import run_in_main, run_in_workers
 from slidefed.client.prepare.slide import (
     known_outcome,
-    prepare_slide,
-    prepare_slide_in_main,
     tiling_params,
 )
 from slidefed.client.slides.dicomweb_ref import DICOMWEB_PREFIX, DicomWebRef
@@ -367,9 +363,9 @@ def prepare_site(
         if address and not jobs:
             pass
         elif features.encoder != "hed":
-            _run_in_main(config, features, jobs, n_workers, run)
+            run_in_main(config, features, jobs, n_workers, run)
         else:
-            _run_in_workers(config, features, jobs, n_workers, run)
+            run_in_workers(config, features, jobs, n_workers, run)
     except ArchiveError as exc:
         raise _stopped(run, exc) from exc
     return run.finish()
@@ -386,93 +382,6 @@ def _stopped(run: _SiteRun, exc: ArchiveError) -> ArchiveError:
         f"{exc}; the {done} slide(s) prepared so far are kept, and "
         f"'{prepare_command(run.config)}' resumes from there"
     )
-
-
-def _run_in_workers(
-    config: SiteConfig,
-    features: FeaturesSection,
-    jobs: list[_Job],
-    n_workers: int,
-    run: _SiteRun,
-) -> None:
-    cap = config.prepare.max_tile_pixels
-
-    def args(
-        job: _Job,
-    ) -> tuple[str, Path | DicomWebRef, TilingSection, FeaturesSection, Path]:
-        return (job.slide, job.path, config.tiling, features, config.cache_dir)
-
-    if n_workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            run.starting(job.row, job.slide)
-            run.record(
-                prepare_slide(
-                    *args(job),
-                    content_hash=job.digest,
-                    row=job.row,
-                    max_tile_pixels=cap,
-                    qc=config.qc,
-                    qc_dir=config.qc_dir,
-                )
-            )
-        return
-    with ProcessPoolExecutor(max_workers=min(n_workers, len(jobs))) as pool:
-        futures = [
-            pool.submit(
-                prepare_slide,
-                *args(job),
-                content_hash=job.digest,
-                row=job.row,
-                max_tile_pixels=cap,
-                qc=config.qc,
-                qc_dir=config.qc_dir,
-            )
-            for job in jobs
-        ]
-        pending = dict(zip(futures, jobs, strict=True))
-        run.starting(jobs[0].row, jobs[0].slide)
-        try:
-            for fut in as_completed(futures):
-                del pending[fut]
-                if pending:  # the oldest slide still in the works
-                    job = next(iter(pending.values()))
-                    run.starting(job.row, job.slide)
-                run.record(fut.result())
-        except ArchiveError:  # the archive is down: start no other slide
-            pool.shutdown(cancel_futures=True)
-            raise
-
-
-def _run_in_main(
-    config: SiteConfig,
-    features: FeaturesSection,
-    jobs: list[_Job],
-    n_workers: int,
-    run: _SiteRun,
-) -> None:
-    if not jobs:
-        return
-    encoder = get_encoder(features.encoder, weights=features.weights, features=features)
-    check_tiling_fits(encoder, config.tiling)
-    pool = ProcessPoolExecutor(max_workers=n_workers) if n_workers > 1 else None
-    try:
-        for job in jobs:
-            run.starting(job.row, job.slide)
-            run.record(
-                prepare_slide_in_main(
-                    job.slide,
-                    job.path,
-                    row=job.row,
-                    key=job.key,
-                    config=config,
-                    encoder=encoder,
-                    pool=pool,
-                    window=2 * n_workers,
-                )
-            )
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
 
 
 def prepare_unless_ready(
