@@ -9,14 +9,11 @@ docs::
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -45,6 +42,7 @@ from slidefed.common.audit.records import Actor, line_hash
 from slidefed.common.audit.writer import AuditLog
 from slidefed.common.crypto import generate_audit_key
 from tests.audit.builders import aggregated, charge, completed, joined, release
+from tests.chromium import run_chromium
 
 RUNS = (1111111111111111111, 2222222222222222222)
 APP = "9a" * 32
@@ -424,53 +422,6 @@ def charges_in(fragment: str) -> Chart:
 
 
 # --- rendered by headless Chromium -------------------------------------------------
-
-
-def chromium() -> str | None:
-    """Return the Chromium binary to use, or None when there is none."""
-    override = os.environ.get("SLIDEFED_CHROMIUM")
-    if override:
-        return override
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-@contextlib.contextmanager
-def _profile() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="slidefed-chromium-") as folder:
-        yield folder
-
-
-def run_chromium(page: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    """Load ``page`` in headless Chromium, offline, with ``extra`` flags."""
-    binary = chromium()
-    if binary is None:
-        pytest.skip("no Chromium binary (install Debian's chromium package)")
-    with _profile() as profile:
-        return subprocess.run(
-            [
-                binary,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--hide-scrollbars",
-                f"--user-data-dir={profile}",
-                *extra,
-                page.resolve().as_uri(),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
 
 
 def test_chromium_renders_each_site_against_its_budget(

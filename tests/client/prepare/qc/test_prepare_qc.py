@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +32,7 @@ from slidefed.client.prepare import prepare_site
 from slidefed.client.prepare.qc import QcStore, load_site_qc
 from slidefed.client.prepare.report import SlideOutcome
 from slidefed.client.slides import open_slide
+from tests.chromium import run_chromium
 
 SHARED = Path(os.environ.get("SLIDEFED_SHARED_DATA", "/work/shared/data"))
 CMU1 = Path("slides/aperio/CMU-1-Small-Region.svs")
@@ -193,44 +192,6 @@ def test_site_qc_refuses_a_site_with_qc_off(tmp_path: Path) -> None:
     toml = tmp_path / "site.toml"
     toml.write_text('[site]\nname = "s"\n[qc]\nenabled = false\n')
     assert main(["site", "qc", "--config", str(toml)]) == 2
-
-
-def chromium() -> str | None:
-    """The Chromium binary, or None."""
-    override = os.environ.get("SLIDEFED_CHROMIUM")
-    if override:
-        return override
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if found := shutil.which(name):
-            return found
-    return None
-
-
-def run_chromium(page: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    """Load ``page`` in headless Chromium, offline."""
-    binary = chromium()
-    if binary is None:
-        pytest.skip("no Chromium binary (install Debian's chromium package)")
-    with tempfile.TemporaryDirectory(prefix="slidefed-chromium-") as profile:
-        return subprocess.run(
-            [
-                binary,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--hide-scrollbars",
-                f"--user-data-dir={profile}",
-                *extra,
-                page.resolve().as_uri(),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
 
 
 def test_chromium_renders_the_qc_page(
