@@ -126,8 +126,8 @@ def test_a_series_that_is_not_a_slide_is_skipped_with_the_fix(
     assert f"'slidefed site import-dicomweb --study {ct.study}'" in reason
     assert by_slide[missing].reason.startswith("series not found on the archive;")
     assert by_slide[archive.series["cmu"].slide].status == "ok"
-    # Diagnostic logs name slides by row, never by their UIDs.
-    assert "slide #1 skipped" in caplog.text
+    # Diagnostic logs name slides by manifest line, never by their UIDs.
+    assert "manifest line 2 skipped" in caplog.text
     assert ct.study not in caplog.text
     assert ct.series not in caplog.text
     with pytest.raises(SlideReadError, match="not a whole-slide image"):

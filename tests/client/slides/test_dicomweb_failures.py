@@ -99,7 +99,7 @@ def test_archive_stopped_mid_preparation_keeps_what_was_prepared_and_resumes(
     ]
     partial = _report(config)
     assert not partial.complete
-    assert [(o.row, o.status) for o in partial.slides] == [(1, "ok")]
+    assert [(o.row, o.status) for o in partial.slides] == [(2, "ok")]
     first = partial.slides[0]
     cache = FeatureCache(config.parent / "state" / "cache")
     features = cache.load(first.key)
@@ -109,7 +109,7 @@ def test_archive_stopped_mid_preparation_keeps_what_was_prepared_and_resumes(
     assert main(["site", "prepare", "--config", str(config), "--workers", "1"]) == 0
     final = _report(config)
     assert final.complete
-    assert [(o.row, o.status) for o in final.slides] == [(1, "cached"), (2, "ok")]
+    assert [(o.row, o.status) for o in final.slides] == [(2, "cached"), (3, "ok")]
     assert np.array_equal(cache.load(first.key), features)
     assert final.slides[1].tiles == first.tiles  # the same pixels, other UIDs
 
