@@ -11,6 +11,7 @@ processes.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -253,8 +254,12 @@ def superlink_command(
         if insecure
         else ("127.0.0.1", config.server.superlink_port_or_default)
     )
+    # Flower's SuperLink, with a longer SQLite lock wait (see superlink_main).
+    flower_executable("flower-superlink")  # installed, or a clear refusal
     argv = [
-        flower_executable("flower-superlink"),
+        sys.executable,
+        "-m",
+        "slidefed.deploy.superlink_main",
         "--host",
         host,
         "--port",

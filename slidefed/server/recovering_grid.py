@@ -22,7 +22,8 @@ returns before it returns any: a reply whose upload failed half-way (the node
 gave up on a 500 from the SuperLink's busy database) is retried for up to
 ``PULL_MAX_TIME`` (7,200 s), and in practice until the SuperLink drops its
 object-push session (180 s), holding every other reply of the same call. Pulled
-one by one, the others arrive, and the stuck one is asked again meanwhile.
+one by one, the others arrive, and the stuck one is asked again meanwhile. The
+pulls of a stage together stay under ``PULLS_PER_SECOND``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,15 @@ from flwr.app import Message
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
-"""How often the replies are pulled."""
+"""How often the replies are pulled (while few are outstanding: see ``PULLS_PER_SECOND``)."""
+
+PULLS_PER_SECOND = 3.0
+"""Pull requests a stage sends the SuperLink per second, all outstanding replies
+together. Each pull is a write to the SuperLink's SQLite state; at ten sites a
+pull of every reply every half second kept its write lock busy enough that the
+ServerApp's own heartbeat was answered "database is locked" and Flower ended the
+run (see ``slidefed.deploy.superlink_main``). With ``n`` replies outstanding each
+is pulled every ``max(poll, n / PULLS_PER_SECOND)`` seconds."""
 
 MIN_PATIENCE = 10.0
 """Seconds a site may stay silent after another site's reply before it is asked again.
@@ -125,7 +134,7 @@ class RecoveringGrid:
         The run's Grid.
     notify : callable
         Told of each repeat and each reply still missing at the deadline.
-    poll, min_patience : float
+    poll, min_patience, pulls_per_second : float
         See the module's constants.
     max_asks : int
         Sends per site and stage, the first included.
@@ -139,8 +148,10 @@ class RecoveringGrid:
         poll: float = POLL_SECONDS,
         min_patience: float = MIN_PATIENCE,
         max_asks: int = MAX_ASKS,
+        pulls_per_second: float = PULLS_PER_SECOND,
     ) -> None:
         self._grid = grid
+        self._pulls_per_second = pulls_per_second
         self._notify = notify
         self._poll = poll
         self._min_patience = min_patience
@@ -194,6 +205,7 @@ class RecoveringGrid:
         last_reply = start
         asked_at = dict.fromkeys(originals, start)
         pulls: dict[str, _Pull] = {}
+        self._pulled_at: dict[str, float] = {}
         slowest = 0.0  # seconds from an ask to its reply, the longest this stage
         while waiting and (end is None or time.monotonic() < end):
             for reply in self._pull(waiting, pulls):
@@ -234,11 +246,16 @@ class RecoveringGrid:
         """The replies that arrived: each waiting message pulled on its own.
 
         A message whose last pull has not returned is not pulled again; a stuck
-        pull holds only its own reply.
+        pull holds only its own reply. A message is pulled again only ``spacing``
+        seconds after its last pull started.
         """
+        now = time.monotonic()
+        spacing = max(self._poll, len(waiting) / self._pulls_per_second)
         for mid in waiting:
-            if mid not in pulls:
-                pulls[mid] = _Pull(self._grid, mid)
+            if mid in pulls or now - self._pulled_at.get(mid, -spacing) < spacing:
+                continue
+            pulls[mid] = _Pull(self._grid, mid)
+            self._pulled_at[mid] = now
         deadline = time.monotonic() + self._poll
         for pull in list(pulls.values()):
             pull.wait(max(0.0, deadline - time.monotonic()))
@@ -310,5 +327,6 @@ __all__ = [
     "MIN_PATIENCE",
     "PATIENCE_FACTOR",
     "POLL_SECONDS",
+    "PULLS_PER_SECOND",
     "RecoveringGrid",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -206,7 +207,8 @@ def test_superlink_command_has_tls_node_auth_and_a_database(tmp_path: Path) -> N
     folder = tmp_path / "coord"
     assert main(["server", "init", str(folder)]) == 0
     argv, env = superlink_command(folder / "server.toml")
-    assert Path(argv[0]).name == "flower-superlink"
+    # Flower's SuperLink, started with a longer SQLite lock wait.
+    assert argv[:3] == [sys.executable, "-m", "slidefed.deploy.superlink_main"]
     for flag in (
         "--ssl-ca-certfile",
         "--ssl-certfile",

@@ -112,6 +112,7 @@ def _grid(link: _Link, events: list[tuple[Any, ...]]) -> RecoveringGrid:
         lambda *event: events.append(event),
         poll=0.01,
         min_patience=0.05,
+        pulls_per_second=1000.0,
     )
 
 
@@ -213,3 +214,39 @@ def test_a_slow_site_is_not_asked_again_before_it_could_answer() -> None:
     assert sorted(r.metadata.src_node_id for r in replies) == [1, 2, 3]
     assert [n for n, _ in link.sent].count(2) == 2, link.sent
     assert events == [("reasked", 2, "train", 4, 2)]
+
+
+class _CountingLink(_Link):
+    """A link that counts pull requests."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pulls = 0
+
+    def pull_messages(self, ids: list[str]) -> list[Message]:
+        self.pulls += 1
+        return super().pull_messages(ids)
+
+
+def test_the_pulls_of_a_stage_stay_under_the_rate_however_many_sites_wait() -> None:
+    # Three silent sites, 2 pulls a second: about 2 a second in all, not 3 a poll.
+    link = _CountingLink(lose={(1, 1), (2, 1), (3, 1)})
+    grid = RecoveringGrid(
+        link, lambda *e: None, poll=0.01, min_patience=60, pulls_per_second=2.0
+    )
+    start = time.monotonic()
+    assert list(grid.send_and_receive(_instructions(), timeout=2.0)) == []
+    seconds = time.monotonic() - start
+    # Each site is pulled at once, then every 1.5 s: 6 pulls in 2 s, never one a poll.
+    assert link.pulls <= 3 * (1 + int(seconds / 1.5)) + 3
+    assert link.pulls >= 3
+
+
+def test_one_outstanding_reply_is_still_pulled_every_poll() -> None:
+    link = _CountingLink(lose=set(), delay=5)
+    grid = RecoveringGrid(
+        link, lambda *e: None, poll=0.02, min_patience=60, pulls_per_second=1000.0
+    )
+    replies = list(grid.send_and_receive(_instructions()[:1], timeout=5.0))
+    assert [r.metadata.src_node_id for r in replies] == [1]
+    assert link.pulls == 6  # five empty pulls, then the reply
