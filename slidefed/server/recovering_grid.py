@@ -151,6 +151,7 @@ class RecoveringGrid:
         pulls_per_second: float = PULLS_PER_SECOND,
     ) -> None:
         self._grid = grid
+        self._round_began: dict[int, float] = {}
         self._pulls_per_second = pulls_per_second
         self._notify = notify
         self._poll = poll
@@ -184,7 +185,8 @@ class RecoveringGrid:
         messages : iterable of Message
             One instruction per site.
         timeout : float, optional
-            Seconds for the whole stage (None: wait as long as it takes).
+            Seconds for the whole server round, counted from its first stage
+            (None: wait as long as it takes).
 
         Returns
         -------
@@ -192,8 +194,18 @@ class RecoveringGrid:
             At most one reply per site.
         """
         start = time.monotonic()
-        end = None if timeout is None else start + timeout
         originals = {m.metadata.dst_node_id: m for m in messages}
+        end = self._deadline(originals.values(), start, timeout)
+        if end is not None and end <= start:
+            first = next(iter(originals.values()), None)
+            if first is not None:
+                logger.warning(
+                    "round %s has no time left for its %s stage (round-timeout): "
+                    "nothing sent",
+                    _server_round(first),
+                    first.metadata.message_type,
+                )
+            return []
         keep = {node: self._copy(m) for node, m in originals.items()}
         waiting: dict[str, int] = {}  # message id -> node
         for node, mid in zip(
@@ -241,6 +253,22 @@ class RecoveringGrid:
                     asks[node],
                 )
         return list(replies.values())
+
+    def _deadline(
+        self, messages: Iterable[Message], start: float, timeout: float | None
+    ) -> float | None:
+        """When this stage must end: ``timeout`` after the round's first stage began.
+
+        Flower gives each stage (train, then evaluate) the whole ``round-timeout``;
+        here the stages of one server round share it, so a round never runs past it.
+        """
+        if timeout is None:
+            return None
+        rounds = {_server_round(m) for m in messages} - {None}
+        if len(rounds) != 1:
+            return start + timeout
+        began = self._round_began.setdefault(rounds.pop(), start)  # type: ignore[arg-type]
+        return began + timeout
 
     def _pull(self, waiting: dict[str, int], pulls: dict[str, _Pull]) -> list[Message]:
         """The replies that arrived: each waiting message pulled on its own.

@@ -66,9 +66,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 N_SITES = 3
 LOAD_NODES = 10
 ROUND_TIMEOUT = 60
-# Ten nodes share 2 cores: a stage takes up to ~90 s (each node starts its ClientApp
-# and loads its features; uploads queue on the SuperLink's SQLite state).
-LOAD_ROUND_TIMEOUT = 180
+# Ten nodes share 2 cores: a round (training, then evaluation) took 200-205 s
+# (each node starts its ClientApp and loads its features twice a round).
+LOAD_ROUND_TIMEOUT = 300
 APPS = Path(__file__).parent / "apps"
 
 
@@ -667,31 +667,32 @@ def load_run(deployment: Deployment) -> LoadRun:
 def test_load_ten_supernodes_every_charged_update_is_aggregated_or_audited_lost(
     deployment: Deployment, load_run: LoadRun
 ) -> None:
-    """Nothing a site was charged for disappears without trace.
+    """Nothing a site was charged for is lost, and no round runs past its timeout.
 
-    On this 2-core machine Flower 1.42 still loses some replies under ten nodes
-    (its object pull waits on objects whose upload failed): issue #15 keeps that
-    open. What must hold is that each release either reached the global model
-    or is named in the server's audit log as lost, with its site and round.
+    Every update a site released (and was charged for) reached the global model:
+    re-delivered from the stored release when a reply was lost on the way (the same
+    SHA-256), never missing. A lost reply would be named in the server's audit log
+    (``reply_lost``); at ten nodes there must be none.
     """
     fed = deployment.fed
     server = _server_audit(Path(fed.root / "run-load"))
     aggregated = {
         r["data"]["sha256"] for r in server if r["event"] == "update_aggregated"
     }
-    lost = {
+    lost = [
         (r["data"]["node"], r["round"])
         for r in server
         if r["event"] == "reply_lost" and r["data"]["stage"] == "train"
-    }
-    released = 0
+    ]
+    assert load_run.status == "finished:completed", load_run.status
+    assert lost == []
+    assert [r["sites_trained"] for r in load_run.rows] == [LOAD_NODES] * LOAD_ROUNDS
+    # A round's stages share its timeout; the row adds aggregation and the checkpoint.
+    assert all(r["seconds"] <= LOAD_ROUND_TIMEOUT + 15 for r in load_run.rows)
+    released = set()
     for site in load_run.sites:
-        node = str(fed.node_ids[site.name])
         for r in _events(fed, site, "update_released", {load_run.run_id}):
-            released += 1
-            assert r["data"]["sha256"] in aggregated or (node, r["round"]) in lost, (
-                site.name,
-                r["round"],
-            )
-    assert released >= LOAD_NODES  # every node trained at least its first round
+            released.add((site.name, r["round"]))
+            assert r["data"]["sha256"] in aggregated, (site.name, r["round"])
+    assert len(released) == LOAD_NODES * LOAD_ROUNDS
     assert load_run.peak_bytes > load_run.idle_bytes > 0

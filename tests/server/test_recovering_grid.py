@@ -250,3 +250,38 @@ def test_one_outstanding_reply_is_still_pulled_every_poll() -> None:
     replies = list(grid.send_and_receive(_instructions()[:1], timeout=5.0))
     assert [r.metadata.src_node_id for r in replies] == [1]
     assert link.pulls == 6  # five empty pulls, then the reply
+
+
+def _evaluations(round_: int = 4) -> list[Message]:
+    content = RecordDict({"config": ConfigRecord({"server-round": round_})})
+    return [
+        Message(content=content, dst_node_id=node, message_type="evaluate")
+        for node in (1, 2, 3)
+    ]
+
+
+def test_the_stages_of_a_round_share_its_timeout() -> None:
+    # Site 3 never answers training: the train stage runs to the round's deadline,
+    # and the evaluate stage of the same round has no time left, so nothing is sent.
+    link = _Link(lose={(3, 1), (3, 2), (3, 3)})
+    events: list[tuple[Any, ...]] = []
+    grid = _grid(link, events)
+    start = time.monotonic()
+    trained = list(grid.send_and_receive(_instructions(), timeout=0.6))
+    assert len(trained) == 2
+    sent = len(link.sent)
+    assert list(grid.send_and_receive(_evaluations(), timeout=0.6)) == []
+    assert time.monotonic() - start < 0.9
+    assert len(link.sent) == sent  # no evaluation was asked for
+    # The next round has its own timeout.
+    assert len(list(grid.send_and_receive(_evaluations(5), timeout=0.6))) == 3
+
+
+def test_the_evaluate_stage_gets_what_the_train_stage_left() -> None:
+    link = _Link(lose=set(), delay=2)
+    grid = _grid(link, [])
+    start = time.monotonic()
+    assert len(list(grid.send_and_receive(_instructions(), timeout=5.0))) == 3
+    link.delay = 10_000  # evaluations never come: the stage ends at the deadline
+    assert list(grid.send_and_receive(_evaluations(), timeout=5.0)) == []
+    assert 4.8 < time.monotonic() - start < 6.0
