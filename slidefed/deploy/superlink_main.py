@@ -45,8 +45,9 @@ def apply_lock_wait() -> None:
     from flwr.supercore import constant, sql_mixin
 
     # sql_mixin reads its module global at each new connection.
-    sql_mixin.SQLITE_PRAGMAS = patched_pragmas(sql_mixin.SQLITE_PRAGMAS)
-    constant.SQLITE_PRAGMAS = sql_mixin.SQLITE_PRAGMAS
+    pragmas = patched_pragmas(constant.SQLITE_PRAGMAS)
+    setattr(sql_mixin, "SQLITE_PRAGMAS", pragmas)  # noqa: B010 - Flower's global
+    setattr(constant, "SQLITE_PRAGMAS", pragmas)  # noqa: B010
 
 
 def main() -> None:

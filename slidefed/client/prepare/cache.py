@@ -125,6 +125,7 @@ class SkipRecord(BaseModel):
 
     reason: str
     readers: str
+    fallback_mpp: float | None = None
 
 
 def readers_id() -> str:
@@ -169,31 +170,65 @@ class FeatureCache:
         """File that records why the slide of ``key`` gave no features."""
         return self.root / f"{key}.skip.json"
 
-    def save_skip(self, key: str, reason: str) -> None:
+    def save_skip(
+        self, key: str, reason: str, *, fallback_mpp: float | None = None
+    ) -> None:
         """Remember that the slide of ``key`` is skipped, and why.
 
         The record holds for the same slide content, encoder, tiling and readers
         (:func:`readers_id`): a later run reports the reason without opening
-        the slide again.
+        the slide again. ``fallback_mpp``: the site's fallback the skip may
+        stand on; the record lapses when the site changes it.
         """
-        record = SkipRecord(reason=reason, readers=readers_id())
+        record = SkipRecord(
+            reason=reason, readers=readers_id(), fallback_mpp=fallback_mpp
+        )
         atomic_write_text(self.skip_path(key), record.model_dump_json())
 
-    def load_skip(self, key: str) -> str | None:
-        """The remembered skip reason of ``key``, or None."""
+    def load_skip(self, key: str, *, fallback_mpp: float | None = None) -> str | None:
+        """The remembered skip reason of ``key``, or None.
+
+        None too when the skip stood on another fallback mpp than the site's
+        ``fallback_mpp`` now.
+        """
         try:
             record = SkipRecord.model_validate_json(self.skip_path(key).read_bytes())
         except (OSError, ValueError):
             return None
+        if record.fallback_mpp is not None and record.fallback_mpp != fallback_mpp:
+            return None
         return record.reason if record.readers == readers_id() else None
 
     def save(
-        self, key: str, features: NDArray[np.float32], coords: NDArray[np.int64]
+        self,
+        key: str,
+        features: NDArray[np.float32],
+        coords: NDArray[np.int64],
+        *,
+        fallback_mpp: float | None = None,
     ) -> None:
-        """Store features and tile coordinates of ``key`` atomically."""
+        """Store features and tile coordinates of ``key`` atomically.
+
+        ``fallback_mpp`` is the site's fallback the tiles stand on, when the
+        file states no mpp of its own (see :meth:`fallback_mpp`).
+        """
         buf = io.BytesIO()
-        np.savez(buf, features=features, coords=coords)
+        used = np.float64(np.nan if fallback_mpp is None else fallback_mpp)
+        np.savez(buf, features=features, coords=coords, fallback_mpp=used)
         atomic_write_bytes(self.path(key), buf.getvalue())
+
+    def fallback_mpp(self, key: str) -> float | None:
+        """The site's fallback mpp the features of ``key`` stand on, or None.
+
+        The cache key leaves ``tiling.fallback_mpp`` out, so that setting it
+        redoes no slide that states its own mpp; a slide that stood on it is
+        redone when it changes (:func:`~slidefed.client.prepare.slide.known_outcome`).
+        """
+        with np.load(self.path(key)) as data:
+            if "fallback_mpp" not in data:
+                return None
+            value = float(data["fallback_mpp"])
+        return None if np.isnan(value) else value
 
 
 __all__ = [

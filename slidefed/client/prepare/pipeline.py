@@ -61,6 +61,7 @@ from slidefed.client.prepare.qc.site_report import write_site_qc
 from slidefed.client.prepare.report import PrepareReport, SlideOutcome
 from slidefed.client.prepare.runners import run_in_main, run_in_workers
 from slidefed.client.prepare.slide import (
+    key_params,
     known_outcome,
     tiling_params,
 )
@@ -236,8 +237,15 @@ def _triage(
     seen[digest] = row
     run.signatures[row] = signature
     config = run.config
-    key = cache_key(digest, run.encoder_id, tiling_params(config.tiling, config.qc))
-    known = known_outcome(cache, key, entry.slide, row, qc_dir=config.qc_dir)
+    key = cache_key(digest, run.encoder_id, key_params(config.tiling, config.qc))
+    known = known_outcome(
+        cache,
+        key,
+        entry.slide,
+        row,
+        qc_dir=config.qc_dir,
+        fallback_mpp=config.tiling.fallback_mpp,
+    )
     if known is not None:
         return known
     return _Job(row=row, slide=entry.slide, path=path, digest=digest, key=key)
@@ -273,8 +281,15 @@ def _triage_web(
         return _skipped(entry, row, f"same series as manifest line {seen[digest]}")
     seen[digest] = row
     config = run.config
-    key = cache_key(digest, run.encoder_id, tiling_params(config.tiling, config.qc))
-    known = known_outcome(cache, key, entry.slide, row, qc_dir=config.qc_dir)
+    key = cache_key(digest, run.encoder_id, key_params(config.tiling, config.qc))
+    known = known_outcome(
+        cache,
+        key,
+        entry.slide,
+        row,
+        qc_dir=config.qc_dir,
+        fallback_mpp=config.tiling.fallback_mpp,
+    )
     if known is not None:
         return known
     return _Job(row=row, slide=entry.slide, path=ref, digest=digest, key=key)

@@ -77,6 +77,13 @@ def tiling_params(
     return params
 
 
+def key_params(tiling: TilingSection, qc: QcSection | None = None) -> dict[str, object]:
+    """The parameters in a slide's cache key: :func:`tiling_params` without the
+    site's ``fallback_mpp``, which only slides without their own mpp use (their
+    cache entries record it; see :meth:`FeatureCache.fallback_mpp`)."""
+    return {**tiling_params(tiling, qc), "fallback_mpp": None}
+
+
 def _content_hash(path: Path | DicomWebRef) -> str:
     """The slide's content hash: of its files, or its series on the archive."""
     if isinstance(path, DicomWebRef):
@@ -93,16 +100,21 @@ def known_outcome(
     row: int,
     *,
     qc_dir: Path | None = None,
+    fallback_mpp: float | None = None,
 ) -> SlideOutcome | None:
-    """The outcome of a slide whose features, or skip, are cached; else None."""
+    """The outcome of a slide whose features, or skip, are cached; else None.
+
+    ``fallback_mpp`` is the site's ``tiling.fallback_mpp`` now: features that
+    stood on another fallback are not taken (the slide is prepared again).
+    """
     record = QcStore(qc_dir).load(key) if qc_dir is not None else None
     verdict = record.verdict if record is not None else ""
-    if cache.has(key):
+    if cache.has(key) and cache.fallback_mpp(key) in (None, fallback_mpp):
         n = len(cache.load(key))
         return SlideOutcome(
             slide=slide_rel, status="cached", tiles=n, key=key, row=row, qc=verdict
         )
-    reason = cache.load_skip(key)
+    reason = cache.load_skip(key, fallback_mpp=fallback_mpp)
     if reason is not None:
         return SlideOutcome(
             slide=slide_rel,
@@ -115,12 +127,20 @@ def known_outcome(
     return None
 
 
-def _remember_skip(cache: FeatureCache, key: str, exc: SlideReadError) -> None:
+def _skipped(slide_rel: str, row: int, exc: SlideReadError) -> SlideOutcome:
+    """The outcome of a slide skipped for ``exc``."""
+    return SlideOutcome(slide=slide_rel, status="skipped", reason=exc.reason, row=row)
+
+
+def _remember_skip(
+    cache: FeatureCache, key: str, exc: SlideReadError, fallback_mpp: float | None
+) -> None:
     """Remember a skip caused by the slide itself, not by a failing disk or mount.
 
     Unreadable tiles are not remembered either: they may come from the storage;
     nor a refusal by the pixel cap, which the site may raise, nor a missing
-    mpp, which the site may give as ``tiling.fallback_mpp``.
+    mpp, which the site may give as ``tiling.fallback_mpp``. The record holds
+    while the site's ``fallback_mpp`` stays as it is (the skip may stand on it).
     """
     if isinstance(exc, SlideDecodeRefused | MppMissing):
         return
@@ -128,7 +148,7 @@ def _remember_skip(cache: FeatureCache, key: str, exc: SlideReadError) -> None:
     while cause is not None and not isinstance(cause, OSError):
         cause = cause.__cause__
     if cause is None:
-        cache.save_skip(key, exc.reason)
+        cache.save_skip(key, exc.reason, fallback_mpp=fallback_mpp)
 
 
 def _collect(batches: Iterable[TileBatch], encoder: Encoder) -> _Collected:
@@ -186,11 +206,13 @@ def _finish(
     decoded: int,
     start: float,
     qc: tuple[str, str, int] = ("", "", 0),
+    fallback_mpp: float | None = None,
 ) -> SlideOutcome:
     """Save a slide's features (if any) and describe the outcome.
 
     ``qc`` is the slide's QC verdict, the reason it failed QC ("" when it did
-    not) and the tiles QC dropped.
+    not) and the tiles QC dropped; ``fallback_mpp`` the site's fallback the
+    grid stood on (:attr:`TileGrid.fallback_mpp`).
     """
     parts, coords, failed = collected
     verdict, qc_reason, qc_dropped = qc
@@ -198,7 +220,7 @@ def _finish(
     if qc_reason or not coords:
         reason = qc_reason or f"all {len(failed)} tissue tiles unreadable ({failed[0]})"
         if qc_reason:
-            cache.save_skip(key, reason)
+            cache.save_skip(key, reason, fallback_mpp=fallback_mpp)
         return SlideOutcome(
             slide=slide_rel,
             status="skipped",
@@ -212,7 +234,9 @@ def _finish(
             qc_dropped_tiles=qc_dropped,
         )
     feats = np.concatenate(parts).astype(np.float32)
-    cache.save(key, feats, np.asarray(coords, dtype=np.int64))
+    cache.save(
+        key, feats, np.asarray(coords, dtype=np.int64), fallback_mpp=fallback_mpp
+    )
     note = f"{len(failed)} unreadable tiles left out ({failed[0]})" if failed else ""
     return SlideOutcome(
         slide=slide_rel,
@@ -257,7 +281,7 @@ def _read_and_encode(
             collected = _collect(batches, encoder)
             return collected, int(getattr(slide, "tiles_decoded", 0)), grid
     except SlideReadError as exc:
-        _remember_skip(cache, key, exc)
+        _remember_skip(cache, key, exc, tiling.fallback_mpp)
         raise
 
 
@@ -316,8 +340,11 @@ def prepare_slide(
             features.encoder, weights=features.weights, batch_size=features.batch_size
         )
         digest = content_hash or _content_hash(path)
-        key = cache_key(digest, enc.encoder_id, tiling_params(tiling, qc))
-        known = known_outcome(cache, key, slide_rel, row, qc_dir=qc_dir)
+        key = cache_key(digest, enc.encoder_id, key_params(tiling, qc))
+        fb = tiling.fallback_mpp
+        known = known_outcome(
+            cache, key, slide_rel, row, qc_dir=qc_dir, fallback_mpp=fb
+        )
         if known is not None:
             return known
         checker = SlideChecker(qc, features.encoder) if qc and qc.enabled else None
@@ -332,13 +359,12 @@ def prepare_slide(
             checker=checker,
         )
     except SlideReadError as exc:
-        return SlideOutcome(
-            slide=slide_rel, status="skipped", reason=exc.reason, row=row
-        )
+        return _skipped(slide_rel, row, exc)
     verdict = _qc_verdict(
         checker, qc_dir, slide_rel=slide_rel, row=row, key=key, grid=grid
     )
-    return _finish(slide_rel, row, key, cache, collected, decoded, start, verdict)
+    done = (slide_rel, row, key, cache, collected, decoded, start, verdict)
+    return _finish(*done, fallback_mpp=grid.fallback_mpp)
 
 
 # ------------------------------------------------------------- main-process mode
@@ -418,15 +444,14 @@ def prepare_slide_in_main(
             batches = checker.filter(batches)
         collected = _collect(batches, encoder)
     except SlideReadError as exc:
-        _remember_skip(cache, key, exc)
-        return SlideOutcome(
-            slide=slide_rel, status="skipped", reason=exc.reason, row=row
-        )
+        _remember_skip(cache, key, exc, config.tiling.fallback_mpp)
+        return _skipped(slide_rel, row, exc)
     decoded = len(collected[1]) + len(collected[2]) + _checker_dropped(checker)
     verdict = _qc_verdict(
         checker, config.qc_dir, slide_rel=slide_rel, row=row, key=key, grid=grid
     )
-    return _finish(slide_rel, row, key, cache, collected, decoded, start, verdict)
+    done = (slide_rel, row, key, cache, collected, decoded, start, verdict)
+    return _finish(*done, fallback_mpp=grid.fallback_mpp)
 
 
 def _checker_dropped(checker: SlideChecker | None) -> int:
@@ -435,6 +460,7 @@ def _checker_dropped(checker: SlideChecker | None) -> int:
 
 
 __all__ = [
+    "key_params",
     "known_outcome",
     "prepare_slide",
     "prepare_slide_in_main",

@@ -79,6 +79,9 @@ class TileGrid(BaseModel):
         Level-0 (x, y) of each tile's top-left corner, row by row.
     level_downsample : float
         Downsample of ``level`` relative to level 0.
+    fallback_mpp : float or None
+        The site's ``tiling.fallback_mpp`` when the grid stands on it (the file
+        states no mpp); None when the file gives its own.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -89,6 +92,7 @@ class TileGrid(BaseModel):
     mpp: float
     coords: list[tuple[int, int]]
     level_downsample: float = 1.0
+    fallback_mpp: float | None = None
 
     @property
     def resize(self) -> bool:
@@ -219,6 +223,7 @@ def plan_tiles(
         mpp=tiling.target_mpp,
         coords=coords,
         level_downsample=level_ds,
+        fallback_mpp=None if slide.mpp else mpp0,
     )
 
 

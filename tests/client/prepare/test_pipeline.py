@@ -456,7 +456,40 @@ def test_skips_from_a_failing_disk_are_not_remembered(tmp_path: Path) -> None:
         except OSError as io:
             raise SlideReadError("s.svs", "unreadable (OSError)") from io
     except SlideReadError as exc:
-        _remember_skip(cache, "io", exc)
-    _remember_skip(cache, "content", SlideReadError("s.svs", "no tissue found"))
+        _remember_skip(cache, "io", exc, None)
+    _remember_skip(cache, "content", SlideReadError("s.svs", "no tissue found"), None)
     assert cache.load_skip("io") is None
     assert cache.load_skip("content") == "no tissue found"
+
+
+def test_changing_fallback_mpp_redoes_only_the_slides_that_stand_on_it(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    aperio = shared_data / "slides" / "aperio"
+    own, bare = "CMU-1-Small-Region.svs", "tcga-cr-7395-01a-01-ts1.svs"  # mpp / none
+    rows = [
+        (str(aperio / own), "P1", 0, "train"),
+        (str(aperio / bare), "P2", 1, "train"),
+    ]
+    config = _site(tmp_path, rows, "[tiling]\nfallback_mpp = 0.5\n")
+    cache = FeatureCache(tmp_path / "state" / "cache")
+
+    def prepare() -> dict[str, Any]:
+        assert main(["site", "prepare", "--config", str(config), "--workers", "1"]) == 0
+        capsys.readouterr()
+        return {Path(s.slide).name: s for s in _report(config).slides}
+
+    first = prepare()
+    assert [first[n].status for n in (own, bare)] == ["ok", "ok"]
+    assert cache.fallback_mpp(first[own].key) is None
+    assert cache.fallback_mpp(first[bare].key) == 0.5
+    config.write_text(config.read_text().replace("= 0.5", "= 0.4"))
+    second = prepare()
+    # The slide with its own mpp is kept; the one tiled at the fallback is redone.
+    assert [second[n].status for n in (own, bare)] == ["cached", "ok"]
+    assert second[own].key == first[own].key
+    assert cache.fallback_mpp(second[bare].key) == 0.4
+    # The same pixels span less tissue at 0.4 um/px: fewer 0.5 um/px tiles.
+    assert second[bare].tiles < first[bare].tiles
+    third = prepare()
+    assert [third[n].status for n in (own, bare)] == ["cached", "cached"]

@@ -296,7 +296,11 @@ class _Scheduler:
             return
         if isinstance(result, SlideSkip):
             if result.remember:
-                self.cache.save_skip(slide.job.key, result.reason)
+                self.cache.save_skip(
+                    slide.job.key,
+                    result.reason,
+                    fallback_mpp=self.config.tiling.fallback_mpp,
+                )
             self._fail(slide, result.reason)
         elif isinstance(result, SlidePlan):
             self._split(slide, result)
@@ -363,6 +367,7 @@ class _Scheduler:
                 decoded,
                 slide.start,
                 verdict,
+                fallback_mpp=slide.grid.fallback_mpp if slide.grid else None,
             )
         )
 
