@@ -236,6 +236,19 @@ def _triage(
         )
     seen[digest] = row
     run.signatures[row] = signature
+    return _cached_or_job(run, cache, row, entry, (path, digest))
+
+
+def _cached_or_job(
+    run: _SiteRun,
+    cache: FeatureCache,
+    row: int,
+    entry: ManifestRow,
+    slide: tuple[Path | DicomWebRef, str],
+) -> SlideOutcome | _Job:
+    """The slide's cached outcome, or the job of preparing it (``slide``: where it
+    is and its content hash)."""
+    path, digest = slide
     config = run.config
     key = cache_key(digest, run.encoder_id, key_params(config.tiling, config.qc))
     known = known_outcome(
@@ -280,19 +293,7 @@ def _triage_web(
     if digest in seen:
         return _skipped(entry, row, f"same series as manifest line {seen[digest]}")
     seen[digest] = row
-    config = run.config
-    key = cache_key(digest, run.encoder_id, key_params(config.tiling, config.qc))
-    known = known_outcome(
-        cache,
-        key,
-        entry.slide,
-        row,
-        qc_dir=config.qc_dir,
-        fallback_mpp=config.tiling.fallback_mpp,
-    )
-    if known is not None:
-        return known
-    return _Job(row=row, slide=entry.slide, path=ref, digest=digest, key=key)
+    return _cached_or_job(run, cache, row, entry, (ref, digest))
 
 
 def _plan_jobs(run: _SiteRun) -> list[_Job]:
