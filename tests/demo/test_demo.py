@@ -21,6 +21,31 @@ def _slidefed() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "slidefed.cli"]
 
 
+def _tiles_demo(
+    tmp_path: Path, out: Path, tiles: Path, *, rounds: int
+) -> subprocess.CompletedProcess[str]:
+    """``slidefed demo --data tiles`` on ``tiles``, as a user types it."""
+    return subprocess.run(
+        [
+            *_slidefed(),
+            "demo",
+            "--data",
+            "tiles",
+            "--rounds",
+            str(rounds),
+            "--out",
+            str(out),
+            "--tiles-dir",
+            str(tiles),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FLWR_HOME": str(tmp_path / "flwr")},
+        timeout=600,
+        check=False,
+    )
+
+
 def test_demo_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr")}
@@ -99,25 +124,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
 
 def test_demo_tiles_on_real_patches(tmp_path: Path, shared_data: Path) -> None:
     out = tmp_path / "tiles-demo"
-    proc = subprocess.run(
-        [
-            *_slidefed(),
-            "demo",
-            "--data",
-            "tiles",
-            "--rounds",
-            "2",
-            "--out",
-            str(out),
-            "--tiles-dir",
-            str(shared_data / "patches"),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "FLWR_HOME": str(tmp_path / "flwr")},
-        timeout=600,
-        check=False,
-    )
+    proc = _tiles_demo(tmp_path, out, shared_data / "patches", rounds=2)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     result = json.loads((out / "run" / "tiles-results.json").read_text())
     assert set(result["federated"]) >= {"accuracy", "macro_f1", "class_accuracy"}
@@ -153,25 +160,7 @@ def _tile_collection(root: Path) -> Path:
 def test_demo_tiles_takes_its_classes_from_the_folders(tmp_path: Path) -> None:
     source = _tile_collection(tmp_path / "tiles")
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [
-            *_slidefed(),
-            "demo",
-            "--data",
-            "tiles",
-            "--rounds",
-            "1",
-            "--out",
-            str(out),
-            "--tiles-dir",
-            str(source),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "FLWR_HOME": str(tmp_path / "flwr")},
-        timeout=600,
-        check=False,
-    )
+    proc = _tiles_demo(tmp_path, out, source, rounds=1)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     said = " ".join(proc.stdout.split())
     assert (

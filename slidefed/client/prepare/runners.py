@@ -8,6 +8,7 @@ network encoder in this process and lets workers decode tiles for it.
 from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,12 @@ def run_in_workers(
     run: _SiteRun,
 ) -> None:
     """Prepare ``jobs`` in worker processes (or here, for one job or worker)."""
-    cap = config.prepare.max_tile_pixels
+    prepare = partial(
+        prepare_slide,
+        max_tile_pixels=config.prepare.max_tile_pixels,
+        qc=config.qc,
+        qc_dir=config.qc_dir,
+    )
 
     def args(
         job: _Job,
@@ -39,28 +45,11 @@ def run_in_workers(
     if n_workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             run.starting(job.row, job.slide)
-            run.record(
-                prepare_slide(
-                    *args(job),
-                    content_hash=job.digest,
-                    row=job.row,
-                    max_tile_pixels=cap,
-                    qc=config.qc,
-                    qc_dir=config.qc_dir,
-                )
-            )
+            run.record(prepare(*args(job), content_hash=job.digest, row=job.row))
         return
     with ProcessPoolExecutor(max_workers=min(n_workers, len(jobs))) as pool:
         futures = [
-            pool.submit(
-                prepare_slide,
-                *args(job),
-                content_hash=job.digest,
-                row=job.row,
-                max_tile_pixels=cap,
-                qc=config.qc,
-                qc_dir=config.qc_dir,
-            )
+            pool.submit(prepare, *args(job), content_hash=job.digest, row=job.row)
             for job in jobs
         ]
         pending = dict(zip(futures, jobs, strict=True))
