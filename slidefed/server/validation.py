@@ -284,7 +284,7 @@ class ValidatingMixin:
             info["errors"].append(
                 {"node": node, "code": int(msg.error.code), "reason": reason}
             )
-            self._audit(ReplyError(node=node, reason=reason), absolute)
+            self._audit(ReplyError(node=node, reason=reason, stage="train"), absolute)
             logger.warning(
                 "round %s: site %s replied with an error: %s",
                 absolute,
@@ -342,6 +342,9 @@ class ValidatingMixin:
                 reason = describe_reply_error(msg.error.code, msg.error.reason)
                 info["errors"].append(
                     {"node": node, "code": int(msg.error.code), "reason": reason}
+                )
+                self._audit(
+                    ReplyError(node=node, reason=reason, stage="evaluate"), absolute
                 )
             else:
                 valid.append(msg)

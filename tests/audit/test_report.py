@@ -32,6 +32,7 @@ from slidefed.audit.verify import read_records
 from slidefed.common.audit.events import (
     EgressBlocked,
     EgressGuardBlocked,
+    EvaluationCharged,
     MetricWithheld,
     RoundRefused,
     RunFinished,
@@ -92,6 +93,12 @@ class _Site:
         self.log.append(update, run_id=run, round=rnd)
         self.released.append((run, rnd, sha))
 
+    def evaluate(self, run: int, rnd: int, cost: float) -> None:
+        after = round(self.spent + cost, 6)
+        spent = charge(after, before=self.spent, budget=self.budget, delta=3.5e-3)
+        self.log.append(EvaluationCharged(**spent.model_dump()), run_id=run, round=rnd)
+        self.spent = after
+
 
 def write_federation(root: Path) -> list[Path]:
     """Write the logs of a small federation; return the site logs, then the server's."""
@@ -134,6 +141,7 @@ def write_federation(root: Path) -> list[Path]:
         round=2,
     )
     a.train(RUNS[1], 2, 1.6)
+    a.evaluate(RUNS[1], 2, 0.4)  # hospital-a's last release: an evaluation
     b.log.append(
         RoundRefused(
             reason="round 3 would bring epsilon to 8.613, over the site's max_epsilon "
@@ -175,7 +183,11 @@ def _expected(federation: list[Path]) -> dict[str, tuple[float, list[float]]]:
     """Budget and cumulative epsilons of each site, read back from its log."""
     expected: dict[str, tuple[float, list[float]]] = {}
     for path in federation:
-        charges = [r for r in read_records(path) if r.event == "round_charged"]
+        charges = [
+            r
+            for r in read_records(path)
+            if r.event in ("round_charged", "evaluation_charged")
+        ]
         if charges:
             expected[charges[0].actor_name] = (
                 charges[-1].data["epsilon_max"],
@@ -253,6 +265,19 @@ def test_report_shows_each_site_against_its_budget(
     report: Path, federation: list[Path]
 ) -> None:
     _assert_each_site_against_its_budget(report.read_text(), federation)
+
+
+def test_report_counts_evaluations_in_what_a_site_spent(
+    report: Path, federation: list[Path]
+) -> None:
+    page = " ".join(report.read_text().split())
+    site_a = page[page.index('id="site-hospital-a"') :].split("</article>")[0]
+    # hospital-a's last charge is an evaluation; what it spent is the figure after it.
+    last = [r for r in read_records(federation[0]) if r.event.endswith("_charged")][-1]
+    assert last.event == "evaluation_charged"
+    assert f"Spent ε {last.data['epsilon_after']:.4f} of its budget 10" in site_a
+    assert "<td>evaluation</td>" in site_a
+    assert site_a.count("<td>training</td>") == 5
 
 
 def test_report_is_self_contained(report: Path) -> None:

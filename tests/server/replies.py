@@ -14,6 +14,7 @@ from flwr.app import (
 )
 
 from slidefed.common.arrays import specs_of
+from slidefed.common.audit.writer import AuditLog
 from slidefed.common.run_config import RunConfig
 from slidefed.server.strategy import build_strategy
 from slidefed.server.validation import ValidatingMixin
@@ -27,6 +28,7 @@ def reply(
     metrics: dict[str, int | float | list[int] | list[float]],
     *,
     error: str | None = None,
+    stage: str = "train",
 ) -> Message:
     meta = Metadata(
         run_id=1,
@@ -37,7 +39,7 @@ def reply(
         group_id="1",
         created_at=time.time(),
         ttl=60.0,
-        message_type="train",
+        message_type=stage,
     )
     if error is not None:
         return Message(error=Error(code=4001, reason=error), metadata=meta)  # type: ignore[call-overload,no-any-return]
@@ -47,11 +49,13 @@ def reply(
     return Message(content=content, metadata=meta)  # type: ignore[call-overload,no-any-return]
 
 
-def validating_strategy(name: str = "fedavg", **run: object) -> ValidatingMixin:
+def validating_strategy(
+    name: str = "fedavg", audit: AuditLog | None = None, **run: object
+) -> ValidatingMixin:
     strategy = build_strategy(
         RunConfig(strategy=name, **run),
         expected=specs_of(EXPECTED),
-        audit=None,
+        audit=audit,
         run_id=1,
     )
     assert isinstance(strategy, ValidatingMixin)

@@ -1,7 +1,12 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from flwr.app import MetricRecord, RecordDict
 
+from slidefed.audit.verify import read_records
+from slidefed.common.audit.writer import AuditLog
+from slidefed.common.crypto import generate_audit_key
 from slidefed.server.validation import weighted_metrics
 from tests.server.replies import EXPECTED, reply, validating_strategy
 
@@ -51,6 +56,28 @@ def test_invalid_and_error_replies_are_dropped_and_recorded() -> None:
             "the site sent another reason, not shown",
         }
     ]
+
+
+def test_error_replies_of_both_stages_are_audited_with_their_stage(
+    tmp_path: Path,
+) -> None:
+    key = generate_audit_key(tmp_path / "keys" / "audit_key")
+    log = AuditLog(tmp_path / "audit.jsonl", key=key, actor="server", actor_name="c")
+    strategy = validating_strategy(audit=log)
+    strategy.aggregate_train(1, [reply(7, None, {}, error="site refused: budget")])
+    out = strategy.aggregate_evaluate(
+        1, [reply(8, None, {}, error="too few held-out units", stage="evaluate")]
+    )
+    assert out is None
+    assert strategy.round_info[1]["errors"][1]["node"] == "8"
+    errors = [r for r in read_records(log.path) if r.event == "reply_error"]
+    assert [(r.data["node"], r.data["stage"], r.round) for r in errors] == [
+        ("7", "train", 1),
+        ("8", "evaluate", 1),
+    ]
+    # Shown by its code, never the site's own text (which could carry anything).
+    assert "too few held-out units" not in errors[1].data["reason"]
+    assert "site error 4001" in errors[1].data["reason"]
 
 
 def test_no_valid_reply_keeps_the_model() -> None:

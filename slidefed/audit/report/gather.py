@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from slidefed.audit.load import LoadedLog
 from slidefed.common.audit.events import (
+    EvaluationCharged,
     MetricsReleased,
     RoundCharged,
     RoundCompleted,
@@ -41,9 +42,14 @@ class Row:
 
 @dataclass(frozen=True)
 class Charge(Row):
-    """A ``round_charged`` record."""
+    """A ``round_charged`` or ``evaluation_charged`` record."""
 
     data: RoundCharged
+
+    @property
+    def kind(self) -> str:
+        """``training`` or ``evaluation``: what the charge paid for."""
+        return "evaluation" if isinstance(self.data, EvaluationCharged) else "training"
 
 
 @dataclass(frozen=True)
@@ -328,6 +334,9 @@ def _gather_site(
     event = record.event
     if event == "round_charged":
         site.charges.append(Charge(**vars(row), data=event_data(record, RoundCharged)))
+    elif event == "evaluation_charged":
+        data = event_data(record, EvaluationCharged)
+        site.charges.append(Charge(**vars(row), data=data))
     elif event == "update_released":
         data = event_data(record, UpdateReleased)
         nodes = tuple(aggregated_by.get(data.sha256, ()))

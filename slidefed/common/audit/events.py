@@ -242,9 +242,15 @@ class _NodeBecause(_Because):
 
 
 class ReplyError(_NodeBecause):
-    """``reply_error`` (server): a site replied with an error."""
+    """``reply_error`` (server): a site replied with an error.
+
+    ``stage`` says which instruction it answered (empty in logs written before it
+    was recorded, which held training replies only).
+    """
 
     event: ClassVar[str] = "reply_error"
+
+    stage: Literal["", "train", "evaluate"] = ""
 
 
 class UpdateRejected(_NodeBecause):

@@ -93,7 +93,7 @@ WRITTEN: dict[str, dict[str, Any]] = {
         "rejected": 0,
         "errors": 1,
     },
-    "ReplyError": {"node": "9314", "reason": "timeout"},
+    "ReplyError": {"node": "9314", "reason": "timeout", "stage": "evaluate"},
     "ReplyReasked": {"node": "9314", "stage": "train", "asks": 2},
     "ReplyLost": {"node": "9314", "stage": "evaluate", "asks": 3},
     "UpdateRejected": {"node": "9313", "reason": "non-finite values"},
@@ -159,6 +159,7 @@ ADDED = {
     "RunStarted": ("run_name", "fab_hash"),
     "RunResumed": ("run_name", "fab_hash"),
     "RunFinished": ("model_file_sha256",),
+    "ReplyError": ("stage",),
 }
 """Keys writers added later: records written before them read back as before."""
 
