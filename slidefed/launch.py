@@ -56,8 +56,27 @@ def parse_run_id(stdout: str) -> int:
     """Run id from ``flwr run --format json``."""
     result = _json_object(stdout)
     if not result.get("success") or result.get("run-id") is None:
-        raise FederationError(f"flwr run did not start a run: {result}")
+        raise FederationError(f"flwr run did not start a run: {_start_error(result)}")
     return int(result["run-id"])
+
+
+def _start_error(result: dict[str, Any]) -> str:
+    """Flower's reason in one line, without its warnings about the app's metadata."""
+    text = str(result.get("error-message") or result)
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip()
+        and not line.strip().startswith(("- Recommended property", "Flower App config"))
+    ]
+    reason = "; ".join(lines)[-600:]
+    if "403" in reason and "/control/" in reason:
+        reason += (
+            " (the coordinator's public port serves only the Fleet API for sites; "
+            "launch against the Control API: on the coordinator host, or through an "
+            "SSH tunnel to its 127.0.0.1 SuperLink port, see docs/deployment.md)"
+        )
+    return reason
 
 
 def parse_status(stdout: str, run_id: int) -> tuple[str, str]:

@@ -31,6 +31,8 @@ _APP_PROJECT: dict[str, Any] = {
     "project": {
         "name": "slidefed-run",
         "version": "0.1.0",
+        "description": "slidefed's federated run: its components and run defaults",
+        "license": "Apache-2.0",
         "dependencies": ["slidefed"],
     },
 }

@@ -18,6 +18,25 @@ def test_run_that_did_not_start() -> None:
         parse_run_id(json.dumps({"success": False, "run-id": None}))
 
 
+def test_a_run_refused_on_the_public_port_says_where_to_launch() -> None:
+    # What flwr 1.42 prints when a connection points at the nginx front.
+    message = (
+        "Flower App configuration warnings in '/w/app/pyproject.toml':\n"
+        '- Recommended property "description" missing in [project]\n'
+        '- Recommended property "license" missing in [project]\n'
+        "Using SuperLink: consortium (localhost:8000)\n\n"
+        "Client error '403 Forbidden' for url "
+        "'https://localhost:8000/v1/control/start-run'"
+    )
+    with pytest.raises(FederationError) as caught:
+        parse_run_id(json.dumps({"success": False, "error-message": message}))
+    text = str(caught.value)
+    assert "\n" not in text
+    assert "Recommended property" not in text
+    assert "403 Forbidden" in text
+    assert "SSH tunnel" in text
+
+
 def test_status_of_a_failed_run_is_read_not_the_exit_code() -> None:
     listing = {
         "success": True,

@@ -88,7 +88,9 @@ def site_messages(site_toml: Path, run: Any, *, rounds: int) -> dict[str, Any]:
     from slidefed.client.app import app
     from slidefed.common.model import build_model, feature_dim
 
-    model = build_model(run.task, feature_dim(run.encoder), seed=run.seed)
+    model = build_model(
+        run.task, feature_dim(run.encoder), seed=run.seed, inputs=run.inputs
+    )
     arrays = {k: v.numpy() for k, v in model.state_dict().items()}
     context = Context(
         run_id=4242,

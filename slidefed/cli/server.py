@@ -44,7 +44,7 @@ def server_init(
     ] = None,
     name: Annotated[str, typer.Option(help="Coordinator name.")] = "coordinator",
     host: Annotated[
-        str, typer.Option(help="Interface flower-superlink listens on.")
+        str, typer.Option(help="Interface the public front (nginx) listens on.")
     ] = "127.0.0.1",
     port: Annotated[
         int, typer.Option(help="Public HTTPS port (the front serves the Fleet API).")

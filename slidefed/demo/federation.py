@@ -178,12 +178,21 @@ def write_site_config(site: DemoSite) -> SiteConfig:
 def demo_run_config(
     out: Path, sites: list[DemoSite], rounds: int, seed: int
 ) -> RunConfig:
-    """The researcher's side of the demo."""
+    """The researcher's side of the demo.
+
+    The DP plan of the benchmarks on real tiles: every training patient in every
+    step (a batch larger than any demo site), a step size that decays over the
+    rounds, and log(1 + x) of the hed features. Against batches of 8 at a constant
+    step size it keeps the ranking (AUC) and lets accuracy at 0.5 leave the majority
+    class more often (docs/researcher-guide.md).
+    """
     return RunConfig(
         num_server_rounds=rounds,
         local_epochs=4,
-        batch_size=8,
-        lr=0.03,
+        batch_size=64,
+        lr=0.1,
+        lr_schedule="cosine",
+        inputs="log1p",
         target_epsilon=8.0,
         max_grad_norm=1.0,
         bag_size=256,

@@ -36,15 +36,23 @@ def _test_bags(site_configs: list[Path], run: RunConfig) -> list[Any]:
     return bags
 
 
-def _evaluate(weights: Path, bags: list[Any], run: RunConfig) -> dict[str, Any]:
+def _load_model(weights: Path, run: RunConfig) -> Any:
+    """The run's model (its task, encoder and inputs) with the weights of ``weights``."""
     import torch
     from safetensors.numpy import load_file
 
     from slidefed.common.model import build_model, feature_dim
 
-    model = build_model(run.task, feature_dim(run.encoder), seed=run.seed)
+    model = build_model(
+        run.task, feature_dim(run.encoder), seed=run.seed, inputs=run.inputs
+    )
     state = load_file(str(weights))
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    return model
+
+
+def _evaluate(weights: Path, bags: list[Any], run: RunConfig) -> dict[str, Any]:
+    model = _load_model(weights, run)
     lab = np.asarray([int(b.label) for b in bags], dtype=np.int64)
     prob = np.asarray([_probability(model, b) for b in bags], dtype=np.float64)
     return {

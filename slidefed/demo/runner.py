@@ -123,7 +123,11 @@ def _slides_table(folder: Path, plan: list[fed.DemoSite]) -> Any:
 
     rows = _metrics(folder)
     eps = fed.site_epsilons(plan)
-    table = Table(title="Held-out patients, per round")
+    table = Table(
+        title="Held-out patients, per round",
+        caption="ε: each site's ledger after the round, its evaluation included "
+        "(the round lines above show ε after training)",
+    )
     for col in ("round", "accuracy (noised)", "AUC (noised)"):
         table.add_column(col, justify="right")
     for site in plan:

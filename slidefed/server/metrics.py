@@ -209,7 +209,11 @@ def write_model_card(
         f"- sites in the last round: {last.get('sites_trained', 0)}",
         f"- config sha256: {config_hash}",
         "",
-        "## Epsilon spent per site (cumulative, after the last round)",
+        "## Epsilon spent per site (cumulative, after the last round's training)",
+        "",
+        "Each evaluation is charged on top of this (noised statistics are a release "
+        "too): a site's full spend is in its ledger (`slidefed site budget`) and in "
+        "the audit report.",
         "",
         "| site | node id | epsilon |",
         "|---|---|---|",

@@ -335,8 +335,8 @@ def _gather_site(
     if event == "round_charged":
         site.charges.append(Charge(**vars(row), data=event_data(record, RoundCharged)))
     elif event == "evaluation_charged":
-        data = event_data(record, EvaluationCharged)
-        site.charges.append(Charge(**vars(row), data=data))
+        charged = event_data(record, EvaluationCharged)
+        site.charges.append(Charge(**vars(row), data=charged))
     elif event == "update_released":
         data = event_data(record, UpdateReleased)
         nodes = tuple(aggregated_by.get(data.sha256, ()))
