@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -274,23 +274,37 @@ class ValidatingMixin:
             }
         )
 
+    def _reply_error(
+        self,
+        msg: Message,
+        absolute: int,
+        info: dict[str, Any],
+        stage: Literal["train", "evaluate"],
+    ) -> None:
+        """Record, audit and log a reply that carries an error instead of content.
+
+        Shown by its code, from the table of site errors: a site's own text is
+        never displayed, logged or audited here.
+        """
+        node = str(msg.metadata.src_node_id)
+        reason = describe_reply_error(msg.error.code, msg.error.reason)
+        info["errors"].append(
+            {"node": node, "code": int(msg.error.code), "reason": reason}
+        )
+        self._audit(ReplyError(node=node, reason=reason, stage=stage), absolute)
+        logger.warning(
+            "round %s: site %s replied to %s with an error: %s",
+            absolute,
+            node,
+            stage,
+            reason,
+        )
+
     def _admit(self, msg: Message, absolute: int, info: dict[str, Any]) -> bool:
         """Whether a train reply may be aggregated; records and audits why not."""
         node = str(msg.metadata.src_node_id)
         if msg.has_error():
-            # Shown by its code, from the table of site errors: a site's own text
-            # is never displayed, logged or audited here.
-            reason = describe_reply_error(msg.error.code, msg.error.reason)
-            info["errors"].append(
-                {"node": node, "code": int(msg.error.code), "reason": reason}
-            )
-            self._audit(ReplyError(node=node, reason=reason, stage="train"), absolute)
-            logger.warning(
-                "round %s: site %s replied with an error: %s",
-                absolute,
-                node,
-                reason,
-            )
+            self._reply_error(msg, absolute, info, "train")
             return False
         problem = self.check(msg)
         if problem:
@@ -338,14 +352,7 @@ class ValidatingMixin:
         valid = []
         for msg in replies:
             if msg.has_error():
-                node = str(msg.metadata.src_node_id)
-                reason = describe_reply_error(msg.error.code, msg.error.reason)
-                info["errors"].append(
-                    {"node": node, "code": int(msg.error.code), "reason": reason}
-                )
-                self._audit(
-                    ReplyError(node=node, reason=reason, stage="evaluate"), absolute
-                )
+                self._reply_error(msg, absolute, info, "evaluate")
             else:
                 valid.append(msg)
         info["sites_evaluated"] = len(valid)

@@ -325,6 +325,12 @@ def _note(row: Row, record: AuditRecord) -> Note:
     return Note(**vars(row), event=record.event, reason=reason, node=node)
 
 
+_CHARGES: dict[str, type[RoundCharged]] = {
+    "round_charged": RoundCharged,
+    "evaluation_charged": EvaluationCharged,
+}
+
+
 def _gather_site(
     site: SiteView,
     row: Row,
@@ -332,10 +338,8 @@ def _gather_site(
     aggregated_by: dict[str, list[str]],
 ) -> None:
     event = record.event
-    if event == "round_charged":
-        site.charges.append(Charge(**vars(row), data=event_data(record, RoundCharged)))
-    elif event == "evaluation_charged":
-        charged = event_data(record, EvaluationCharged)
+    if event in _CHARGES:
+        charged = event_data(record, _CHARGES[event])
         site.charges.append(Charge(**vars(row), data=charged))
     elif event == "update_released":
         data = event_data(record, UpdateReleased)
