@@ -213,6 +213,19 @@ class Federation:
         data: dict[str, Any] = json.loads(out[out.index("{") :])
         return data
 
+    def run_log(self, run_id: int, size: int = 6000) -> str:
+        """The tail of the run's ServerApp log (``flwr log --show``), for failures."""
+        done = subprocess.run(
+            [str(BIN / "flwr"), "log", str(run_id), "slidefed", "--show"],
+            env=self.env(self.coord / "state" / "flwr"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=self.root,
+            check=False,
+        )
+        return (done.stdout + done.stderr)[-size:]
+
     def online_nodes(self) -> int:
         nodes = self.flwr("supernode", "ls", "slidefed").get("nodes", [])
         return sum(1 for n in nodes if n.get("status") == "online")

@@ -37,11 +37,11 @@ from tests.integration.test_deploy import Federation, _make_site
 from tests.integration.test_faults_deploy import (
     Deployment,
     _events,
+    _failure,
     _rows,
     _run_config,
     _server_audit,
     _site_toml,
-    _tail,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
@@ -207,7 +207,7 @@ def test_a_reply_dropped_on_the_way_is_recovered_in_its_round_without_a_new_char
     status = fed.wait_finished(
         run_id, timeout=rounds * 2 * ROUND_TIMEOUT, output=run_dir / "run.json"
     )
-    assert status == "finished:completed", _tail(fed.root / "superlink.log", 6000)
+    assert status == "finished:completed", _failure(fed, run_id, "superlink.log")
 
     # The fault happened: the victim's round-1 update went nowhere.
     assert proxy.dropped == [PUSH_MESSAGES], proxy.seen
