@@ -444,11 +444,25 @@ def site_approve(
 ) -> None:
     """Approve one app version (by FAB hash) for this site."""
     from slidefed.client.config import load_site_config
-    from slidefed.deploy.approval import approvals_path, approve_app, resolve_fab_hash
+    from slidefed.deploy.approval import (
+        approvals_path,
+        approve_app,
+        load_approved_apps,
+        resolve_fab_hash,
+    )
 
     load_site_config(config)
     digest, name = resolve_fab_hash(app_dir=app_dir, fab=fab, fab_hash=fab_hash)
     path = approvals_path(config)
+    listed = load_approved_apps(path).app
+    before = next((a for a in listed if a.fab_hash == digest.lower()), None)
+    if before is not None:
+        since = f" since {before.approved_at}" if before.approved_at else ""
+        print(
+            f"already approved {digest} ({before.name or 'by hash'}) in "
+            f"{path}{since}; nothing changed"
+        )
+        return
     approve_app(path, digest, name=name, note=note)
     print(f"approved {digest} ({name or 'by hash'}) in {path}")
 

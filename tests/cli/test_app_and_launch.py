@@ -60,7 +60,16 @@ def test_app_build_prints_the_hash_launch_submits_and_sites_approve(
         )
         == 0
     )
-    assert digest in (site / "approved_apps.toml").read_text()
+    listed = (site / "approved_apps.toml").read_text()
+    assert digest in listed
+    assert f"approved {digest}" in capsys.readouterr().out
+    # Approving it again says so and leaves the list as it was.
+    approve = ["site", "approve", "--config", str(site / "site.toml"), "--hash"]
+    assert main([*approve, digest]) == 0
+    again = capsys.readouterr().out
+    assert again.startswith(f"already approved {digest} (")
+    assert "nothing changed" in again
+    assert (site / "approved_apps.toml").read_text() == listed
     # Building again (the folder now holds a build) gives the same hash.
     assert main(["app", "build", "--out", str(app)]) == 0
     assert _hash_in(capsys.readouterr().out) == digest
