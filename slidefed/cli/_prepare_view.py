@@ -139,7 +139,9 @@ def prepare_with_progress(
             progress.update(task, now="")
 
 
-def report_lines(cfg: SiteConfig, report: PrepareReport) -> list[str]:
+def report_lines(
+    cfg: SiteConfig, report: PrepareReport, config: Path | str = "site.toml"
+) -> list[str]:
     """One line per noted slide and rejected row, then a summary.
 
     Skipped slides are not repeated here: :func:`prepare_with_progress` printed
@@ -151,6 +153,8 @@ def report_lines(cfg: SiteConfig, report: PrepareReport) -> list[str]:
         The site.
     report : PrepareReport
         The pipeline's report.
+    config : Path or str
+        The site.toml the command was given (named in the hints).
 
     Returns
     -------
@@ -165,7 +169,7 @@ def report_lines(cfg: SiteConfig, report: PrepareReport) -> list[str]:
     for line, reason in report.rejected_rows:
         name = by_line.get(line) or "?"
         lines.append(f"manifest line {line} ({name}) rejected: {reason}")
-    lines += qc_lines(cfg)
+    lines += qc_lines(cfg, config)
     ok = sum(s.status == "ok" for s in report.slides)
     cached = sum(s.status == "cached" for s in report.slides)
     tiles = sum(s.tiles for s in report.usable)
@@ -178,13 +182,15 @@ def report_lines(cfg: SiteConfig, report: PrepareReport) -> list[str]:
     return lines
 
 
-def qc_lines(cfg: SiteConfig) -> list[str]:
+def qc_lines(cfg: SiteConfig, config: Path | str = "site.toml") -> list[str]:
     """One line per slide with a QC warning, then the QC summary ([] without QC).
 
     Parameters
     ----------
     cfg : SiteConfig
         The site.
+    config : Path or str
+        The site.toml the command was given (named in the hint).
 
     Returns
     -------
@@ -204,7 +210,7 @@ def qc_lines(cfg: SiteConfig) -> list[str]:
     lines.append(
         f"QC: {qc.count('pass')} pass, {qc.count('warn')} warn, "
         f"{qc.count('fail')} fail (skipped); thumbnails and qc-report.json in "
-        f"{cfg.qc_dir}; the page: 'slidefed site qc --config SITE.toml --out qc.html'"
+        f"{cfg.qc_dir}; the page: 'slidefed site qc --config {config} --out qc.html'"
     )
     return lines
 

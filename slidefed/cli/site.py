@@ -110,7 +110,7 @@ def site_prepare(
     if as_json:
         print(report.model_dump_json(indent=2))
     else:
-        for line in report_lines(cfg, report):
+        for line in report_lines(cfg, report, config):
             print(line)
     if not report.usable:
         raise ConfigError(
@@ -245,7 +245,7 @@ def site_qc(
     for s in report.slides:
         if s.verdict == "fail":
             print(f"QC failed {s.slide} (skipped): {'; '.join(s.reasons)}")
-    for line in qc_lines(cfg):
+    for line in qc_lines(cfg, config):
         print(line)
     print(f"wrote {page}")
 

@@ -212,7 +212,14 @@ def test_doctor_names_a_manifest_row_outside_the_slide_store(
     checks = _by_name(doctor.run_doctor(site_toml, gpu=False))
     assert checks["manifest valid"].status == "ok"
     assert checks["slides readable"].status == "ok"
-    assert checks["slides readable"].detail == "2 of 2 slides opened"
+    assert checks["slides readable"].detail == "all 2 slides opened"
+    # A sample says that it is one.
+    sampled = doctor.check_slides(load_site_config(site_toml), sample=1)
+    assert sampled.status == "ok"
+    assert sampled.detail == (
+        "1 slide opened, a sample spread over the manifest's 2 "
+        "('slidefed site prepare' reads them all)"
+    )
 
 
 def test_doctor_remembers_a_refused_node_key(site_toml: Path) -> None:

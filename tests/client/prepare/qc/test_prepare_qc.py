@@ -177,6 +177,8 @@ def test_site_qc_writes_the_page_and_json(
     text = capsys.readouterr().out
     assert "QC failed blurred.tif (skipped): every tissue tile failed QC" in text
     assert "QC: 1 pass, 1 warn, 1 fail (skipped)" in text
+    # The hint names the site.toml it was given.
+    assert f"'slidefed site qc --config {qc_site} --out qc.html'" in text
     page = out.read_text()
     assert page.count("data:image/png;base64,") == 3
     assert "http://" not in page
