@@ -74,6 +74,12 @@ def nginx_executable(config: ServerConfig) -> str:
             candidate = Path(folder) / named
             if os.access(candidate, os.X_OK):
                 return str(candidate)
+        if os.sep in named:
+            raise ConfigError(
+                f"[front] nginx = {named!r} in server.toml is not an executable "
+                "file; set it to nginx's path (for example /usr/sbin/nginx) or "
+                "remove it to use the nginx on PATH"
+            )
         raise ConfigError(_NGINX_HINT)
     return found
 

@@ -86,6 +86,21 @@ def test_a_missing_nginx_is_one_line_with_the_fix(
     superlink_command(coordinator)  # the SuperLink alone still builds
 
 
+def test_a_wrong_nginx_path_names_the_setting(
+    coordinator: Path, tmp_path: Path
+) -> None:
+    wrong = tmp_path / "opt" / "nginx"
+    text = coordinator.read_text().replace('nginx = "nginx"', f'nginx = "{wrong}"')
+    coordinator.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        coordinator_commands(coordinator)
+    assert str(caught.value) == (
+        f"[front] nginx = '{wrong}' in server.toml is not an executable file; set "
+        "it to nginx's path (for example /usr/sbin/nginx) or remove it to use the "
+        "nginx on PATH"
+    )
+
+
 class _Upstream(http.server.BaseHTTPRequestHandler):
     """Stands where the SuperLink would: 500 on push (a locked database), 200 else."""
 
