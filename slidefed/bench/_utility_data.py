@@ -161,12 +161,17 @@ def split_units(
     seed: int,
     test_fraction: float = 1 / 3,
     val_fraction: float = 0.25,
+    fold: int = 0,
+    folds: int = 1,
 ) -> dict[str, BenchSplit]:
     """The split of every unit: test, validation (inside train) or train.
 
     Per label, the units are shuffled by a seeded generator; the first
     ``test_fraction`` are test, then ``val_fraction`` of the rest validation.
-    Every label with at least two units keeps one in train.
+    With ``folds`` > 1 (cross-validation), the shuffled units of each label are
+    dealt to the folds in turn and fold ``fold`` is test (``test_fraction`` is
+    then 1 / ``folds``): over the folds every unit is tested exactly once, with
+    the same seed. Every label with at least two units keeps one in train.
     """
     rng = np.random.default_rng(seed)
     by_label: dict[str, list[str]] = defaultdict(list)
@@ -176,13 +181,18 @@ def split_units(
     for label in sorted(by_label):
         units = sorted(by_label[label])
         rng.shuffle(units)
-        n_test = min(round(len(units) * test_fraction), len(units) - 1)
-        n_val = min(round((len(units) - n_test) * val_fraction), len(units) - 1)
-        n_val = max(0, min(n_val, len(units) - n_test - 1))
-        for i, unit in enumerate(units):
-            out[unit] = (
-                "test" if i < n_test else "val" if i < n_test + n_val else "train"
-            )
+        if folds > 1 and len(units) > 1:
+            test = [u for i, u in enumerate(units) if i % folds == fold % folds]
+            rest = [u for i, u in enumerate(units) if i % folds != fold % folds]
+        else:
+            n_test = min(round(len(units) * test_fraction), len(units) - 1)
+            test, rest = units[:n_test], units[n_test:]
+        n_val = min(round(len(rest) * val_fraction), len(units) - 1)
+        n_val = max(0, min(n_val, len(rest) - 1))
+        for unit in test:
+            out[unit] = "test"
+        for i, unit in enumerate(rest):
+            out[unit] = "val" if i < n_val else "train"
     return out
 
 

@@ -18,12 +18,17 @@ def setting_name(row: dict[str, Any]) -> str:
 def table(result: dict[str, Any]) -> str:
     """The result as plain text: what was run, one line per setting, the verdict."""
     split, labels = result["split"], result["labels"]
-    unit = result["unit"]
+    unit, folds = result["unit"], result.get("folds", 1)
     lines = [
         f"data {result['data']} ({len(labels)} labels, unit: {unit}"
         + ("" if unit != "tile" else ", no groups file: each tile is its own unit")
         + ")",
-        f"split by {unit}: train {split['train_units']} + val {split['val_units']} "
+        (
+            f"{folds}-fold cross-validation by {unit}: every unit held out once; fold 1: "
+            if folds > 1
+            else f"split by {unit}: "
+        )
+        + f"train {split['train_units']} + val {split['val_units']} "
         f"units, test {split['test_units']} units ({split['test_tiles']} tiles); "
         f"scored on {split['evaluated_on']} ({split['held_out_units']} units)",
     ]
@@ -51,9 +56,14 @@ def table(result: dict[str, Any]) -> str:
         f"eps {k}: {v:.3f}"
         for k, v in summary["dp_macro_f1_ratio_to_centralised"].items()
     )
+    lines += ["", f"DP macro-F1 / centralised macro-F1: {ratios}"]
+    for fold in result.get("by_fold", []):
+        each = fold["summary"]["dp_macro_f1_ratio_to_centralised"]
+        lines.append(
+            f"  fold {fold['split']['fold']}: "
+            + ", ".join(f"eps {k}: {v:.3f}" for k, v in each.items())
+        )
     lines += [
-        "",
-        f"DP macro-F1 / centralised macro-F1: {ratios}",
         f"target ({summary['target']}): {'met' if summary['target_met'] else 'NOT met'}",
         f"{result['seconds']} s",
     ]
@@ -100,7 +110,12 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel(f"macro-F1, held-out {result['unit']}s")
     ax.set_title(
         f"{Path(result['data']).name}: macro-F1 per setting (mean of "
-        f"{result['repeats']} runs, range)",
+        + (
+            f"{result['folds']} folds x {result['repeats']} runs"
+            if result.get("folds", 1) > 1
+            else f"{result['repeats']} runs"
+        )
+        + ", range)",
         fontsize=10,
     )
     ax.tick_params(axis="x", labelsize=8)

@@ -86,9 +86,11 @@ def _prepare(
     plans: UtilityPlans,
     seed: int,
     workers: int,
+    fold: int = 0,
+    folds: int = 1,
 ) -> tuple[list[BenchSite], BenchSite, dict[str, Any]]:
     """Split, deal the training units to the sites, write and load the folders."""
-    splits = split_units(bench, seed=seed)
+    splits = split_units(bench, seed=seed, fold=fold, folds=folds)
     counts = split_counts(bench, splits)
     # Choosing on "val" trains on train only; the final run trains on train + val.
     held_split = "test" if evaluate == "test" else "val"
@@ -98,9 +100,11 @@ def _prepare(
         if splits[u] == "train" or (evaluate == "test" and splits[u] == "val")
     }
     site_of = assign_sites(
-        train_units, sites=sites, alpha=plans.dirichlet_alpha, seed=seed + 1
+        train_units, sites=sites, alpha=plans.dirichlet_alpha, seed=seed + 1 + fold
     )
     cache = out / "feature-cache"
+    if folds > 1:
+        out = out / f"fold-{fold + 1}"
     paths = []
     for i in range(sites):
         tiles = [t for t in bench.tiles if site_of.get(t.unit) == i]
@@ -128,7 +132,13 @@ def _prepare(
     loaded = load_sites(paths, bench.labels, seed=seed, workers=workers)
     train_sites, held = loaded[:-1], loaded[-1]
     check_no_shared_unit(train_sites, held)
-    split_info = {**counts, "evaluated_on": evaluate, "held_out_units": held.n_units}
+    split_info = {
+        **counts,
+        "evaluated_on": evaluate,
+        "held_out_units": held.n_units,
+        "fold": fold + 1,
+        "folds": folds,
+    }
     return train_sites, held, split_info
 
 
@@ -217,6 +227,50 @@ def _row(
     }
 
 
+def _pooled(per_fold: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per setting over all folds: every run (fold, seed) counts once."""
+    rows = []
+    for same in zip(*per_fold, strict=True):
+        first = same[0]
+        runs = [
+            {"fold": f + 1, **run} for f, row in enumerate(same) for run in row["runs"]
+        ]
+        row = _row(first["setting"], first["target_epsilon"], runs, time.perf_counter())
+        row["seconds"] = round(sum(r["seconds"] for r in same), 2)
+        row["test_tiles"] = sum(r["test_tiles"] for r in same)
+        if first["dp"]:
+            row["sites"] = first["sites"]
+            row["sites_by_fold"] = [r["sites"] for r in same]
+            row["max_site_epsilon"] = max(r["max_site_epsilon"] for r in same)
+        rows.append(row)
+    return rows
+
+
+def _fold(
+    bench: BenchData,
+    *,
+    epsilons: list[float],
+    seeds: list[int],
+    **prepare: Any,
+) -> dict[str, Any]:
+    """One split (a fold, or the single split): its sites, settings and verdict."""
+    train_sites, held, split_info = _prepare(bench, **prepare)
+    rows = _settings(
+        train_sites,
+        held,
+        labels=bench.labels,
+        epsilons=epsilons,
+        plans=prepare["plans"],
+        seeds=seeds,
+    )
+    return {
+        "split": split_info,
+        "sites": [_site_info(s, bench.labels) for s in train_sites],
+        "settings": rows,
+        "summary": summarise(rows),
+    }
+
+
 def run_utility(
     *,
     data: Path | None,
@@ -230,11 +284,13 @@ def run_utility(
     seed: int = 0,
     repeats: int | None = None,
     workers: int = 2,
+    folds: int = 1,
 ) -> dict[str, Any]:
-    """The whole bench: every setting, side by side, on one split; JSON-ready.
+    """The whole bench: every setting, side by side, on the same units; JSON-ready.
 
     Each setting is trained ``repeats`` times (seeds ``seed``, ``seed + 1``, ...;
-    default 3, 1 with ``quick``) on the same split; its figures are the means.
+    default 3, 1 with ``quick``) on each split. ``folds`` > 1 cross-validates
+    (:func:`split_units`); the figures are the means over all folds and seeds.
 
     Raises
     ------
@@ -253,22 +309,27 @@ def run_utility(
     plans = plans or (QUICK_PLANS if quick else DEFAULT_PLANS)
     if quick:
         bench = subsample(bench, units_per_label=plans.quick_units_per_label, seed=seed)
-    train_sites, held, split_info = _prepare(
-        bench,
-        sites=sites,
-        evaluate=evaluate,
-        out=out,
-        plans=plans,
-        seed=seed,
-        workers=workers,
-    )
-    rows = _settings(
-        train_sites,
-        held,
-        labels=bench.labels,
-        epsilons=list(epsilons),
-        plans=plans,
-        seeds=[seed + i for i in range(repeats or (1 if quick else 3))],
+    n_runs = repeats or (1 if quick else 3)
+    per_fold = [
+        _fold(
+            bench,
+            sites=sites,
+            evaluate=evaluate,
+            out=out,
+            plans=plans,
+            seed=seed,
+            workers=workers,
+            fold=fold,
+            folds=folds,
+            epsilons=list(epsilons),
+            seeds=[seed + i for i in range(n_runs)],
+        )
+        for fold in range(folds)
+    ]
+    rows = (
+        per_fold[0]["settings"]
+        if folds == 1
+        else _pooled([f["settings"] for f in per_fold])
     )
     return {
         "data": str(root),
@@ -280,9 +341,11 @@ def run_utility(
         + ("log(1 + features)" if plans.inputs == "log1p" else "the features"),
         "quick": quick,
         "seed": seed,
-        "repeats": repeats or (1 if quick else 3),
-        "split": split_info,
-        "sites": [_site_info(s, bench.labels) for s in train_sites],
+        "repeats": n_runs,
+        "folds": folds,
+        "split": per_fold[0]["split"],
+        "sites": per_fold[0]["sites"],
+        "by_fold": [] if folds == 1 else per_fold,
         "plans": plans.model_dump(mode="json"),
         "settings": rows,
         "summary": summarise(rows),

@@ -322,6 +322,10 @@ def bench_utility(
     workers: Annotated[
         int, typer.Option(min=1, help="Processes that encode uncached tiles.")
     ] = 2,
+    folds: Annotated[
+        int | None,
+        typer.Option(min=1, help="Cross-validation folds; 1: hold out a third once."),
+    ] = None,
 ) -> None:
     """Centralised, federated and federated-DP utility on real tiles, side by side."""
     import tempfile
@@ -346,6 +350,7 @@ def bench_utility(
         seed=seed,
         repeats=repeats,
         workers=workers,
+        folds=folds or (1 if quick else 3),
     )
     result["plot"] = str(draw(result, plot or work / "utility-macro-f1.png"))
     if as_json:

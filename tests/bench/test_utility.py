@@ -68,6 +68,30 @@ def test_split_never_puts_a_group_in_train_and_test(lung: Path) -> None:
     assert len(data.tiles) == 9101
 
 
+def test_cross_validation_holds_out_every_group_exactly_once(lung: Path) -> None:
+    # Prepare: the real tiles and groups file of LC25000 lung.
+    data = load_bench_data(lung, None)
+    groups = _groups_csv(lung)
+    unit_of = {t.name: t.unit for t in data.tiles}
+    labels = data.unit_labels()
+    tested: list[str] = []
+    for fold in range(3):
+        # Execute
+        splits = split_units(data, seed=0, fold=fold, folds=3)
+        # Assert: a group's tiles share its split; no group is trained and tested.
+        for group, paths in groups.items():
+            assert {splits[unit_of[p]] for p in paths} == {splits[group]}
+        test = [g for g, s in splits.items() if s == "test"]
+        train = {g for g, s in splits.items() if s in ("train", "val")}
+        assert not set(test) & train
+        assert len(test) == 150
+        assert sorted(labels[g] for g in test).count("lung_n") == 50
+        assert sum(1 for s in splits.values() if s == "val") == 75
+        tested += test
+    # Over the folds every group was held out once.
+    assert sorted(tested) == sorted(groups)
+
+
 def _sample(unit: str, split: str) -> TileSample:
     return TileSample(
         sample_id=unit,
@@ -192,6 +216,48 @@ def test_quick_bench_on_a_folder_with_a_groups_file(
     assert not held & trained
     assert result["split"]["test_units"] == len(held)
     assert (tmp_path / "f1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_quick_bench_cross_validates_every_unit_once(
+    lung: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: 8 groups of 2 real tiles per class, in a new folder.
+    groups = _copy_tiles(lung, tmp_path / "tiles", column="group", per_label=8)
+    out = tmp_path / "work"
+    args = ["--data", str(tmp_path / "tiles"), "--groups", str(groups)]
+    # Execute: two folds, as JSON and as the table.
+    rc, stdout, _ = _run([*args, "--folds", "2", "--json", "--out", str(out)], capsys)
+    # Assert: each fold held out its own units, none of them trained on in it.
+    assert rc == 0
+    result = json.loads(stdout)
+    assert result["folds"] == 2
+    held_out: list[set[str]] = []
+    for fold in (1, 2):
+        sites = out / f"fold-{fold}" / "sites"
+        held = _listed(sites / "held-out")
+        trained = set().union(*(_listed(sites / f"site-{i}") for i in (1, 2, 3)))
+        assert held
+        assert not held & trained
+        held_out.append(held)
+    assert not held_out[0] & held_out[1]
+    with groups.open(encoding="utf-8") as fh:
+        units = {row["group"] for row in csv.DictReader(fh)}
+    assert held_out[0] | held_out[1] == units
+    # A setting's figures are the means over both folds' runs.
+    for row in result["settings"]:
+        assert [r["fold"] for r in row["runs"]] == [1, 2]
+        mean = sum(r["macro_f1"] for r in row["runs"]) / 2
+        assert abs(row["macro_f1"] - round(mean, 4)) < 1e-9
+        assert row["test_tiles"] == sum(
+            f["settings"][result["settings"].index(row)]["test_tiles"]
+            for f in result["by_fold"]
+        )
+    assert [f["split"]["fold"] for f in result["by_fold"]] == [1, 2]
+    rc, stdout, _ = _run([*args, "--folds", "2", "--out", str(out)], capsys)
+    assert rc == 0
+    assert "2-fold cross-validation by group" in stdout
+    assert "  fold 2: eps 1.0: " in stdout
 
 
 @pytest.mark.slow
