@@ -187,8 +187,7 @@ def split_units(
         else:
             n_test = min(round(len(units) * test_fraction), len(units) - 1)
             test, rest = units[:n_test], units[n_test:]
-        n_val = min(round(len(rest) * val_fraction), len(units) - 1)
-        n_val = max(0, min(n_val, len(rest) - 1))
+        n_val = max(0, min(round(len(rest) * val_fraction), len(rest) - 1))
         for unit in test:
             out[unit] = "test"
         for i, unit in enumerate(rest):

@@ -184,7 +184,7 @@ def _settings(
                 train_sites, plan, n_classes=k, seed=seed, inputs=plans.inputs
             )
             runs.append({"seed": seed, **score(model, held.samples, labels)})
-        rows.append(_row(name, None, runs, start))
+        rows.append(_row(name, None, runs, time.perf_counter() - start))
     for eps in epsilons:
         start, runs = time.perf_counter(), []
         for seed in seeds:
@@ -197,7 +197,7 @@ def _settings(
                 inputs=plans.inputs,
             )
             runs.append({"seed": seed, **score(model, held.samples, labels)})
-        row = _row("federated-dp", eps, runs, start)
+        row = _row("federated-dp", eps, runs, time.perf_counter() - start)
         row["sites"] = [p.as_dict() for p in privacy]
         row["max_site_epsilon"] = round(max(p.epsilon for p in privacy), 4)
         rows.append(row)
@@ -205,7 +205,7 @@ def _settings(
 
 
 def _row(
-    name: str, epsilon: float | None, runs: list[dict[str, Any]], start: float
+    name: str, epsilon: float | None, runs: list[dict[str, Any]], seconds: float
 ) -> dict[str, Any]:
     """A setting's figures: the means over its runs (seeds), and each run."""
     labels = list(runs[0]["class_f1"])
@@ -223,7 +223,7 @@ def _row(
         },
         "test_tiles": runs[0]["test_tiles"],
         "runs": runs,
-        "seconds": round(time.perf_counter() - start, 2),
+        "seconds": round(seconds, 2),
     }
 
 
@@ -235,8 +235,8 @@ def _pooled(per_fold: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
         runs = [
             {"fold": f + 1, **run} for f, row in enumerate(same) for run in row["runs"]
         ]
-        row = _row(first["setting"], first["target_epsilon"], runs, time.perf_counter())
-        row["seconds"] = round(sum(r["seconds"] for r in same), 2)
+        seconds = sum(r["seconds"] for r in same)
+        row = _row(first["setting"], first["target_epsilon"], runs, seconds)
         row["test_tiles"] = sum(r["test_tiles"] for r in same)
         if first["dp"]:
             row["sites"] = first["sites"]

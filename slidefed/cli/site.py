@@ -454,8 +454,7 @@ def site_approve(
     load_site_config(config)
     digest, name = resolve_fab_hash(app_dir=app_dir, fab=fab, fab_hash=fab_hash)
     path = approvals_path(config)
-    listed = load_approved_apps(path).app
-    before = next((a for a in listed if a.fab_hash == digest.lower()), None)
+    before = load_approved_apps(path).entry(digest)
     if before is not None:
         since = f" since {before.approved_at}" if before.approved_at else ""
         print(

@@ -59,6 +59,11 @@ class ApprovedApps(BaseModel):
 
     app: tuple[ApprovedApp, ...] = ()
 
+    def entry(self, fab_hash: str) -> ApprovedApp | None:
+        """The list's entry for ``fab_hash`` (full SHA-256, hex), None if absent."""
+        wanted = fab_hash.lower()
+        return next((a for a in self.app if a.fab_hash == wanted), None)
+
     def approves(self, fab_hash: str) -> bool:
         """Whether ``fab_hash`` is on the list.
 
@@ -72,7 +77,7 @@ class ApprovedApps(BaseModel):
         bool
             True when approved.
         """
-        return any(a.fab_hash == fab_hash.lower() for a in self.app)
+        return self.entry(fab_hash) is not None
 
 
 def approvals_path(site_config: Path) -> Path:

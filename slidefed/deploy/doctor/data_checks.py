@@ -136,12 +136,12 @@ def check_slides(config: SiteConfig, sample: int = SLIDE_SAMPLE) -> Check:
                 "names each bad file"
             ),
         )
+    opened = f"{len(picked)} slide" + ("s" if len(picked) != 1 else "")
     detail = (
         f"all {len(rows)} slides opened"
         if len(picked) == len(rows)
-        else f"{len(picked)} slide{'s' if len(picked) != 1 else ''} opened, a sample "
-        f"spread over the manifest's "
-        f"{len(rows)} ('slidefed site prepare' reads them all)"
+        else f"{opened} opened, a sample spread over the manifest's {len(rows)} "
+        "('slidefed site prepare' reads them all)"
     )
     return Check(name="slides readable", status="ok", detail=detail)
 
