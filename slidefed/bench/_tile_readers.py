@@ -21,7 +21,8 @@ from typing import Any
 import tifffile
 
 from slidefed.bench.timing import interleaved_medians
-from slidefed.client.prepare.tiling import TileGrid, iter_tiles, worker_slide
+from slidefed.client.prepare.tile_workers import worker_slide
+from slidefed.client.prepare.tiling import TileGrid, iter_tiles
 from slidefed.client.slides import TiffSlideSource
 
 

@@ -36,7 +36,8 @@ from slidefed.client.config import (
 )
 from slidefed.client.prepare.encoders import Encoder, TimmEncoder, get_encoder
 from slidefed.client.prepare.slide import prepare_slide_in_main
-from slidefed.client.prepare.tiling import TileGrid, plan_tiles, read_tile_chunk
+from slidefed.client.prepare.tile_workers import read_tile_chunk
+from slidefed.client.prepare.tiling import TileGrid, plan_tiles
 from slidefed.client.slides.sniff import open_slide
 
 logger = logging.getLogger(__name__)

@@ -44,6 +44,7 @@ from slidefed.client.prepare.cache import FeatureCache, cache_key, slide_sha256
 from slidefed.client.prepare.encoders import Encoder, get_encoder, submitter
 from slidefed.client.prepare.qc.checker import QcStore, SlideChecker
 from slidefed.client.prepare.report import SlideOutcome
+from slidefed.client.prepare.tile_workers import read_tile_chunk
 from slidefed.client.prepare.tiling import (
     GRID_VERSION,
     MppMissing,
@@ -51,7 +52,6 @@ from slidefed.client.prepare.tiling import (
     TileGrid,
     iter_tiles,
     plan_tiles,
-    read_tile_chunk,
 )
 from slidefed.client.slides.dicomweb_ref import DicomWebRef
 from slidefed.client.slides.sniff import open_slide

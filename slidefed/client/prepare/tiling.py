@@ -8,11 +8,12 @@ recorded in level-0 pixels (``round(level_x * downsample)``, an exact inverse of
 ``round(x / downsample)``). When ``read_size`` equals the stored tile size,
 every tile is one stored tile: the reader decodes the stored bytes straight
 into the batch. Otherwise (the default grid: 224 px over 256-px stored tiles)
-the reader cuts each tile from the decoded stored tiles it overlaps; the grid's
-reads are announced to it first, so that each stored tile is decoded once,
-held until the last tile that needs it, then dropped. Tiles come in batches;
-memory is bounded by the batch size and the reader's cache, never by the slide
-size.
+each stored tile under the grid is decoded once, into a buffer that stays in
+the CPU cache, and copied at once into every tile over it
+(:mod:`~slidefed.client.slides.scatter`); where tiles are resampled, the grid's
+reads are announced to the reader instead, which holds each decoded stored
+tile until the last tile that needs it. Tiles come in batches; memory is
+bounded by the batch size and the reader's budget, never by the slide size.
 """
 
 from __future__ import annotations
@@ -22,21 +23,18 @@ import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeGuard
 
 import numpy as np
-from cachetools import LRUCache
 from numpy.typing import NDArray
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from slidefed.client.config import MAX_TILE_PIXELS, TilingSection
+from slidefed.client.config import TilingSection
 from slidefed.client.prepare.tissue import tissue_mask
 from slidefed.client.slides.base import SlideSource
-from slidefed.client.slides.dicomweb_ref import DicomWebRef
 from slidefed.client.slides.pixels import box_reduce
-from slidefed.client.slides.sniff import open_slide
+from slidefed.client.slides.scatter import scatter_batches
 from slidefed.client.slides.stored_tiles import StoredTileReader
 from slidefed.common.errors import SlideDecodeRefused, SlideReadError
 
@@ -257,10 +255,12 @@ def iter_tiles(
 ) -> Iterator[TileBatch]:
     """Yield the tiles of ``grid`` (or of ``coords``) in batches.
 
-    The reads are announced to the reader first
+    Each stored tile under the tiles is decoded once: copied into every tile
+    over it at once (:func:`~slidefed.client.slides.scatter.scatter_batches`)
+    where tiles are cut from stored tiles as they are, else announced to the
+    reader first
     (:meth:`~slidefed.client.slides.stored_tiles.StoredTileReader.planned_reads`),
-    so that each stored tile under the tiles is decoded once, kept until the
-    last tile that needs it, then dropped.
+    kept until the last tile that needs it, then dropped.
 
     Parameters
     ----------
@@ -276,7 +276,8 @@ def iter_tiles(
         Leave out tiles that cannot be read (listed in ``failed``) instead of
         raising.
     planned : bool
-        Announce the reads (default). A worker reading one chunk of a grid
+        Read the tiles as a whole: scattered, or announced (default). A
+        worker reading one chunk of a grid
         passes False: stored tiles it shares with later chunks then stay in
         its cache (least recently used out) instead of being dropped after
         their last use in this chunk.
@@ -290,8 +291,63 @@ def iter_tiles(
         ``skip_unreadable``: the whole slide is refused, not the tile.
     """
     todo = grid.coords if coords is None else coords
+    if planned and _scatters(slide, grid, todo):
+        yield from _scattered_batches(slide, grid, todo, batch_size, skip_unreadable)
+        return
     with _planned(slide, grid, todo, planned):
         yield from _read_batches(slide, grid, todo, batch_size, skip_unreadable)
+
+
+def _scatters(
+    slide: SlideSource, grid: TileGrid, todo: Sequence[tuple[int, int]]
+) -> TypeGuard[StoredTileReader]:
+    """Whether the tiles are cut from ``slide``'s stored tiles, scattered.
+
+    Tiles that are each one whole stored tile are decoded straight into the
+    batch instead (the decoder's writes overlap its work there).
+    """
+    if not isinstance(slide, StoredTileReader) or grid.resize:
+        return False
+    geometry = slide.stored_tile_size(grid.level)
+    if geometry is None:
+        return False
+    size = grid.read_size
+    if geometry != (size, size):
+        return True
+    return any(x % size or y % size for x, y in map(grid.level_xy, todo))
+
+
+def _scattered_batches(
+    slide: StoredTileReader,
+    grid: TileGrid,
+    todo: Sequence[tuple[int, int]],
+    batch_size: int,
+    skip_unreadable: bool,
+) -> Iterator[TileBatch]:
+    """The batches of :func:`iter_tiles`, each stored tile decoded once and
+    copied into every tile over it (:mod:`~slidefed.client.slides.scatter`)."""
+    ts = grid.tile_size
+    batches = scatter_batches(
+        slide,
+        grid.level,
+        [grid.level_xy(xy) for xy in todo],
+        ts,
+        batch_size,
+        alloc=lambda n: _free_array((n, ts, ts, 3)),
+        budget=slide.cache_budget,
+    )
+    for index, (tiles, errors) in enumerate(batches):
+        chunk = todo[index * batch_size : (index + 1) * batch_size]
+        if not errors:
+            yield TileBatch(coords=list(chunk), tiles=tiles, failed=[])
+            continue
+        first = min(errors)
+        if not skip_unreadable:
+            raise errors[first]
+        keep = [i for i in range(len(chunk)) if i not in errors]
+        failed = [(chunk[i], errors[i].reason) for i in sorted(errors)]
+        tiles[: len(keep)] = tiles[keep]
+        yield TileBatch([chunk[i] for i in keep], tiles[: len(keep)], failed)
 
 
 def _planned(
@@ -308,8 +364,9 @@ def _planned(
 
 
 # Batch arrays kept for reuse in this process: the caller usually holds the
-# last batch while the next is read, so the one before it is free again.
-_SPARE_BATCHES = 2
+# last batch while the next is read, and a scattered read fills the next
+# row's batch beside the one to come, so the one before them is free again.
+_SPARE_BATCHES = 3
 _SPARE: list[NDArray[np.uint8]] = []
 
 
@@ -409,63 +466,6 @@ def iter_tile_batches(
         yield batch.tiles
 
 
-class _OpenSlides(LRUCache[str, SlideSource]):
-    """Slides kept open by a worker process; the least recently used is closed."""
-
-    def popitem(self) -> tuple[str, SlideSource]:
-        path, slide = super().popitem()
-        slide.close()
-        return path, slide
-
-
-# Slides kept open by a worker process between chunks of the same slide.
-_MAX_OPEN = 2
-_OPEN_SLIDES = _OpenSlides(maxsize=_MAX_OPEN)
-
-
-def worker_slide(
-    path: str | DicomWebRef, *, max_tile_pixels: int = MAX_TILE_PIXELS
-) -> SlideSource:
-    """The slide at ``path``, kept open in this (worker) process between calls."""
-    key = path.key if isinstance(path, DicomWebRef) else str(path)
-    slide = _OPEN_SLIDES.get(key)
-    if slide is None:
-        source = path if isinstance(path, DicomWebRef) else Path(path)
-        slide = open_slide(source, max_tile_pixels=max_tile_pixels)
-        _OPEN_SLIDES[key] = slide
-    return slide
-
-
-def read_tile_chunk(
-    path: str | DicomWebRef,
-    grid: TileGrid,
-    coords: Sequence[tuple[int, int]],
-    *,
-    skip_unreadable: bool = True,
-    max_tile_pixels: int = MAX_TILE_PIXELS,
-) -> TileBatch:
-    """Read some tiles of a slide in a worker process (the slide stays open).
-
-    Meant for a process pool: the parent plans the grid and sends chunks of
-    coordinates; each worker keeps its last slides open between chunks.
-    """
-    slide = worker_slide(path, max_tile_pixels=max_tile_pixels)
-    batches = list(
-        iter_tiles(
-            slide,
-            grid,
-            max(len(coords), 1),
-            coords=coords,
-            skip_unreadable=skip_unreadable,
-            planned=False,
-        )
-    )
-    if not batches:
-        ts = grid.tile_size
-        return TileBatch([], np.empty((0, ts, ts, 3), np.uint8), [])
-    return batches[0]
-
-
 __all__ = [
     "GRID_VERSION",
     "LEVEL_MPP_TOLERANCE",
@@ -478,7 +478,5 @@ __all__ = [
     "iter_tiles",
     "plan_tiles",
     "read_tile",
-    "read_tile_chunk",
     "slide_mpp",
-    "worker_slide",
 ]

@@ -161,6 +161,11 @@ class StoredTileReader:
         return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
 
     @property
+    def cache_budget(self) -> int:
+        """Bytes of decoded pixels this reader may hold (its tile cache's bound)."""
+        return int(self._cache.maxsize)
+
+    @property
     def cached_bytes(self) -> int:
         """Bytes of decoded stored tiles held now (cache and plan)."""
         held = self._plan.held_bytes if self._plan is not None else 0
@@ -193,7 +198,7 @@ class StoredTileReader:
             if geometry is not None
             else {}
         )
-        plan = TilePlan(uses, int(self._cache.maxsize), self._decode_counted)
+        plan = TilePlan(uses, int(self._cache.maxsize), self.decode_counted)
         saved, self._plan = self._plan, plan
         try:
             yield
@@ -209,7 +214,7 @@ class StoredTileReader:
             cache.popitem()
         return int(cache.currsize)
 
-    def _decode_counted(
+    def decode_counted(
         self, key: TileKey, into: NDArray[np.uint8] | None = None
     ) -> NDArray[np.uint8]:
         """Decode a stored tile (into ``into`` if it has the tile's shape)."""
@@ -238,7 +243,7 @@ class StoredTileReader:
             return plan.take(key, self._make_room)
         tile = cache.get(key)
         if tile is None:
-            tile = self._decode_counted(key)
+            tile = self.decode_counted(key)
             if not inner:
                 cache[key] = tile
         return tile
@@ -300,7 +305,7 @@ class StoredTileReader:
                     sy0 - ty0 : sy1 - ty0, sx0 - tx0 : sx1 - tx0
                 ]
 
-    def _region_error(
+    def region_error(
         self, level: int, lx: int, ly: int, exc: BaseException
     ) -> SlideReadError:
         """A reader's error while reading a region, as a :class:`SlideReadError`."""
@@ -318,7 +323,7 @@ class StoredTileReader:
         except SlideReadError:
             raise
         except READ_ERRORS as exc:
-            raise self._region_error(level, lx, ly, exc) from exc
+            raise self.region_error(level, lx, ly, exc) from exc
 
     def read_region(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
@@ -416,7 +421,7 @@ class StoredTileReader:
         except SlideReadError:
             raise
         except READ_ERRORS as exc:
-            raise self._region_error(level, lx, ly, exc) from exc
+            raise self.region_error(level, lx, ly, exc) from exc
         return out
 
     def read_level_region_reduced(

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from slidefed.client.prepare.tiling import TileGrid, read_tile_chunk
+from slidefed.client.prepare.tile_workers import read_tile_chunk
+from slidefed.client.prepare.tiling import TileGrid
 from slidefed.client.slides import open_slide
 from slidefed.client.slides.bounds import TileCheck, TileRefused
 from slidefed.client.slides.codestream import CodestreamError
