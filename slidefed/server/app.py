@@ -24,6 +24,7 @@ from slidefed.common.audit.events import (
     RunFinished,
     RunResumed,
     RunStarted,
+    RunStopped,
 )
 from slidefed.common.audit.writer import AuditLog
 from slidefed.common.crypto import generate_audit_key, load_audit_key, public_key_path
@@ -364,19 +365,22 @@ def _fail_round(
         Always, naming the round, the count and the sites' reasons.
     """
     trained = int(row.get("sites_trained", 0))
+    why = _why_untrained(row)
     audit.append(
-        RoundCompleted(
+        RunStopped(
             sites_trained=trained,
             sites_evaluated=int(row.get("sites_evaluated", 0)),
             rejected=len(row.get("rejected", [])),
             errors=len(row.get("errors", [])),
+            min_sites=run.min_sites,
+            reason=why,
         ),
         run_id=context.run_id,
         round=absolute,
     )
     message = (
         f"round {absolute}: {trained} of min-sites {run.min_sites} sites trained, so "
-        f"the run stops without a model; {_why_untrained(row)}"
+        f"the run stops without a model; {why}"
     )
     logger.error("%s", message)
     raise FederationError(message)

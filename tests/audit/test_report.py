@@ -37,6 +37,7 @@ from slidefed.common.audit.events import (
     RoundRefused,
     RunFinished,
     RunStarted,
+    RunStopped,
     UpdateRejected,
 )
 from slidefed.common.audit.records import Actor, line_hash
@@ -162,6 +163,17 @@ def write_federation(root: Path) -> list[Path]:
     )
     for rnd in (1, 2, 3):
         server.append(completed(3), run_id=RUNS[0], round=rnd)
+    for rnd in (1, 2):
+        server.append(completed(2), run_id=RUNS[1], round=rnd)
+    stopped = RunStopped(
+        sites_trained=0,
+        sites_evaluated=0,
+        rejected=0,
+        errors=1,
+        min_sites=2,
+        reason="refused: privacy budget (site 5)",
+    )
+    server.append(stopped, run_id=RUNS[1], round=3)
     finished = RunFinished(final_sha256="0" * 64, model_file_sha256=MODEL_FILE)
     server.append(finished, run_id=RUNS[0], round=3)
     return [a.log.path, b.log.path, c.log.path, server.path]
@@ -309,6 +321,7 @@ def test_report_lists_runs_releases_and_refusals(report: Path) -> None:
     assert "Every chain, signature and cross-check holds" in page
     assert "no matching release" not in page
     assert "3 of 3, finished" in page  # run 1, from the server's log
+    assert ">2, stopped at round 3<" in page  # run 2: too few sites in round 3
     assert "Server coordinator" in page
 
 

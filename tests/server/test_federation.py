@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,6 +114,14 @@ def test_a_run_in_which_no_site_trains_fails_with_the_reasons(
     assert not (run / "final.safetensors").exists()
     assert (run / "metrics.jsonl").read_text() == ""
     assert not list((run / "checkpoints").glob("round-*.json"))
+    # The audit log says the run stopped there, and no round completed.
+    server_events = _events(run / "audit" / "server-audit.jsonl")
+    assert not [e for e in server_events if e["event"] == "round_completed"]
+    (stopped,) = [e for e in server_events if e["event"] == "run_stopped"]
+    assert stopped["round"] == 1
+    data: Any = stopped["data"]
+    assert (data["sites_trained"], data["min_sites"]) == (0, 3)
+    assert "refused: privacy budget" in data["reason"]
 
 
 def _simulate(

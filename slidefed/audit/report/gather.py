@@ -133,6 +133,7 @@ class RunView:
     planned: int | None = None
     strategy: str | None = None
     finished: bool = False
+    stopped_at: int | None = None
     names: set[str] = field(default_factory=set)
     server_apps: set[str] = field(default_factory=set)
     site_apps: dict[str, set[str]] = field(default_factory=dict)
@@ -164,10 +165,13 @@ class RunView:
         return f"{span} ({len(rounds)})"
 
     def completion(self) -> str:
-        """Return the rounds the server completed: ``2 of 3, finished``."""
+        """Return the rounds the server completed: ``2 of 3, finished``, or
+        ``1 of 3, stopped at round 2`` (too few sites trained in it)."""
         done = str(len(self.completed))
         if self.planned is not None:
             done += f" of {self.planned}"
+        if self.stopped_at is not None:
+            return done + f", stopped at round {self.stopped_at}"
         return done + (", finished" if self.finished else "")
 
 
@@ -286,6 +290,8 @@ def _note_run(facts: Facts, record: AuditRecord) -> None:
             _note_names(run, record, record.actor_name)
     elif event == "round_completed" and record.round is not None:
         run.completed.add(record.round)
+    elif event == "run_stopped" and record.round is not None:
+        run.stopped_at = record.round
     elif event in ("run_started", "run_resumed"):
         rounds, strategy = record.data.get("rounds"), record.data.get("strategy")
         run.planned = rounds if isinstance(rounds, int) else run.planned

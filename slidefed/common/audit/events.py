@@ -235,6 +235,24 @@ class RoundCompleted(AuditEvent):
     errors: int
 
 
+class RunStopped(AuditEvent):
+    """``run_stopped`` (server): a round in which fewer than ``min-sites`` sites
+    trained ends the run, without a model; the round's totals and why.
+
+    Written instead of ``round_completed`` for that round: nothing of it is
+    aggregated into a result, logged as a metric or checkpointed.
+    """
+
+    event: ClassVar[str] = "run_stopped"
+
+    sites_trained: int
+    sites_evaluated: int
+    rejected: int
+    errors: int
+    min_sites: int
+    reason: str
+
+
 class _NodeBecause(_Because):
     """A server event about one node's reply."""
 
@@ -312,6 +330,7 @@ EVENT_MODELS: tuple[type[AuditEvent], ...] = (
     RunResumed,
     RunFinished,
     RoundCompleted,
+    RunStopped,
     ReplyError,
     ReplyReasked,
     ReplyLost,
@@ -421,6 +440,7 @@ __all__ = [
     "RunJoined",
     "RunResumed",
     "RunStarted",
+    "RunStopped",
     "UpdateAggregated",
     "UpdateRejected",
     "UpdateReleased",
