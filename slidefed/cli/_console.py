@@ -20,15 +20,26 @@ def console() -> Any:
 
 
 def setup_logging(verbose: bool) -> None:
-    """Send slidefed's log (and, with ``verbose``, Flower's and Ray's) to the console."""
-    from rich.logging import RichHandler
+    """Send slidefed's log (and, with ``verbose``, Flower's and Ray's) to the console.
 
-    # The same console as progress bars and the live table, so that log lines
-    # print above them instead of through them.
-    handler = RichHandler(
-        console=console(), show_path=False, show_time=False, markup=False
-    )
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s")
+    On a terminal through rich; into a file or a pipe (CI, a service's log) one
+    plain line per record, never wrapped, so that a long line stays one line
+    for ``grep``.
+    """
+    handler: logging.Handler
+    if console().is_terminal:
+        from rich.logging import RichHandler
+
+        # The same console as progress bars and the live table, so that log
+        # lines print above them instead of through them.
+        handler = RichHandler(
+            console=console(), show_path=False, show_time=False, markup=False
+        )
+        fmt = "%(message)s"
+    else:
+        handler = logging.StreamHandler(console().file)
+        fmt = "%(levelname)-8s %(message)s"
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], format=fmt)
     logging.getLogger("slidefed").setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in ("flwr", "ray"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)

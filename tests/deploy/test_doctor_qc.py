@@ -128,3 +128,36 @@ def test_doctor_says_a_site_was_never_prepared(tmp_path: Path) -> None:
     assert checks["slides prepared"].status == "warn"
     assert checks["slides prepared"].fix == f"slidefed site prepare --config {toml}"
     assert checks["cohort after QC"].status == "skip"
+
+
+def test_doctor_names_the_settings_for_slides_the_encoder_does_not_fit(
+    skipped_site: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from slidefed.client.prepare.qc.record import QC_REPORT_FILE, QcReport
+
+    site = tmp_path / "site"
+    shutil.copytree(skipped_site.parent, site)
+    qc_file = load_site_config(site / "site.toml").qc_dir / QC_REPORT_FILE
+    report = QcReport.model_validate_json(qc_file.read_text())
+    first = report.slides[0].model_copy(update={"modality": "fluorescence"})
+    qc_file.write_text(
+        report.model_copy(
+            update={"slides": [first, *report.slides[1:]]}
+        ).model_dump_json()
+    )
+
+    check = _checks(site / "site.toml")["slide modality"]
+
+    assert check.status == "warn"
+    assert "1 fluorescence" in check.detail
+    assert (
+        "1 slides do not fit encoder 'hed', which expects brightfield" in check.detail
+    )
+    assert check.fix == (
+        f"in {site / 'site.toml'}: set [features] encoder to one made for fluorescence "
+        "slides, or remove the fluorescence slides from the manifest and run "
+        "'slidefed site prepare' again; if the encoder is meant for them, set "
+        '[qc] modality = "fluorescence"'
+    )

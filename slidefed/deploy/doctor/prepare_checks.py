@@ -116,7 +116,7 @@ def check_qc(config: SiteConfig, config_path: Path) -> Check:
     )
 
 
-def check_modality(config: SiteConfig) -> Check:
+def check_modality(config: SiteConfig, config_path: Path) -> Check:
     """The slides' modality (brightfield, fluorescence) fits the encoder."""
     from slidefed.client.prepare.qc import load_site_qc
     from slidefed.client.prepare.qc.record import expected_modality
@@ -130,9 +130,11 @@ def check_modality(config: SiteConfig) -> Check:
         found[s.modality] += 1
     detail = ", ".join(f"{n} {m}" for m, n in sorted(found.items()))
     expected = expected_modality(config.qc, config.features.encoder)
-    wrong = sum(n for m, n in found.items() if expected and m != expected)
+    others = sorted(m for m in found if expected and m != expected)
+    wrong = sum(found[m] for m in others)
     if not wrong:
         return Check(name=name, status="ok", detail=detail)
+    them = " or ".join(others)
     return Check(
         name=name,
         status="warn",
@@ -141,8 +143,10 @@ def check_modality(config: SiteConfig) -> Check:
             f"{config.features.encoder!r}, which expects {expected} slides"
         ),
         fix=(
-            "use an encoder made for these slides (features.encoder), take the "
-            "slides out of the manifest, or set qc.modality if this is intended"
+            f"in {config_path}: set [features] encoder to one made for {them} "
+            f"slides, or remove the {them} slides from the manifest and run "
+            f"'slidefed site prepare' again; if the encoder is meant for them, set "
+            f'[qc] modality = "{others[0] if len(others) == 1 else "any"}"'
         ),
     )
 

@@ -67,7 +67,7 @@ def run_doctor(
         guard("slides prepared", lambda: check_preparation(config, config_path))
     )
     checks.append(guard("slide QC", lambda: check_qc(config, config_path)))
-    checks.append(guard("slide modality", lambda: check_modality(config)))
+    checks.append(guard("slide modality", lambda: check_modality(config, config_path)))
     checks.append(guard("cohort after QC", lambda: check_cohort(config)))
     checks.append(guard("disk space", lambda: check_disk(config)))
     if gpu:
