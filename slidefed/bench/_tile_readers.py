@@ -18,6 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tifffile
 
 from slidefed.bench.timing import interleaved_medians
@@ -63,12 +64,19 @@ def stored_tiles_needed(path: Path, grid: TileGrid) -> list[int]:
     return list(indices)
 
 
-def floor_reader(path: Path, grid: TileGrid) -> Callable[[], int]:
+def floor_reader(
+    path: Path, grid: TileGrid, *, write: bool = False
+) -> Callable[[], int]:
     """Read and decode each stored tile under ``grid`` once, with imagecodecs only.
 
     A stored tile that several of the grid's tiles overlap (224-px tiles on
     256-px stored tiles) counts once: the floor is decoding what the grid
     needs, not what a tile-by-tile reader without a cache would decode.
+
+    With ``write``, each decoded stored tile is then also copied once into
+    batch arrays (64 tiles each, three in turn), as any reader has to put the
+    pixels it delivers somewhere: the floor of decoding and writing, a
+    diagnostic beside the floor itself.
     """
     import imagecodecs
 
@@ -100,7 +108,22 @@ def floor_reader(path: Path, grid: TileGrid) -> Callable[[], int]:
             os.close(fd)
         return len(grid.coords)
 
-    return run
+    if not write:
+        return run
+    shape = (int(page.tilelength), int(page.tilewidth), 3)
+    batches = [np.empty((64, *shape), np.uint8) for _ in range(3)]
+
+    def run_and_write() -> int:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for i, (offset, count) in enumerate(jobs):
+                tile = decode(os.pread(fd, count, offset))
+                batches[(i // 64) % 3][i % 64] = tile[: shape[0], : shape[1], :3]
+        finally:
+            os.close(fd)
+        return len(grid.coords)
+
+    return run_and_write
 
 
 def ours_reader(slide: TiffSlideSource, grid: TileGrid) -> Callable[[], int]:

@@ -9,7 +9,11 @@ One run builds synthetic pyramids and measures, with interleaved repetitions:
   (no assembly, no batching); a stored tile under several of the grid's tiles
   counts once;
 * ``naive_tiles_per_s``: a loop of tiffslide ``read_region`` over the same
-  tiles (plus the same resize where tiles are resized).
+  tiles (plus the same resize where tiles are resized);
+* ``write_floor_tiles_per_s``: the floor, each decoded stored tile then also
+  copied once into batch arrays (``ratio_to_write_floor``): decoding and
+  putting the pixels in memory, which any reader does and the floor does not.
+  A diagnostic; the goals stand against the floor.
 
 Cases: aligned level-0 tiles of a JPEG pyramid (256 px on 256-px stored
 tiles) and the default grid (224 px at 0.5 um/px on the same 256-px stored
@@ -154,6 +158,7 @@ def _case(
             {
                 "ours": _passes(ours_reader(slide, grid), passes),
                 "floor": _passes(floor_reader(path, grid), passes),
+                "write_floor": _passes(floor_reader(path, grid, write=True), passes),
                 "naive": _passes(naive_reader(ts, grid), passes),
             },
             reps=reps,
@@ -163,7 +168,9 @@ def _case(
         slide.tiles_decoded = 0
         ours_reader(slide, grid)()
         decoded = slide.tiles_decoded
-    ours, floor, naive = (n / medians[k] for k in ("ours", "floor", "naive"))
+    ours, floor, naive, written = (
+        n / medians[k] for k in ("ours", "floor", "naive", "write_floor")
+    )
     return {
         "tiles": len(grid.coords),
         "stored_tiles_needed": len(stored_tiles_needed(path, grid)),
@@ -176,6 +183,8 @@ def _case(
         "naive_tiles_per_s": round(naive, 1),
         "ratio_to_floor": round(ours / floor, 3),
         "ratio_to_naive": round(ours / naive, 3),
+        "write_floor_tiles_per_s": round(written, 1),
+        "ratio_to_write_floor": round(ours / written, 3),
     }
 
 

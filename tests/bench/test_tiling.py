@@ -60,6 +60,10 @@ def test_tiling_bench_reports_both_headline_cases(
     for case in (aligned, default, result["20x_from_40x_jpeg"]):
         assert case["tiles_per_s"] > 0
         assert case["floor_tiles_per_s"] > 0
+        assert case["write_floor_tiles_per_s"] > 0
+        assert case["ratio_to_write_floor"] == pytest.approx(
+            case["tiles_per_s"] / case["write_floor_tiles_per_s"], abs=2e-3
+        )
     assert result["20x_from_40x_jpeg"]["read_size"] == 512
     assert result["aligned_jpeg2000"]["tiles"] > 0
     assert result["speedup_2_processes"] > 0
