@@ -266,8 +266,12 @@ def _single_process_cases(
     )
     del image
     with _one_core() as pinning:
-        aligned = _case(jpeg, level=0, read_size=256, tile_size=256, reps=reps)
-        default = _case(jpeg, level=0, read_size=224, tile_size=224, reps=reps)
+        aligned = _case(
+            jpeg, level=0, read_size=256, tile_size=256, reps=reps, passes=3
+        )
+        default = _case(
+            jpeg, level=0, read_size=224, tile_size=224, reps=reps, passes=3
+        )
         from40 = _case(
             scan40, level=0, read_size=512, tile_size=256, reps=reps, passes=4
         )

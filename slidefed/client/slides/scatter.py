@@ -5,7 +5,8 @@ over 256-px stored tiles: up to four stored tiles under each region, each
 stored tile under up to four regions). Holding decoded stored tiles until the
 last region that needs them means every decode writes to memory that left the
 CPU cache long ago. :func:`scatter_batches` turns it round: each stored tile
-is decoded into one scratch buffer, which stays in the cache, and its parts
+is decoded into one scratch buffer (:mod:`~slidefed.client.slides.scratch`),
+which stays in the cache, and its parts
 are copied at once into every region over it, the regions of later batches
 included. What is held is output: the batches that have been written into
 but are not complete yet (about two rows of regions for a grid read row by
@@ -26,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from slidefed.client.slides.base import READ_ERRORS
+from slidefed.client.slides.scratch import decode_into_scratch
 from slidefed.client.slides.stored_tiles import StoredTileReader
 from slidefed.client.slides.tile_plan import TileKey, tile_span
 from slidefed.common.errors import SlideDecodeRefused, SlideReadError
@@ -69,7 +71,7 @@ class _Scatter:
         # Pieces still to copy, by stored tile, in batch order.
         self.pending: dict[TileKey, list[_Piece]] = {}
         tw, th = geometry
-        self.scratch = np.empty((th, tw, 3), dtype=np.uint8)
+        self.scratch_shape = (th, tw, 3)
 
     def batch(self, index: int) -> _Batch:
         """Batch ``index``, its pieces registered under their stored tiles."""
@@ -116,7 +118,9 @@ class _Scatter:
         """Decode stored tile ``key`` once and copy it into every region over it."""
         pieces = self.pending.pop(key)
         try:
-            tile = self.reader.decode_counted(key, self.scratch)
+            tile = decode_into_scratch(
+                self.scratch_shape, lambda into: self.reader.decode_counted(key, into)
+            )
         except SlideDecodeRefused:
             raise
         except SlideReadError as exc:
