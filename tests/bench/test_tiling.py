@@ -64,6 +64,12 @@ def test_tiling_bench_reports_both_headline_cases(
         assert case["ratio_to_write_floor"] == pytest.approx(
             case["tiles_per_s"] / case["write_floor_tiles_per_s"], abs=2e-3
         )
+    for case in (aligned, default):
+        assert case["placed_floor_tiles_per_s"] > 0
+        assert case["ratio_to_placed_floor"] == pytest.approx(
+            case["tiles_per_s"] / case["placed_floor_tiles_per_s"], abs=2e-3
+        )
+    assert "placed_floor_tiles_per_s" not in result["20x_from_40x_jpeg"]
     assert result["20x_from_40x_jpeg"]["read_size"] == 512
     assert result["aligned_jpeg2000"]["tiles"] > 0
     assert result["speedup_2_processes"] > 0
@@ -71,3 +77,31 @@ def test_tiling_bench_reports_both_headline_cases(
         "aligned ratio_to_floor>=0.9",
         "default_grid ratio_to_floor>=0.9",
     }
+
+
+def test_placed_floor_decodes_each_needed_stored_tile_once_into_a_kept_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import imagecodecs
+
+    path = tmp_path / "p.tif"
+    image = np.random.default_rng(1).integers(0, 256, (1024, 1024, 3), np.uint8)
+    write_pyramid(path, image, mpp=0.5, downsamples=(1, 4))
+    with TiffSlideSource(path) as slide:
+        default = full_grid(slide, level=0, read_size=224, tile_size=224)
+    decode = imagecodecs.jpeg8_decode
+    outs: list[object] = []
+
+    def counted(data: bytes, **kwargs: object) -> object:
+        outs.append(kwargs.get("out"))
+        return decode(data, **kwargs)
+
+    monkeypatch.setattr(imagecodecs, "jpeg8_decode", counted)
+    from slidefed.bench._tile_readers import floor_reader
+
+    assert floor_reader(path, default, placed=True)() == len(default.coords)
+    assert len(outs) == 16  # the 16 stored tiles under the grid, once each
+    assert all(isinstance(o, np.ndarray) and o.shape == (256, 256, 3) for o in outs)
+    outs.clear()
+    floor_reader(path, default)()
+    assert outs == [None] * 16  # the floor itself: imagecodecs' own arrays

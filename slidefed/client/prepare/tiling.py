@@ -291,30 +291,24 @@ def iter_tiles(
         ``skip_unreadable``: the whole slide is refused, not the tile.
     """
     todo = grid.coords if coords is None else coords
-    if planned and _scatters(slide, grid, todo):
+    if planned and _scatters(slide, grid):
         yield from _scattered_batches(slide, grid, todo, batch_size, skip_unreadable)
         return
     with _planned(slide, grid, todo, planned):
         yield from _read_batches(slide, grid, todo, batch_size, skip_unreadable)
 
 
-def _scatters(
-    slide: SlideSource, grid: TileGrid, todo: Sequence[tuple[int, int]]
-) -> TypeGuard[StoredTileReader]:
+def _scatters(slide: SlideSource, grid: TileGrid) -> TypeGuard[StoredTileReader]:
     """Whether the tiles are cut from ``slide``'s stored tiles, scattered.
 
-    Tiles that are each one whole stored tile are decoded straight into the
-    batch instead (the decoder's writes overlap its work there).
+    Tiles that are each one whole stored tile are scattered too: a decode into
+    the kept scratch buffer and one copy measured faster than decoding into
+    the batch, where half the slots are buffers the decoder is slow in
+    (:mod:`~slidefed.client.slides.scratch`).
     """
     if not isinstance(slide, StoredTileReader) or grid.resize:
         return False
-    geometry = slide.stored_tile_size(grid.level)
-    if geometry is None:
-        return False
-    size = grid.read_size
-    if geometry != (size, size):
-        return True
-    return any(x % size or y % size for x, y in map(grid.level_xy, todo))
+    return slide.stored_tile_size(grid.level) is not None
 
 
 def _scattered_batches(
