@@ -71,6 +71,31 @@ def _jpeg_into(data: bytes, out: Any, *, tables: Any = None) -> Any:
     return imagecodecs.jpeg8_decode(data, tables=tables, outcolorspace="RGB", out=out)
 
 
+def _placed_floor(
+    path: Path,
+    tiles: int,
+    jobs: list[tuple[int, int]],
+    tables: Any,
+    shape: tuple[int, int, int],
+) -> Callable[[], int]:
+    """The floor's JPEG decodes, each into the fastest of a few scratch buffers."""
+    from slidefed.client.slides.scratch import decode_into_scratch
+
+    def run() -> int:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for offset, count in jobs:
+                data = os.pread(fd, count, offset)
+                decode_into_scratch(
+                    shape, functools.partial(_jpeg_into, data, tables=tables)
+                )
+        finally:
+            os.close(fd)
+        return tiles
+
+    return run
+
+
 def floor_reader(
     path: Path, grid: TileGrid, *, write: bool = False, placed: bool = False
 ) -> Callable[[], int]:
@@ -124,25 +149,8 @@ def floor_reader(
     if placed:
         if compression != 7:
             raise ValueError("the placed floor decodes JPEG only")
-        from slidefed.client.slides.scratch import decode_into_scratch
-
         shape = (int(page.tilelength), int(page.tilewidth), 3)
-
-        def run_placed() -> int:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                for offset, count in jobs:
-                    decode_into_scratch(
-                        shape,
-                        functools.partial(
-                            _jpeg_into, os.pread(fd, count, offset), tables=tables
-                        ),
-                    )
-            finally:
-                os.close(fd)
-            return len(grid.coords)
-
-        return run_placed
+        return _placed_floor(path, len(grid.coords), jobs, tables, shape)
     if not write:
         return run
     shape = (int(page.tilelength), int(page.tilewidth), 3)

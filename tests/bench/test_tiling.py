@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -92,7 +93,7 @@ def test_placed_floor_decodes_each_needed_stored_tile_once_into_a_kept_buffer(
     decode = imagecodecs.jpeg8_decode
     outs: list[object] = []
 
-    def counted(data: bytes, **kwargs: object) -> object:
+    def counted(data: bytes, **kwargs: Any) -> Any:
         outs.append(kwargs.get("out"))
         return decode(data, **kwargs)
 
