@@ -65,12 +65,6 @@ def stored_tiles_needed(path: Path, grid: TileGrid) -> list[int]:
     return list(indices)
 
 
-def _jpeg_into(data: bytes, out: Any, *, tables: Any = None) -> Any:
-    import imagecodecs
-
-    return imagecodecs.jpeg8_decode(data, tables=tables, outcolorspace="RGB", out=out)
-
-
 def _placed_floor(
     path: Path,
     tiles: int,
@@ -79,16 +73,19 @@ def _placed_floor(
     shape: tuple[int, int, int],
 ) -> Callable[[], int]:
     """The floor's JPEG decodes, each into the fastest of a few scratch buffers."""
+    from imagecodecs import jpeg8_decode
+
     from slidefed.client.slides.scratch import decode_into_scratch
+
+    def into(data: bytes, out: Any) -> Any:
+        return jpeg8_decode(data, tables=tables, outcolorspace="RGB", out=out)
 
     def run() -> int:
         fd = os.open(path, os.O_RDONLY)
         try:
             for offset, count in jobs:
                 data = os.pread(fd, count, offset)
-                decode_into_scratch(
-                    shape, functools.partial(_jpeg_into, data, tables=tables)
-                )
+                decode_into_scratch(shape, functools.partial(into, data))
         finally:
             os.close(fd)
         return tiles

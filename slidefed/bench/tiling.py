@@ -160,22 +160,16 @@ def _case(
     with TiffSlideSource(path) as slide, tiffslide.TiffSlide(str(path)) as ts:
         grid = full_grid(slide, level=level, read_size=read_size, tile_size=tile_size)
         n = len(grid.coords) * passes
+        readers = {
+            "ours": ours_reader(slide, grid),
+            "floor": floor_reader(path, grid),
+            "write_floor": floor_reader(path, grid, write=True),
+        }
+        if placed:
+            readers["placed_floor"] = floor_reader(path, grid, placed=True)
+        readers["naive"] = naive_reader(ts, grid)
         medians = interleaved_medians(
-            {
-                "ours": _passes(ours_reader(slide, grid), passes),
-                "floor": _passes(floor_reader(path, grid), passes),
-                "write_floor": _passes(floor_reader(path, grid, write=True), passes),
-                **(
-                    {
-                        "placed_floor": _passes(
-                            floor_reader(path, grid, placed=True), passes
-                        )
-                    }
-                    if placed
-                    else {}
-                ),
-                "naive": _passes(naive_reader(ts, grid), passes),
-            },
+            {name: _passes(run, passes) for name, run in readers.items()},
             reps=reps,
             warmup=1,
         )
@@ -186,7 +180,7 @@ def _case(
     ours, floor, naive, written = (
         n / medians[k] for k in ("ours", "floor", "naive", "write_floor")
     )
-    return {
+    result: dict[str, Any] = {
         "tiles": len(grid.coords),
         "stored_tiles_needed": len(stored_tiles_needed(path, grid)),
         "stored_tiles_decoded": decoded,
@@ -200,15 +194,12 @@ def _case(
         "ratio_to_naive": round(ours / naive, 3),
         "write_floor_tiles_per_s": round(written, 1),
         "ratio_to_write_floor": round(ours / written, 3),
-        **(_placed(ours, n / medians["placed_floor"]) if placed else {}),
     }
-
-
-def _placed(ours: float, placed: float) -> dict[str, float]:
-    return {
-        "placed_floor_tiles_per_s": round(placed, 1),
-        "ratio_to_placed_floor": round(ours / placed, 3),
-    }
+    if placed:
+        best = n / medians["placed_floor"]
+        result["placed_floor_tiles_per_s"] = round(best, 1)
+        result["ratio_to_placed_floor"] = round(ours / best, 3)
+    return result
 
 
 def _load_average() -> float | None:

@@ -41,7 +41,7 @@ class _Trial:
     """The candidates of one shape and the seconds each took to decode into."""
 
     buffers: list[NDArray[np.uint8]]
-    seconds: list[list[float]] = field(default_factory=list)
+    seconds: list[list[float]] = field(init=False)
     turn: int = 0
 
     def __post_init__(self) -> None:
