@@ -145,15 +145,14 @@ def _data_signature(config: SiteConfig) -> tuple[Any, ...]:
         if config.tiles.groups is not None:
             paths.append(root / config.tiles.groups)
     elif config.manifest_path.is_file():
-        import csv
-
-        from slidefed.client.data.slide_paths import SlideRoots
-
-        roots = SlideRoots.of_site(config)
-        rows = csv.DictReader(config.manifest_path.read_text().splitlines())
-        # Only stat()ed here; preparation refuses a slide outside the roots.
-        found = (roots.resolve((r.get("slide") or "").strip()) for r in rows)
-        paths += [p for p in found if p is not None and roots.allows(p)]
+        st = config.manifest_path.stat()
+        paths += _manifest_slides(
+            config.manifest_path,
+            st.st_size,
+            st.st_mtime_ns,
+            config.slides_root,
+            tuple(config.extra_slide_roots),
+        )
     # The tiles section and the policy's unit decide the samples too.
     out = [str(config.base_dir), repr(config.tiles), str(config.policy.unit)]
     for path in paths:
@@ -164,6 +163,32 @@ def _data_signature(config: SiteConfig) -> tuple[Any, ...]:
             continue
         out.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
     return tuple(out)
+
+
+@functools.lru_cache(maxsize=8)
+def _manifest_slides(
+    manifest: Path,
+    size: int,
+    mtime_ns: int,
+    slides_root: Path,
+    extra_roots: tuple[Path, ...],
+) -> tuple[Path, ...]:
+    """The resolved slide files a manifest names, inside the site's slide roots.
+
+    Kept per manifest version (path, size, modification time) and roots: resolving
+    every slide's path costs several times more than ``stat()``-ing it, and a
+    simulation actor asks for every message.
+    """
+    import csv
+
+    from slidefed.client.data.slide_paths import SlideRoots
+
+    del size, mtime_ns  # part of the cache key only
+    roots = SlideRoots.of_folders(slides_root, extra_roots)
+    rows = csv.DictReader(manifest.read_text().splitlines())
+    # Only stat()ed here; preparation refuses a slide outside the roots.
+    found = (roots.resolve((r.get("slide") or "").strip()) for r in rows)
+    return tuple(p for p in found if p is not None and roots.allows(p))
 
 
 def tile_samples(

@@ -12,6 +12,7 @@ comes back inside is fine. A row may name a file or a folder (a DICOM series).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -44,9 +45,14 @@ class SlideRoots(BaseModel):
     @classmethod
     def of_site(cls, config: SiteConfig) -> SlideRoots:
         """The roots of a site, from its ``site.toml``."""
+        return cls.of_folders(config.slides_root, config.extra_slide_roots)
+
+    @classmethod
+    def of_folders(cls, slides_root: Path, extra: Sequence[Path] = ()) -> SlideRoots:
+        """The roots ``slides_root`` and ``extra``, resolved."""
         return cls(
-            slides_root=_resolved(config.slides_root),
-            extra=tuple(_resolved(p) for p in config.extra_slide_roots),
+            slides_root=_resolved(slides_root),
+            extra=tuple(_resolved(p) for p in extra),
         )
 
     def resolve(self, slide: str) -> Path | None:

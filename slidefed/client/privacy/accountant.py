@@ -49,12 +49,12 @@ from typing import Any
 
 import numpy as np
 from opacus.accountants import RDPAccountant
-from opacus.accountants.analysis.prv import Domain, compose_heterogeneous
+from opacus.accountants.analysis.prv import Domain
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from scipy.fft import next_fast_len
 
 from slidefed.client.privacy.ledger import AccountantName, Bound, Step
-from slidefed.client.privacy.prv_grid import discretize
+from slidefed.client.privacy.prv_grid import compose, discretize
 from slidefed.common.errors import PrivacyBudgetExhausted
 
 _ALPHAS: tuple[float, ...] = tuple(float(a) for a in RDPAccountant.DEFAULT_ALPHAS)
@@ -196,7 +196,7 @@ def _prv_upper(groups: tuple[Step, ...], delta: float) -> float | None:
         size = _safe_domain_size(groups, eps_error, delta_error)
     domain = _fast_domain(Domain.create_aligned(-size, size, eps_error / spread))
     dprvs = [discretize(sigma, q, domain) for sigma, q, _ in groups]
-    composed = compose_heterogeneous(dprvs=dprvs, num_self_compositions=counts)
+    composed = compose(dprvs, counts)
     _, _, upper = composed.compute_epsilon(delta, delta_error, eps_error)
     return float(upper)
 

@@ -14,7 +14,13 @@ demo's size. :func:`discretize` gives the same :class:`DiscretePRV`:
   Opacus's own breakpoints plus ``log(1 - q)``, where the CDF leaves zero,
   integrated by Gauss-Legendre in one vectorised call.
 
-Both agree with Opacus to about 1e-12 in the probabilities and 1e-9 relative in
+:func:`compose` is Opacus's ``compose_heterogeneous`` with each mechanism's
+self-composition raised to its power by repeated squaring (about ``log2(n)``
+products of the spectrum) rather than by ``numpy``'s complex power (a complex
+exponential and logarithm per point): 16 ms against 5 ms for 117 steps on 128,000
+points.
+
+All three agree with Opacus to about 1e-12 in the probabilities and 1e-9 relative in
 the epsilon they lead to (tests/client/privacy/test_prv_grid.py compares them).
 """
 
@@ -27,7 +33,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 from opacus.accountants.analysis.prv import Domain, PoissonSubsampledGaussianPRV
+from opacus.accountants.analysis.prv.compose import _compose_convolution_tree
 from opacus.accountants.analysis.prv.prvs import DiscretePRV
+from scipy.fft import irfft, rfft
 
 # Gauss-Legendre nodes per piece and pieces per breakpoint interval: far below
 # quad's tolerance on the smooth CDF (checked against Opacus in the tests).
@@ -106,4 +114,39 @@ def discretize(sigma: float, q: float, domain: Domain) -> DiscretePRV:
     return DiscretePRV(pmf=pmf, domain=domain.shift_right(shift))
 
 
-__all__ = ["discretize"]
+def _power(spectrum: NDArray[np.complex128], n: int) -> NDArray[np.complex128]:
+    """``spectrum ** n`` for a positive integer ``n``, by repeated squaring."""
+    if n < 1:
+        raise ValueError(f"a PRV composes a positive number of times, not {n}")
+    result = None
+    base = spectrum
+    while n:
+        if n & 1:
+            result = base if result is None else result * base
+        n >>= 1
+        if n:
+            base = base * base
+    assert result is not None  # noqa: S101 (n >= 1 sets it)
+    return result
+
+
+def _self_compose(dprv: DiscretePRV, n: int) -> DiscretePRV:
+    """Opacus's ``_compose_fourier``: ``dprv`` composed ``n`` times with itself."""
+    if len(dprv) % 2 != 0:
+        raise ValueError("Can only compose evenly sized discrete PRVs")
+    pmf = irfft(_power(rfft(dprv.pmf), n))
+    # Where the composed grid's zero lies (Opacus's roll).
+    offset = n - 1 + (len(pmf) // 2 if n % 2 == 0 else 0)
+    domain = dprv.domain.shift_right(dprv.domain.shifts * (n - 1))
+    return DiscretePRV(pmf=np.roll(pmf, offset), domain=domain)
+
+
+def compose(dprvs: list[DiscretePRV], counts: list[int]) -> DiscretePRV:
+    """Opacus's ``compose_heterogeneous``: each PRV ``counts[i]`` times, then all."""
+    if len(dprvs) != len(counts):
+        raise ValueError("dprvs and num_self_compositions must have the same length")
+    composed = [_self_compose(d, n) for d, n in zip(dprvs, counts, strict=True)]
+    return _compose_convolution_tree(composed)
+
+
+__all__ = ["compose", "discretize"]

@@ -14,7 +14,7 @@ from opacus.accountants.analysis.prv import (
 )
 from opacus.accountants.analysis.prv import discretize as opacus_discretize
 
-from slidefed.client.privacy.prv_grid import discretize
+from slidefed.client.privacy.prv_grid import compose, discretize
 
 
 def _domain(half_width: float, dt: float) -> Domain:
@@ -52,3 +52,27 @@ def test_discretisation_matches_opacus(
     ]
     assert math.isfinite(eps[0])
     assert eps[1] == pytest.approx(eps[0], rel=1e-8)
+
+
+@pytest.mark.parametrize("counts", [[1], [2], [117], [96, 3], [39, 1, 78]])
+def test_composition_by_squaring_matches_opacus(counts: list[int]) -> None:
+    domain = _domain(20.0, 5e-4)
+    mechanisms = [(1.1, 1 / 13), (4.0, 1.0), (1.3, 0.25)][: len(counts)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dprvs = [discretize(sigma, q, domain) for sigma, q in mechanisms]
+    theirs = compose_heterogeneous(dprvs=dprvs, num_self_compositions=counts)
+    ours = compose(dprvs, counts)
+    assert ours.domain == theirs.domain
+    assert np.max(np.abs(ours.pmf - theirs.pmf)) < 1e-12
+    delta = 1e-5
+    assert ours.compute_epsilon(delta, delta / 1e3, 0.01) == pytest.approx(
+        theirs.compute_epsilon(delta, delta / 1e3, 0.01), rel=1e-9
+    )
+
+
+def test_a_mechanism_composes_a_positive_number_of_times() -> None:
+    dprv = discretize(1.0, 0.5, _domain(5.0, 1e-2))
+    with pytest.raises(ValueError, match="positive"):
+        compose([dprv], [0])
+    with pytest.raises(ValueError, match="positive"):
+        compose([dprv], [-3])
