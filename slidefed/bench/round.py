@@ -44,6 +44,30 @@ def _shared_site(root: Path, seed: int) -> Path:
     return shared
 
 
+def _demo_site(root: Path, seed: int, rounds: int) -> tuple[Path, RunConfig]:
+    """The largest site of ``slidefed demo`` (its slides, policy and run config).
+
+    Synthesised and prepared as the demo does it, in ``root / "demo"``; the run is
+    the demo's, planned for ``rounds`` rounds.
+    """
+    import queue
+
+    from slidefed.client.config import load_site_config
+    from slidefed.client.prepare.pipeline import prepare_site
+    from slidefed.demo.federation import (
+        _synth_one,
+        demo_run_config,
+        plan_sites,
+        write_site_config,
+    )
+
+    site = plan_sites(root / "demo", 1, seed)[0]
+    _synth_one(site, queue.SimpleQueue())
+    write_site_config(site)
+    prepare_site(load_site_config(site.config_path), workers=2)
+    return site.config_path, demo_run_config(root / "demo", [site], rounds, seed)
+
+
 def _sites(root: Path, shared: Path, n: int) -> list[Path]:
     from slidefed.client.config import load_site_config
     from slidefed.client.keys import ensure_site_keys
@@ -187,7 +211,8 @@ def site_costs(
 ) -> dict[str, Any]:
     """The fixed cost of a site's message, at the demo's and a realistic size.
 
-    ``demo``: the ClientApp's train messages to a site of the demo's size.
+    ``demo``: the ClientApp's train messages to the demo's largest site (48
+    patients, 2048 x 1536 px slides, the demo's run config and policy).
     ``realistic``: one local epoch on ``patients`` bags of ``tiles`` x ``dim``,
     with the demo's fixed cost where the model's size does not matter and the
     size-dependent parts measured again for the larger model.
@@ -200,11 +225,8 @@ def site_costs(
     from slidefed.common.model import build_model, feature_dim
 
     root = workdir or Path(tempfile.mkdtemp(prefix="slidefed-bench-site-"))
-    shared = _shared_site(root, seed)
-    site = _sites(root / "one", shared, 1)[0]
-    demo = site_messages(
-        site, _run_config(root / "one", [site], messages), rounds=messages
-    )
+    site, run = _demo_site(root, seed, messages)
+    demo = site_messages(site, run, rounds=messages)
     small = build_model("abmil", feature_dim("hed"), seed=seed)
     small_ms = size_dependent_ms(
         {k: v.detach().numpy() for k, v in small.state_dict().items()}
