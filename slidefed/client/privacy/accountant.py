@@ -12,8 +12,9 @@ mechanism (sample rate 1, one step). Two valid upper bounds of its composition:
 
 ``best`` reports the smaller of the two (:func:`tightest`), and says which. The PRV
 bound is computed with Opacus's own building blocks (truncation, discretisation,
-FFT composition, ``compute_epsilon``'s upper value), arranged so that it stays fast
-on a long history:
+FFT composition, ``compute_epsilon``'s upper value; the discretisation and the
+self-composition in fewer passes, :mod:`slidefed.client.privacy.prv_grid`),
+arranged so that it stays fast on a long history:
 
 - equal ``(sigma, q)`` entries are merged first (:func:`group_history`):
   composition is commutative, and Opacus's discretisation domain depends only on
