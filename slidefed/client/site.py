@@ -177,7 +177,9 @@ def _manifest_slides(
 
     Kept per manifest version (path, size, modification time) and roots: resolving
     every slide's path costs several times more than ``stat()``-ing it, and a
-    simulation actor asks for every message.
+    simulation actor asks for every message. A symlink under the slide roots
+    re-pointed without a change to the manifest is seen by the next process
+    (a deployed SuperNode starts one per message); preparation checks it anyway.
     """
     import csv
 
