@@ -50,20 +50,12 @@ def _demo_site(root: Path, seed: int, rounds: int) -> tuple[Path, RunConfig]:
     Synthesised and prepared as the demo does it, in ``root / "demo"``; the run is
     the demo's, planned for ``rounds`` rounds.
     """
-    import queue
-
     from slidefed.client.config import load_site_config
     from slidefed.client.prepare.pipeline import prepare_site
-    from slidefed.demo.federation import (
-        _synth_one,
-        demo_run_config,
-        plan_sites,
-        write_site_config,
-    )
+    from slidefed.demo.federation import demo_run_config, plan_sites, synthesise_one
 
     site = plan_sites(root / "demo", 1, seed)[0]
-    _synth_one(site, queue.SimpleQueue())
-    write_site_config(site)
+    synthesise_one(site)
     prepare_site(load_site_config(site.config_path), workers=2)
     return site.config_path, demo_run_config(root / "demo", [site], rounds, seed)
 

@@ -105,7 +105,8 @@ def _synth_one(site: DemoSite, events: Any) -> int:
     from slidefed.demo.synth import Look, synth_site
 
     def report(done: int, total: int) -> None:
-        events.put((site.name, done, total))
+        if events is not None:
+            events.put((site.name, done, total))
 
     h_shift, e_shift, tint = STAINS[site.index % len(STAINS)]
     look = Look(tumour_share=TUMOUR_SHARE, h_shift=h_shift, e_shift=e_shift, tint=tint)
@@ -124,6 +125,13 @@ def _synth_one(site: DemoSite, events: Any) -> int:
         label_noise=LABEL_NOISE,
     )
     return result.n_slides
+
+
+def synthesise_one(site: DemoSite) -> int:
+    """Write one demo site's slides and site config, in this process; its slides."""
+    n_slides = _synth_one(site, None)
+    write_site_config(site)
+    return n_slides
 
 
 def synthesise(
