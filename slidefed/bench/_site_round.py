@@ -86,7 +86,9 @@ def site_messages(site_toml: Path, run: Any, *, rounds: int) -> dict[str, Any]:
     from flwr.app import Context, RecordDict
 
     from slidefed.client.app import app
+    from slidefed.common.arrays import specs_of
     from slidefed.common.model import build_model, feature_dim
+    from slidefed.common.wire import update_arrays
 
     model = build_model(
         run.task, feature_dim(run.encoder), seed=run.seed, inputs=run.inputs
@@ -112,9 +114,8 @@ def site_messages(site_toml: Path, run: Any, *, rounds: int) -> dict[str, Any]:
             walls.append(time.perf_counter() - started)
             if reply.has_error():
                 raise RuntimeError(f"the site refused round {server_round}")
-            arrays = {
-                k: v.numpy() for k, v in reply.content.array_records["arrays"].items()
-            }
+            record = reply.content.array_records["arrays"]
+            arrays = update_arrays(record, specs_of(arrays))
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -137,7 +138,7 @@ def size_dependent_ms(state: dict[str, np.ndarray]) -> float:
     storing it as the site does (``.npz``, synced), and Flower's serialisation
     of the instruction and of the reply.
     """
-    from slidefed.bench.round import wire_bytes
+    from slidefed.bench.round import named_wire_bytes, wire_bytes
     from slidefed.client.privacy.releases import ReleaseStore
     from slidefed.common.arrays import update_sha256
 
@@ -154,8 +155,8 @@ def size_dependent_ms(state: dict[str, np.ndarray]) -> float:
             charge={},
         )
         update_sha256(state)
-        wire_bytes(state)
-        wire_bytes(state)
+        named_wire_bytes(state)  # the instruction: one Array per model array
+        wire_bytes(state)  # the reply: packed
         np.load(io.BytesIO(Path(folder, "train-1-1.npz").read_bytes()))
     return (time.perf_counter() - started) * 1000
 

@@ -18,7 +18,9 @@ What may leave (anything else is blocked: the reply is replaced by the table ent
   arrays the server sent: same names in the same order, same shapes, the same dtype
   or a narrower float such as float16 for float32, numpy serialisation, finite
   values, and in all no more bytes than the site's egress limit (the smaller of
-  ``policy.max_update_bytes`` and the size of that model); no arrays otherwise;
+  ``policy.max_update_bytes`` and the size of that model); or the same model as
+  one packed array (:mod:`slidefed.common.wire`: exactly the model's number of
+  values, under the same dtype, size and finiteness rules); no arrays otherwise;
 - MetricRecords and ConfigRecords whose keys are on :data:`ALLOWED_METRICS` and
   whose values are finite scalar numbers (no strings, bytes or lists);
 - error replies that are exactly an entry of the site's table of errors
@@ -59,6 +61,7 @@ from slidefed.common.site_errors import (
     is_site_error,
     site_error_message,
 )
+from slidefed.common.wire import PACKED, WireFormatError, is_packed, read_packed
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +161,8 @@ def _check_arrays(
             rule="more than one ArrayRecord", detail=f"{len(reply_records)} records"
         )
     record = reply_records[0]
+    if is_packed(record):
+        return _check_packed(record[PACKED], sent, expected, limit)
     verdict = _check_names(list(record.keys()), [s.name for s in expected], sent)
     if verdict is not None:
         return verdict
@@ -171,6 +176,42 @@ def _check_arrays(
         verdict = _check_array(spec.name, record[spec.name], spec, sent[spec.name])
         if verdict is not None:
             return verdict
+    return None
+
+
+def _check_packed(
+    array: Any, sent: dict[str, Any], expected: list[ArraySpec], limit: int
+) -> EgressVerdict | None:
+    """A packed update: the site's model, as the server sent it, in one array."""
+    model = [s.name for s in expected]
+    if model != list(sent) or any(
+        tuple(sent[s.name].shape) != s.shape for s in expected
+    ):
+        return EgressVerdict(
+            rule="the server sent arrays unlike the site's model",
+            detail=f"{len(sent)} arrays sent, the site's model has {len(model)}",
+        )
+    if any(
+        array.stype != sent[s.name].stype
+        or not dtype_fits(array.dtype, s.dtype)
+        or not dtype_fits(array.dtype, sent[s.name].dtype)
+        for s in expected
+    ):
+        return EgressVerdict(
+            rule="array dtype differs from the model",
+            detail=f"{PACKED}: {array.dtype}",
+        )
+    if len(array.data) > limit:
+        return EgressVerdict(
+            rule="reply larger than the site's egress limit",
+            detail=f"{len(array.data)} bytes, limit {limit}",
+        )
+    try:
+        value = read_packed(array, expected)
+    except WireFormatError as exc:
+        return EgressVerdict(rule="packed update unlike the model", detail=str(exc))
+    if not np.all(np.isfinite(value)):
+        return EgressVerdict(rule="array not finite floating point", detail=PACKED)
     return None
 
 

@@ -10,11 +10,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import (
-    Array,
-    ArrayRecord,
     Context,
     Error,
     Message,
@@ -37,6 +34,7 @@ from slidefed.common.errors import PolicyViolation, PrivacyBudgetExhausted
 from slidefed.common.model import build_model, feature_dim
 from slidefed.common.run_config import RunConfig
 from slidefed.common.site_errors import SiteError, SiteRefusal, site_error_message
+from slidefed.common.wire import pack_update
 
 
 def config(msg: Message, key: str, default: float) -> float:
@@ -74,9 +72,28 @@ def load_model(run: RunConfig, site: Site, msg: Message) -> torch.nn.Module:
         n_classes=run.n_classes(),
         inputs=run.inputs,
     )
-    arrays = next(iter(msg.content.array_records.values()))
-    model.load_state_dict(arrays.to_torch_state_dict())
+    arrays = incoming_arrays(msg)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
     return model
+
+
+_last_read: tuple[object, dict[str, Any]] | None = None
+
+
+def incoming_arrays(msg: Message) -> dict[str, Any]:
+    """The instruction's model as numpy arrays, read once per message.
+
+    The digest of the release's inputs and the model to train both need them;
+    the last message's are kept (an instruction's records are never changed).
+    """
+    global _last_read
+    record = next(iter(msg.content.array_records.values()))
+    last = _last_read
+    if last is not None and last[0] is record:
+        return last[1]
+    arrays = {k: v.numpy() for k, v in record.items()}
+    _last_read = (record, arrays)
+    return arrays
 
 
 def check_model(msg: Message, run: RunConfig, site: Site) -> list[ArraySpec]:
@@ -122,7 +139,6 @@ def input_key(
     The model in, the instruction's config, the data (features, bags, tiling: the
     samples' digest), the run config, the site policy and slidefed's code.
     """
-    incoming = next(iter(msg.content.array_records.values()))
     config = {
         k: v
         for record in msg.content.config_records.values()
@@ -130,7 +146,7 @@ def input_key(
         if isinstance(v, int | float | str | bool)
     }
     digest = hashlib.sha256(kind.encode())
-    digest.update(update_sha256({k: v.numpy() for k, v in incoming.items()}).encode())
+    digest.update(update_sha256(incoming_arrays(msg)).encode())
     digest.update(repr(sorted(config.items())).encode())
     digest.update(str(fingerprint["data_sha256"]).encode())
     digest.update(str(fingerprint["manifest_sha256"]).encode())
@@ -151,11 +167,10 @@ def ledger_run(run: RunConfig, context: Context) -> int:
 def reply(
     msg: Message, arrays: dict[str, Any] | None, metrics: dict[str, Any]
 ) -> Message:
+    """The reply carrying ``metrics`` and, packed, the update ``arrays``."""
     content: dict[str, Any] = {}
     if arrays is not None:
-        content["arrays"] = ArrayRecord(
-            {k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}
-        )
+        content["arrays"] = pack_update(arrays)
     content["metrics"] = MetricRecord(metrics)
     return Message(RecordDict(content), reply_to=msg)
 
@@ -217,6 +232,7 @@ __all__ = [
     "egress_problem",
     "error",
     "evaluation_cap",
+    "incoming_arrays",
     "input_key",
     "ledger_run",
     "load_model",

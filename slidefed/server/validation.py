@@ -1,7 +1,8 @@
 """Reply validation in front of every strategy slidefed offers.
 
 :class:`ValidatingMixin` checks each train reply before aggregation (names, shapes,
-dtypes, finite values, update norm, weight key); offenders and error replies are
+dtypes, finite values, update norm, weight key; a packed update,
+:mod:`slidefed.common.wire`, is first read in the layout of the model sent); offenders and error replies are
 dropped and audited, and the round goes on while enough valid replies remain. It
 also shifts round numbers by the resumed offset, so that every record, audit line
 and site instruction carries the absolute round.
@@ -27,6 +28,7 @@ from slidefed.common.audit.events import (
 )
 from slidefed.common.audit.writer import AuditLog
 from slidefed.common.site_errors import describe_reply_error
+from slidefed.common.wire import WireFormatError, is_packed, unpack_update
 
 logger = logging.getLogger(__name__)
 
@@ -300,13 +302,32 @@ class ValidatingMixin:
             reason,
         )
 
+    def _unpack(self, msg: Message) -> str | None:
+        """Give a packed update its arrays' names and shapes; why not, or None.
+
+        The layout is the model's (:attr:`expected`), never the reply's: the rest
+        of validation, the hashes and aggregation then see the arrays by name.
+        """
+        records = msg.content.array_records
+        if len(records) != 1:
+            return None
+        key, record = next(iter(records.items()))
+        if not is_packed(record):
+            return None
+        try:
+            arrays = unpack_update(record, self.expected)
+        except WireFormatError as exc:
+            return str(exc)
+        msg.content[key] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+        return None
+
     def _admit(self, msg: Message, absolute: int, info: dict[str, Any]) -> bool:
         """Whether a train reply may be aggregated; records and audits why not."""
         node = str(msg.metadata.src_node_id)
         if msg.has_error():
             self._reply_error(msg, absolute, info, "train")
             return False
-        problem = self.check(msg)
+        problem = self._unpack(msg) or self.check(msg)
         if problem:
             info["rejected"].append({"node": node, "reason": problem})
             self._audit(UpdateRejected(node=node, reason=problem), absolute)

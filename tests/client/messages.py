@@ -18,8 +18,10 @@ from flwr.app import (
     RecordDict,
 )
 
+from slidefed.common.arrays import specs_of
 from slidefed.common.model import build_model, feature_dim
 from slidefed.common.run_config import RunConfig
+from slidefed.common.wire import update_arrays
 
 _IDS = itertools.count()
 
@@ -28,6 +30,13 @@ def model_arrays(seed: int = 0) -> dict[str, np.ndarray]:
     """The arrays of the ABMIL/hed model built from ``seed``, as a coordinator sends."""
     model = build_model("abmil", feature_dim("hed"), seed=seed)
     return {k: v.numpy() for k, v in model.state_dict().items()}
+
+
+def reply_arrays(reply: Message) -> dict[str, np.ndarray]:
+    """The named arrays of a site's train reply (packed on the wire)."""
+    assert not reply.has_error(), reply.error
+    record = reply.content.array_records["arrays"]
+    return update_arrays(record, specs_of(model_arrays()))
 
 
 def instruction(
@@ -70,4 +79,4 @@ def node_context(site_toml: Path, *, run_id: int = 42, **run: Any) -> Context:
     )
 
 
-__all__ = ["instruction", "model_arrays", "node_context"]
+__all__ = ["instruction", "model_arrays", "node_context", "reply_arrays"]

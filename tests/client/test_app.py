@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from flwr.app import (
     Context,
     Message,
@@ -15,8 +16,9 @@ from slidefed.client.config import load_site_config
 from slidefed.client.keys import ensure_site_keys
 from slidefed.common.model import build_model
 from slidefed.common.site_errors import SiteError, site_error_message
+from slidefed.common.wire import PACKED
 from slidefed.demo.synth import SynthSite
-from tests.client.messages import instruction, node_context
+from tests.client.messages import instruction, node_context, reply_arrays
 from tests.client.prepared import prepare_like_shared
 
 
@@ -60,7 +62,9 @@ def test_train_releases_only_model_arrays_and_charges_first(site_toml: Path) -> 
         "noise_multiplier",
     }
     assert 0 < float(metrics["epsilon"]) <= 2.0  # type: ignore[arg-type]
-    names = list(reply.content.array_records["arrays"])
+    record = reply.content.array_records["arrays"]
+    assert list(record) == [PACKED]
+    names = list(reply_arrays(reply))
     assert names == list(build_model("abmil", 24, seed=0).state_dict())
     events = [e["event"] for e in _events(site_toml)]
     assert events.index("round_charged") < events.index("update_released")
@@ -106,8 +110,10 @@ def test_evaluation_below_minimum_patients_releases_no_metric(site_toml: Path) -
 
 def _largest_step(reply: Message) -> float:
     sent = build_model("abmil", 24, seed=0).state_dict()
-    got = reply.content.array_records["arrays"].to_torch_state_dict()
-    return max(float((got[k] - v).abs().max()) for k, v in sent.items())
+    got = reply_arrays(reply)
+    return max(
+        float((torch.from_numpy(got[k]) - v).abs().max()) for k, v in sent.items()
+    )
 
 
 def test_cosine_schedule_shrinks_the_step_the_site_takes_by_round(

@@ -31,7 +31,12 @@ from slidefed.common.site_errors import (
     site_error_message,
 )
 from slidefed.demo.synth import SynthSite
-from tests.client.messages import instruction, model_arrays, node_context
+from tests.client.messages import (
+    instruction,
+    model_arrays,
+    node_context,
+    reply_arrays,
+)
 from tests.client.prepared import prepare_like_shared
 
 
@@ -75,9 +80,7 @@ def _audit(site_toml: Path) -> list[dict[str, Any]]:
 
 
 def _arrays(reply: Message) -> dict[str, np.ndarray]:
-    assert not reply.has_error(), reply.error
-    record = reply.content.array_records["arrays"]
-    return {k: v.numpy() for k, v in record.items()}
+    return reply_arrays(reply)
 
 
 def _budget(site_toml: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from flwr.app import (
 from slidefed.common.arrays import specs_of
 from slidefed.common.audit.writer import AuditLog
 from slidefed.common.run_config import RunConfig
+from slidefed.common.wire import pack_update
 from slidefed.server.strategy import build_strategy
 from slidefed.server.validation import ValidatingMixin
 
@@ -29,7 +30,9 @@ def reply(
     *,
     error: str | None = None,
     stage: str = "train",
+    packed: bool = False,
 ) -> Message:
+    """A reply of site ``node``; ``packed``: its arrays as one, as sites send them."""
     meta = Metadata(
         run_id=1,
         message_id=f"m{node}",
@@ -44,7 +47,9 @@ def reply(
     if error is not None:
         return Message(error=Error(code=4001, reason=error), metadata=meta)  # type: ignore[call-overload,no-any-return]
     content = RecordDict({"metrics": MetricRecord(metrics)})
-    if arrays is not None:
+    if arrays is not None and packed:
+        content["arrays"] = pack_update(arrays)
+    elif arrays is not None:
         content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
     return Message(content=content, metadata=meta)  # type: ignore[call-overload,no-any-return]
 

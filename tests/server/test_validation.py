@@ -5,6 +5,7 @@ import pytest
 from flwr.app import MetricRecord, RecordDict
 
 from slidefed.audit.verify import read_records
+from slidefed.common.arrays import update_sha256
 from slidefed.common.audit.writer import AuditLog
 from slidefed.common.crypto import generate_audit_key
 from slidefed.server.validation import weighted_metrics
@@ -105,3 +106,42 @@ def test_float16_updates_are_aggregated_in_float32() -> None:
     arrays, _ = strategy.aggregate_train(1, [reply(1, half, {"num-examples": 3})])
     assert arrays is not None
     assert arrays["w"].numpy().dtype == np.float32
+
+
+def test_packed_updates_are_checked_and_aggregated_by_the_models_layout(
+    tmp_path: Path,
+) -> None:
+    key = generate_audit_key(tmp_path / "keys" / "audit_key")
+    log = AuditLog(tmp_path / "audit.jsonl", key=key, actor="server", actor_name="c")
+    strategy = validating_strategy(audit=log)
+    a = {k: v * 2 for k, v in EXPECTED.items()}
+    b = {k: v + 1 for k, v in EXPECTED.items()}
+    short = {"w": a["w"], "b": a["b"][:2]}
+    nan = {"w": np.full((2, 3), np.nan, np.float32), "b": a["b"]}
+    arrays, _ = strategy.aggregate_train(
+        1,
+        [
+            reply(1, a, {"num-examples": 3}, packed=True),
+            reply(2, b, {"num-examples": 1}),  # one Array per model array: accepted
+            reply(3, short, {"num-examples": 3}, packed=True),
+            reply(4, nan, {"num-examples": 3}, packed=True),
+        ],
+    )
+    assert arrays is not None
+    np.testing.assert_allclose(arrays["w"].numpy(), (3 * a["w"] + b["w"]) / 4)
+    np.testing.assert_allclose(arrays["b"].numpy(), (3 * a["b"] + b["b"]) / 4)
+    reasons = {r["node"]: r["reason"] for r in strategy.round_info[1]["rejected"]}
+    assert set(reasons) == {"3", "4"}
+    assert "the model has 9 values" in reasons["3"]
+    assert "NaN" in reasons["4"]
+    records = read_records(log.path)
+    aggregated = {
+        r.data["node"]: r.data for r in records if r.event == "update_aggregated"
+    }
+    # The audit hashes the named arrays, however they travelled.
+    assert aggregated["1"]["sha256"] == update_sha256(a)
+    assert aggregated["2"]["sha256"] == update_sha256(b)
+    assert {r.data["node"] for r in records if r.event == "update_rejected"} == {
+        "3",
+        "4",
+    }
