@@ -14,7 +14,7 @@ from opacus.accountants.analysis.prv import (
 )
 from opacus.accountants.analysis.prv import discretize as opacus_discretize
 
-from slidefed.client.privacy.prv_grid import compose, discretize
+from slidefed.client.privacy.prv_grid import _subsampled_cdf, compose, discretize
 
 
 def _domain(half_width: float, dt: float) -> Domain:
@@ -76,3 +76,17 @@ def test_a_mechanism_composes_a_positive_number_of_times() -> None:
         compose([dprv], [0])
     with pytest.raises(ValueError, match="positive"):
         compose([dprv], [-3])
+
+
+@pytest.mark.parametrize(
+    ("q", "sigma"), [(8 / 36, 1.1), (0.01, 0.7), (0.5, 5.0), (1.0, 3.0)]
+)
+def test_cdf_on_its_nonzero_part_is_opacus_cdf_bit_for_bit(
+    q: float, sigma: float
+) -> None:
+    prv = PoissonSubsampledGaussianPRV(q, sigma)
+    edges = np.linspace(-40.0, 40.0, 20_001)
+    nodes = np.random.default_rng(0).uniform(-3.0, 3.0, (300, 32))
+    with np.errstate(divide="ignore"):
+        for t in (edges, nodes, np.array([-40.0, 40.0])):
+            np.testing.assert_array_equal(_subsampled_cdf(prv, t), prv.cdf(t))
