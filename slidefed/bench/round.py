@@ -245,6 +245,15 @@ def site_costs(
     return {"demo": demo, "realistic": realistic}
 
 
+def bytes_ratio_demo(seed: int = 0) -> float:
+    """Wire bytes over raw fp32 bytes for the demo's model (ABMIL on ``hed``)."""
+    from slidefed.common.model import build_model, feature_dim
+
+    model = build_model("abmil", feature_dim("hed"), seed=seed)
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    return float(round(wire_bytes(state) / sum(v.nbytes for v in state.values()), 5))
+
+
 def bytes_ratio_large() -> float:
     """Wire bytes over raw fp32 bytes for a UNI-sized ABMIL (1024 -> 256)."""
     from slidefed.common.model import ABMIL
@@ -255,6 +264,7 @@ def bytes_ratio_large() -> float:
 
 
 __all__ = [
+    "bytes_ratio_demo",
     "bytes_ratio_large",
     "measure",
     "named_wire_bytes",

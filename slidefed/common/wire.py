@@ -6,7 +6,7 @@ flattened in C order. Its layout is not on the wire: both ends build the model's
 array specs themselves (the site from its own model for the run, the coordinator
 from the model it sent), so the only bytes besides the values are one ``.npy``
 header and one protobuf entry, whatever the number of arrays. Twelve arrays sent
-one by one cost twelve headers: about 5 % of the demo's 24 KB model.
+one by one cost twelve headers: 8.9 % on top of the demo's 24 KB model, 0.8 % packed.
 
 Hashes, audit records and stored releases are of the named arrays, never of this
 form, so the audit cross-check does not depend on how an update travelled.

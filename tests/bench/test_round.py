@@ -35,4 +35,5 @@ def test_bench_round_reports_the_fixed_cost_of_a_site_message(tmp_path: Path) ->
     assert realistic["update_bytes"] > 0
     assert 0 < realistic["overhead_fraction"] < 1
     assert out["results"] == []
+    assert out["bytes_ratio"] < 1.01  # the demo model, packed as sites send it
     assert out["bytes_ratio_abmil_1024"] < 1.01

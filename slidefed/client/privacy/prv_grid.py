@@ -8,7 +8,9 @@ back into Python hundreds of times: about 40 ms of a charge's 45 ms at the
 demo's size. :func:`discretize` gives the same :class:`DiscretePRV`:
 
 - the CDF once on the ``size + 1`` cell edges (a cell's right edge is the next
-  one's left), so the probability of a cell is a difference of neighbours;
+  one's left), so the probability of a cell is a difference of neighbours, and
+  only where it is not zero (above ``log(1 - q)``, about half a grid centred on
+  zero), with Opacus's expression: the same values bit for bit;
 - the truncated mean as Opacus writes it, ``t_max - integral of the CDF`` over
   the truncation domain (the sum of its integration by parts on every piece), on
   Opacus's own breakpoints plus ``log(1 - q)``, where the CDF leaves zero,
