@@ -121,30 +121,34 @@ def list_whole_slide_series(
     archive = Archive(_endpoint(config))
     rows: list[ManifestRow] = []
     seen: list[ImportedSeries] = []
-    for entry in archive.search_series(filters):
-        slide = dicomweb_slide(entry.study_uid, entry.series_uid)
-        instances = archive.series_instances(entry.study_uid, entry.series_uid)
-        volumes = [
-            i
-            for i in instances
-            if i.sop_class_uid == WSM_SOP_CLASS and "VOLUME" in i.image_type
-        ]
-        reason = "" if volumes else "no VL Whole Slide Microscopy volume image"
-        seen.append(
-            ImportedSeries(
-                slide=slide,
-                modality=entry.modality,
-                instances=len(instances),
-                whole_slide=bool(volumes),
-                reason=reason,
+    try:
+        for entry in archive.search_series(filters):
+            slide = dicomweb_slide(entry.study_uid, entry.series_uid)
+            instances = archive.series_instances(entry.study_uid, entry.series_uid)
+            volumes = [
+                i
+                for i in instances
+                if i.sop_class_uid == WSM_SOP_CLASS and "VOLUME" in i.image_type
+            ]
+            reason = "" if volumes else "no VL Whole Slide Microscopy volume image"
+            seen.append(
+                ImportedSeries(
+                    slide=slide,
+                    modality=entry.modality,
+                    instances=len(instances),
+                    whole_slide=bool(volumes),
+                    reason=reason,
+                )
             )
-        )
-        if not volumes:
-            continue
-        owner = entry.patient_id or entry.series_uid
-        pid = owner if patient_ids == "archive" else _pseudonym(config, owner)
-        rows.append(ManifestRow(slide=slide, patient_id=pid, label=label, split=split))
-    archive.session.close()
+            if not volumes:
+                continue
+            owner = entry.patient_id or entry.series_uid
+            pid = owner if patient_ids == "archive" else _pseudonym(config, owner)
+            rows.append(
+                ManifestRow(slide=slide, patient_id=pid, label=label, split=split)
+            )
+    finally:
+        archive.close()
     return rows, seen
 
 

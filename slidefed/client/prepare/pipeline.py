@@ -384,6 +384,9 @@ def prepare_site(
             run_in_workers(config, features, jobs, n_workers, run)
     except ArchiveError as exc:
         raise _stopped(run, exc) from exc
+    finally:
+        if run.archive is not None:
+            run.archive.close()
     return run.finish()
 
 

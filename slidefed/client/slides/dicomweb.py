@@ -96,8 +96,13 @@ def slide_digest(ref: DicomWebRef, archive: Archive | None = None) -> str:
     ArchiveError
         If the archive cannot be reached or refuses the credentials.
     """
+    own = archive is None
     archive = archive or Archive(ref.endpoint)
-    instances = archive.series_instances(ref.study_uid, ref.series_uid)
+    try:
+        instances = archive.series_instances(ref.study_uid, ref.series_uid)
+    finally:
+        if own:
+            archive.close()
     check_series(ref, instances)
     return series_digest(instances, ref.study_uid, ref.series_uid)
 
@@ -133,11 +138,19 @@ class DicomWebSlideSource(DicomSlideSource):
         self._frames = _frame_cache(frame_cache_bytes)
         self._errors = _dicom_errors()
         self._archive = Archive(ref.endpoint)
-        instances = self._archive.series_instances(ref.study_uid, ref.series_uid)
-        check_series(ref, instances)
-        self._wsi = self._open(instances)
-        self._by_scale = {int(lv.level): lv for lv in self._wsi.levels}
-        self._finish_open()
+        try:
+            instances = self._archive.series_instances(ref.study_uid, ref.series_uid)
+            check_series(ref, instances)
+            self._wsi = self._open(instances)
+            self._by_scale = {int(lv.level): lv for lv in self._wsi.levels}
+            self._finish_open()
+        except BaseException:
+            # A series that cannot be opened (the archive gone mid-open, a series
+            # unlike its manifest row) leaves no connection behind.
+            if getattr(self, "_wsi", None) is not None:
+                self._wsi.close()
+            self._archive.close()
+            raise
         logger.debug(
             "dicomweb: opened series %s (%d levels)", ref.short, len(self._levels)
         )
@@ -346,7 +359,7 @@ class DicomWebSlideSource(DicomSlideSource):
         self._frames.clear()
         self._cache.clear()
         self._wsi.close()
-        self._archive.session.close()
+        self._archive.close()
 
 
 __all__ = [

@@ -137,6 +137,10 @@ class Archive:
         self.wsi_client = WsiDicomWebClient(self.client)
         self.requests = 0
 
+    def close(self) -> None:
+        """Close the HTTP session and its pooled connections."""
+        self.session.close()
+
     # ------------------------------------------------------------------ retries
     def call(self, fn: Callable[[], T], *, what: str) -> T:
         """``fn()`` with the endpoint's retries; ``what`` names it in errors.
@@ -162,6 +166,9 @@ class Archive:
                     return fn()
             except requests.HTTPError as exc:
                 status = exc.response.status_code if exc.response is not None else 0
+                if exc.response is not None:
+                    # A streamed answer holds its connection until closed.
+                    exc.response.close()
                 if status in _AUTH_STATUS:
                     raise self._auth_error(what, status) from exc
                 if status not in _RETRY_STATUS:

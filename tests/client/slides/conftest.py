@@ -8,6 +8,7 @@ CT image (a series that is not a whole-slide image).
 
 from __future__ import annotations
 
+import gc
 import json
 import warnings
 from collections.abc import Iterator
@@ -22,6 +23,17 @@ pydicom = pytest.importorskip("pydicom")
 pytest.importorskip("wsidicom")
 
 CMU = "cmu-1-small-region"
+
+
+@pytest.fixture(autouse=True)
+def _connections_closed_by_each_test() -> Iterator[None]:
+    """A connection a test leaves open fails that test, not a later one.
+
+    An unclosed socket warns only when the garbage collector finds it, which is
+    whenever; collecting after each test puts the warning on the test that left it.
+    """
+    yield
+    gc.collect()
 
 
 @dataclass
