@@ -35,7 +35,7 @@ from slidefed.common.run_config import RunConfig, parse_run_config
 from slidefed.server.checkpoints import CheckpointManifest, Checkpoints
 from slidefed.server.config import SERVER_CONFIG_ENV, load_server_config
 from slidefed.server.metrics import MetricsLog, write_model_card, write_site_names
-from slidefed.server.recovering_grid import RecoveringGrid
+from slidefed.server.recovering_grid import RecoveringGrid, pull_rate
 from slidefed.server.strategy import (
     SlidefedFedAvg,
     build_strategy,
@@ -218,7 +218,8 @@ def main(grid: Grid, context: Context) -> None:
     final = arrays
     if remaining > 0:
         wait_for_sites(grid, run.min_sites, run.connect_timeout)
-        recovering = RecoveringGrid(grid, _reply_auditor(audit, context.run_id))
+        notify, rate = _reply_auditor(audit, context.run_id), pull_rate(grid)
+        recovering = RecoveringGrid(grid, notify, pulls_per_second=rate)
         final = _run_rounds(
             cast(Grid, recovering), run, strategy, arrays, remaining, after_round
         )

@@ -29,6 +29,7 @@ pulls of a stage together stay under ``PULLS_PER_SECOND``.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -48,6 +49,18 @@ pull of every reply every half second kept its write lock busy enough that the
 ServerApp's own heartbeat was answered "database is locked" and Flower ended the
 run (see ``slidefed.deploy.superlink_main``). With ``n`` replies outstanding each
 is pulled every ``max(poll, n / PULLS_PER_SECOND)`` seconds."""
+
+
+def pull_rate(grid: Any) -> float:
+    """Reply pulls a second for ``grid``: ``PULLS_PER_SECOND``, or none in a simulation.
+
+    The simulation engine's grid keeps its state in memory, where a pull takes no
+    database lock; capped there, 50 sites' replies waited up to 17 s each stage.
+    """
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    return math.inf if isinstance(grid, InMemoryGrid) else PULLS_PER_SECOND
+
 
 MIN_PATIENCE = 10.0
 """Seconds a site may stay silent after another site's reply before it is asked again.
@@ -357,4 +370,5 @@ __all__ = [
     "POLL_SECONDS",
     "PULLS_PER_SECOND",
     "RecoveringGrid",
+    "pull_rate",
 ]

@@ -285,3 +285,13 @@ def test_the_evaluate_stage_gets_what_the_train_stage_left() -> None:
     link.delay = 10_000  # evaluations never come: the stage ends at the deadline
     assert list(grid.send_and_receive(_evaluations(), timeout=5.0)) == []
     assert 4.8 < time.monotonic() - start < 6.0
+
+
+def test_only_a_superlinks_grid_has_its_pulls_capped() -> None:
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    from slidefed.server.recovering_grid import PULLS_PER_SECOND, pull_rate
+
+    # The simulation's grid keeps its state in memory: no SQLite lock to spare.
+    assert pull_rate(object.__new__(InMemoryGrid)) == float("inf")
+    assert pull_rate(object()) == PULLS_PER_SECOND
