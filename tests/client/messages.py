@@ -18,7 +18,9 @@ from flwr.app import (
     RecordDict,
 )
 
+from slidefed.client.config import load_site_config
 from slidefed.common.arrays import specs_of
+from slidefed.common.crypto import generate_audit_key
 from slidefed.common.model import build_model, feature_dim
 from slidefed.common.run_config import RunConfig
 from slidefed.common.wire import update_arrays
@@ -30,6 +32,15 @@ def model_arrays(seed: int = 0) -> dict[str, np.ndarray]:
     """The arrays of the ABMIL/hed model built from ``seed``, as a coordinator sends."""
     model = build_model("abmil", feature_dim("hed"), seed=seed)
     return {k: v.numpy() for k, v in model.state_dict().items()}
+
+
+def keyed_site(folder: Path, name: str) -> Path:
+    """A minimal ``site.toml`` in ``folder / "site"``, with its audit key made."""
+    path = folder / "site" / "site.toml"
+    path.parent.mkdir()
+    path.write_text(f'[site]\nname = "{name}"\n')
+    generate_audit_key(load_site_config(path).audit_key_path)
+    return path
 
 
 def reply_arrays(reply: Message) -> dict[str, np.ndarray]:
@@ -79,4 +90,4 @@ def node_context(site_toml: Path, *, run_id: int = 42, **run: Any) -> Context:
     )
 
 
-__all__ = ["instruction", "model_arrays", "node_context", "reply_arrays"]
+__all__ = ["instruction", "keyed_site", "model_arrays", "node_context", "reply_arrays"]

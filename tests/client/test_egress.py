@@ -30,11 +30,11 @@ from slidefed.client.egress import (
     egress_guard_mod,
     inspect_reply,
 )
-from slidefed.common.crypto import generate_audit_key
 from slidefed.common.errors import ConfigError
 from slidefed.common.model import build_model
 from slidefed.common.site_errors import SITE_ERRORS, SiteError, site_error_message
 from slidefed.deploy import approval, approval_gate
+from tests.client.messages import keyed_site
 
 PATIENT = "P-000417"
 # The model the site builds itself for the default run config (ABMIL on hed).
@@ -44,11 +44,7 @@ BLOCKED_TEXT = site_error_message(SiteError.EGRESS_BLOCKED)
 
 @pytest.fixture
 def site_toml(tmp_path: Path) -> Path:
-    path = tmp_path / "site" / "site.toml"
-    path.parent.mkdir()
-    path.write_text('[site]\nname = "egress-test"\n')
-    generate_audit_key(load_site_config(path).audit_key_path)
-    return path
+    return keyed_site(tmp_path, "egress-test")
 
 
 def _instruction(

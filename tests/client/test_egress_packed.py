@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 
-from slidefed.client.config import load_site_config
 from slidefed.client.egress import inspect_reply
 from slidefed.common.arrays import specs_of
-from slidefed.common.crypto import generate_audit_key
 from slidefed.common.wire import PACKED, pack_update, unpack_update
+from tests.client.messages import keyed_site
 from tests.client.test_egress import (
     MODEL,
     _app,
@@ -27,11 +26,7 @@ from tests.client.test_egress import (
 
 @pytest.fixture
 def site_toml(tmp_path: Path) -> Path:
-    path = tmp_path / "site" / "site.toml"
-    path.parent.mkdir()
-    path.write_text('[site]\nname = "egress-packed-test"\n')
-    generate_audit_key(load_site_config(path).audit_key_path)
-    return path
+    return keyed_site(tmp_path, "egress-packed-test")
 
 
 FLAT = np.concatenate([v.ravel() for v in MODEL.values()])

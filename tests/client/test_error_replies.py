@@ -22,10 +22,9 @@ from flwr.clientapp import ClientApp
 
 from slidefed.client.config import load_site_config
 from slidefed.client.egress import egress_guard_mod
-from slidefed.common.crypto import generate_audit_key
 from slidefed.common.site_errors import SITE_ERRORS, SiteError, site_error_message
 from slidefed.deploy import approval_gate
-from tests.client.messages import instruction, node_context
+from tests.client.messages import instruction, keyed_site, node_context
 
 Handler = Callable[[Message, Context], Message]
 Wrapped = Callable[[Message, Context], Message]
@@ -43,11 +42,7 @@ class PatientP123(Exception):
 
 @pytest.fixture
 def site_toml(tmp_path: Path) -> Path:
-    path = tmp_path / "site" / "site.toml"
-    path.parent.mkdir()
-    path.write_text('[site]\nname = "hostile-app-test"\n')
-    generate_audit_key(load_site_config(path).audit_key_path)
-    return path
+    return keyed_site(tmp_path, "hostile-app-test")
 
 
 def _with_app_mod(handler: Handler, _monkeypatch: pytest.MonkeyPatch) -> Wrapped:

@@ -12,6 +12,11 @@ from slidefed.server.validation import weighted_metrics
 from tests.server.replies import EXPECTED, reply, validating_strategy
 
 
+def _server_log(folder: Path) -> AuditLog:
+    key = generate_audit_key(folder / "keys" / "audit_key")
+    return AuditLog(folder / "audit.jsonl", key=key, actor="server", actor_name="c")
+
+
 def test_weighted_metrics_skip_missing_keys() -> None:
     contents = [
         RecordDict({"m": MetricRecord({"num-examples": 10, "auc": 0.9, "loss": 1.0})}),
@@ -62,8 +67,7 @@ def test_invalid_and_error_replies_are_dropped_and_recorded() -> None:
 def test_error_replies_of_both_stages_are_audited_with_their_stage(
     tmp_path: Path,
 ) -> None:
-    key = generate_audit_key(tmp_path / "keys" / "audit_key")
-    log = AuditLog(tmp_path / "audit.jsonl", key=key, actor="server", actor_name="c")
+    log = _server_log(tmp_path)
     strategy = validating_strategy(audit=log)
     strategy.aggregate_train(1, [reply(7, None, {}, error="site refused: budget")])
     out = strategy.aggregate_evaluate(
@@ -111,8 +115,7 @@ def test_float16_updates_are_aggregated_in_float32() -> None:
 def test_packed_updates_are_checked_and_aggregated_by_the_models_layout(
     tmp_path: Path,
 ) -> None:
-    key = generate_audit_key(tmp_path / "keys" / "audit_key")
-    log = AuditLog(tmp_path / "audit.jsonl", key=key, actor="server", actor_name="c")
+    log = _server_log(tmp_path)
     strategy = validating_strategy(audit=log)
     a = {k: v * 2 for k, v in EXPECTED.items()}
     b = {k: v + 1 for k, v in EXPECTED.items()}
